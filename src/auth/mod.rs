@@ -1,0 +1,146 @@
+//! Who may log in, and what they may touch: users, password verification, and the
+//! confinement of every client path to the user's `home` prefix.
+
+mod path;
+
+pub use path::{PathError, VirtualPath};
+
+use crate::config::{Permission, UserConfig};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A configured user, shared by every session it opens.
+#[derive(Debug)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// S3 key prefix the user sees as "/": "" or "dir/…/".
+    pub home: String,
+    /// What the user may do.
+    pub permissions: HashSet<Permission>,
+    /// Copied into every completion.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// OpenSSH public keys.
+    pub public_keys: Vec<String>,
+    password_hash: String,
+}
+
+impl User {
+    /// Whether the user holds `permission`.
+    pub fn may(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    /// The S3 key of a path inside the user's home.
+    pub fn key_of(&self, path: &VirtualPath) -> String {
+        format!("{}{}", self.home, path.relative())
+    }
+}
+
+/// Why a login was refused. Deliberately says nothing about which part was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user or wrong password (indistinguishable to the client).
+    #[error("invalid username or password")]
+    BadCredentials,
+}
+
+/// All configured users.
+#[derive(Debug)]
+pub struct UserDirectory {
+    users: HashMap<String, Arc<User>>,
+    /// Verified against when the user is unknown, so both cases cost the same time.
+    decoy_hash: String,
+}
+
+impl UserDirectory {
+    /// Builds the directory from validated config.
+    pub fn new(users: &[UserConfig]) -> UserDirectory {
+        let users = users
+            .iter()
+            .map(|u| {
+                let user = User {
+                    name: u.username.clone(),
+                    home: u.home.clone(),
+                    permissions: u.permissions.clone(),
+                    metadata: u.metadata.clone(),
+                    public_keys: u.public_keys.clone(),
+                    password_hash: u.password_hash.clone(),
+                };
+                (u.username.clone(), Arc::new(user))
+            })
+            .collect();
+        let decoy_hash = hash_password("decoy password for unknown users").unwrap_or_default();
+        UserDirectory { users, decoy_hash }
+    }
+
+    /// Looks a user up by name.
+    pub fn get(&self, username: &str) -> Option<Arc<User>> {
+        self.users.get(username).cloned()
+    }
+
+    /// Verifies a password (argon2, constant-time compare) off the async threads.
+    pub async fn authenticate_password(&self, username: &str, password: &str) -> Result<Arc<User>, AuthError> {
+        let user = self.get(username);
+        let hash = match &user {
+            Some(u) if !u.password_hash.is_empty() => u.password_hash.clone(),
+            _ => self.decoy_hash.clone(),
+        };
+        let password = password.to_string();
+        let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        match user {
+            Some(u) if verified && !u.password_hash.is_empty() => Ok(u),
+            _ => Err(AuthError::BadCredentials),
+        }
+    }
+}
+
+/// Hashes a password into an argon2id PHC string with a random salt.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// Checks a password against a PHC string; false for any malformed hash.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory() -> UserDirectory {
+        let hash = hash_password("secret").expect("hash");
+        UserDirectory::new(&[UserConfig {
+            username: "alice".into(),
+            password_hash: hash,
+            public_keys: vec![],
+            home: "alice/".into(),
+            permissions: [Permission::Upload].into(),
+            metadata: Default::default(),
+        }])
+    }
+
+    #[tokio::test]
+    async fn passwords() {
+        let dir = directory();
+        assert!(dir.authenticate_password("alice", "secret").await.is_ok());
+        assert!(dir.authenticate_password("alice", "wrong").await.is_err());
+        assert!(dir.authenticate_password("bob", "secret").await.is_err());
+    }
+
+    #[test]
+    fn hashes_are_argon2id() {
+        let hash = hash_password("x").expect("hash");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(verify_password(&hash, "x"));
+        assert!(!verify_password("garbage", "x"));
+    }
+}

@@ -1,0 +1,827 @@
+//! One typed configuration tree, loaded from TOML and validated as a whole.
+//!
+//! Loading never stops at the first mistake: every bad key is collected into one
+//! [`ConfigError`] that names the key, the line and what to write instead.
+
+mod raw;
+mod units;
+
+use raw::{RawConfig, Text};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use units::{format_size, parse_duration, parse_size};
+
+/// Default configuration path, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ingest-bridge.toml";
+
+/// S3's smallest part (all but the last).
+pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[ftp]`
+    pub ftp: FtpConfig,
+    /// `[sftp]`
+    pub sftp: SftpConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[notify]`
+    pub notify: NotifyConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+    /// `[[users]]`
+    pub users: Vec<UserConfig>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Host keys, event log and the embedded store live here.
+    pub data_dir: PathBuf,
+    /// How long a stop waits for running uploads before aborting them.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[ftp]`: the FTP/FTPS listener.
+#[derive(Debug, Clone)]
+pub struct FtpConfig {
+    /// Whether the FTP server starts.
+    pub enabled: bool,
+    /// Control connection address.
+    pub listen: SocketAddr,
+    /// Ports offered for passive data connections.
+    pub passive_ports: RangeInclusive<u16>,
+    /// Address (IP or DNS name) advertised in PASV replies.
+    pub passive_host: String,
+    /// A control connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// A data connection that delivers no byte for this long fails the transfer.
+    pub data_timeout: Duration,
+    /// Explicit FTPS, when configured.
+    pub tls: Option<FtpTlsConfig>,
+}
+
+/// `[ftp.tls]`: explicit FTPS.
+#[derive(Debug, Clone)]
+pub struct FtpTlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse logins and transfers that are not encrypted.
+    pub required: bool,
+}
+
+/// `[sftp]`: the SFTP listener.
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    /// Whether the SFTP server starts.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Host key files, generated when missing.
+    pub host_keys: Vec<PathBuf>,
+}
+
+/// Where the S3 API lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An in-process s3s-fs store under `data_dir`.
+    Embedded,
+    /// The default AWS endpoint for the region.
+    Aws,
+    /// Any S3-compatible URL.
+    Url(String),
+}
+
+/// `[storage]`: the S3 bucket and the upload pipeline's limits.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// S3 endpoint.
+    pub endpoint: Endpoint,
+    /// Bucket every object goes to.
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Path-style addressing (MinIO, s3s) instead of virtual hosts.
+    pub path_style: bool,
+    /// Static access key; empty means the AWS default credential chain.
+    pub access_key_id: String,
+    /// Static secret key.
+    pub secret_access_key: String,
+    /// First part size.
+    pub part_size: u64,
+    /// Part sizes grow up to this.
+    pub max_part_size: u64,
+    /// Parts in flight (and buffered) per upload.
+    pub upload_concurrency: usize,
+    /// All upload buffers together.
+    pub memory_limit: u64,
+}
+
+/// `[notify]`: the upload-complete API.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Where completions are POSTed; `None` writes only the event log.
+    pub url: Option<String>,
+    /// One request's deadline.
+    pub timeout: Duration,
+    /// Extra headers on every request.
+    pub headers: BTreeMap<String, String>,
+    /// Standard Webhooks secret (`whsec_…`), decoded.
+    pub signing_secret: Option<Vec<u8>>,
+    /// Longest wait between two retries.
+    pub max_backoff: Duration,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Store files.
+    Upload,
+    /// List directories, stat files.
+    List,
+    /// Read files.
+    Download,
+    /// Delete files.
+    Delete,
+    /// Rename files.
+    Rename,
+    /// Create and remove directories.
+    Mkdir,
+}
+
+impl Permission {
+    /// Every permission, as written in the config.
+    pub const ALL: [(&'static str, Permission); 6] = [
+        ("upload", Permission::Upload),
+        ("list", Permission::List),
+        ("download", Permission::Download),
+        ("delete", Permission::Delete),
+        ("rename", Permission::Rename),
+        ("mkdir", Permission::Mkdir),
+    ];
+}
+
+impl FromStr for Permission {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, p)| *p)
+            .ok_or(())
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::ALL
+            .iter()
+            .find(|(_, p)| p == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// Login name.
+    pub username: String,
+    /// argon2 PHC string; empty when the user logs in by key only.
+    pub password_hash: String,
+    /// OpenSSH public keys.
+    pub public_keys: Vec<String>,
+    /// S3 key prefix, normalised to "" or "dir/…/".
+    pub home: String,
+    /// What the user may do.
+    pub permissions: HashSet<Permission>,
+    /// Copied into every completion of this user.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `storage.part_size`.
+    pub key: String,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+/// Every problem found in a configuration, or why it could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}. Pass --config PATH or set INGEST_BRIDGE_CONFIG.")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// One or more keys have bad values.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "{} has {} problem{}:",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        match p.line {
+            Some(line) => out.push_str(&format!("\n  - {} (line {}): {}", p.key, line, p.message)),
+            None => out.push_str(&format!("\n  - {}: {}", p.key, p.message)),
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut v = Validator {
+            text,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems: v.problems,
+            })
+        }
+    }
+}
+
+/// Collects problems while converting the raw tree.
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem(&mut self, key: &str, at: Option<&Text>, message: impl Into<String>) {
+        let line = at.map(|t| self.line_of(t.span().start));
+        self.problems.push(Problem {
+            key: key.to_string(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn text(value: Option<Text>, default: &str) -> (String, Option<Text>) {
+        match value {
+            Some(t) => (t.get_ref().clone(), Some(t)),
+            None => (default.to_string(), None),
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<Text>, default: u64) -> u64 {
+        let Some(t) = value else { return default };
+        match parse_size(t.get_ref()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(key, Some(&t), e);
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: Option<Text>, default: Duration) -> Duration {
+        let Some(t) = value else { return default };
+        match parse_duration(t.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(key, Some(&t), e);
+                default
+            }
+        }
+    }
+
+    fn socket(&mut self, key: &str, value: Option<Text>, default: &str) -> SocketAddr {
+        let fallback = || SocketAddr::from(([127, 0, 0, 1], 0));
+        let (s, at) = Self::text(value, default);
+        match s.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(
+                    key,
+                    at.as_ref(),
+                    format!("{s:?} is not an address; write IP:PORT, e.g. \"0.0.0.0:2121\" or \"[::]:2121\""),
+                );
+                s.parse().unwrap_or_else(|_| fallback())
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = ServerConfig {
+            data_dir: PathBuf::from(Self::text(raw.server.data_dir, "data").0),
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                raw.server.shutdown_timeout,
+                Duration::from_secs(300),
+            ),
+        };
+        let ftp = self.ftp(raw.ftp);
+        let sftp = SftpConfig {
+            enabled: raw.sftp.enabled.unwrap_or(true),
+            listen: self.socket("sftp.listen", raw.sftp.listen, "127.0.0.1:2222"),
+            host_keys: raw
+                .sftp
+                .host_keys
+                .map(|keys| keys.into_iter().map(|k| PathBuf::from(k.into_inner())).collect())
+                .unwrap_or_else(|| vec![server.data_dir.join("ssh_host_ed25519_key")]),
+        };
+        let storage = self.storage(raw.storage);
+        let notify = self.notify(raw.notify);
+        let metrics = MetricsConfig {
+            listen: self.socket("metrics.listen", raw.metrics.listen, "127.0.0.1:9100"),
+        };
+        let users = self.users(raw.users);
+        self.listeners_distinct(&ftp, &sftp, &metrics);
+        Config {
+            server,
+            ftp,
+            sftp,
+            storage,
+            notify,
+            metrics,
+            users,
+        }
+    }
+
+    fn ftp(&mut self, raw: raw::RawFtp) -> FtpConfig {
+        let (ports, ports_at) = Self::text(raw.passive_ports, "50000-50100");
+        let passive_ports = match parse_port_range(&ports) {
+            Ok(r) => r,
+            Err(e) => {
+                self.problem("ftp.passive_ports", ports_at.as_ref(), e);
+                50000..=50100
+            }
+        };
+        let (passive_host, host_at) = Self::text(raw.passive_host, "127.0.0.1");
+        if passive_host.trim().is_empty() || passive_host.contains(char::is_whitespace) {
+            self.problem(
+                "ftp.passive_host",
+                host_at.as_ref(),
+                "write the IP address or DNS name clients reach this server at, e.g. \"203.0.113.7\"",
+            );
+        }
+        let tls = raw.tls.and_then(|t| {
+            let cert = t.cert.map(|c| PathBuf::from(c.into_inner()));
+            let key = t.key.map(|k| PathBuf::from(k.into_inner()));
+            match (cert, key) {
+                (Some(cert), Some(key)) => Some(FtpTlsConfig {
+                    cert,
+                    key,
+                    required: t.required.unwrap_or(false),
+                }),
+                _ => {
+                    self.problem(
+                        "ftp.tls",
+                        None,
+                        "explicit FTPS needs both cert and key (PEM files); remove [ftp.tls] to serve plain FTP",
+                    );
+                    None
+                }
+            }
+        });
+        FtpConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            listen: self.socket("ftp.listen", raw.listen, "127.0.0.1:2121"),
+            passive_ports,
+            passive_host,
+            idle_timeout: self.duration("ftp.idle_timeout", raw.idle_timeout, Duration::from_secs(600)),
+            data_timeout: self.duration("ftp.data_timeout", raw.data_timeout, Duration::from_secs(60)),
+            tls,
+        }
+    }
+
+    fn storage(&mut self, raw: raw::RawStorage) -> StorageConfig {
+        let (endpoint_text, endpoint_at) = Self::text(raw.endpoint, "embedded");
+        let endpoint = match endpoint_text.as_str() {
+            "embedded" => Endpoint::Embedded,
+            "" | "aws" => Endpoint::Aws,
+            url if url.starts_with("http://") || url.starts_with("https://") => Endpoint::Url(url.trim_end_matches('/').to_string()),
+            other => {
+                self.problem(
+                    "storage.endpoint",
+                    endpoint_at.as_ref(),
+                    format!("{other:?} is neither \"embedded\", \"aws\" nor an http(s):// URL"),
+                );
+                Endpoint::Embedded
+            }
+        };
+        let (bucket, bucket_at) = Self::text(raw.bucket, "ingest");
+        if !valid_bucket_name(&bucket) {
+            self.problem(
+                "storage.bucket",
+                bucket_at.as_ref(),
+                format!("{bucket:?} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"),
+            );
+        }
+        let part_at = raw.part_size.clone();
+        let part_size = self.size("storage.part_size", raw.part_size, 16 << 20);
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&part_size) {
+            self.problem(
+                "storage.part_size",
+                part_at.as_ref(),
+                "S3 parts must be between 5MiB and 5GiB",
+            );
+        }
+        let max_at = raw.max_part_size.clone();
+        let max_part_size = self.size("storage.max_part_size", raw.max_part_size, 512 << 20);
+        if max_part_size > S3_MAX_PART_SIZE || max_part_size < part_size {
+            self.problem(
+                "storage.max_part_size",
+                max_at.as_ref(),
+                format!(
+                    "must be between part_size ({}) and 5GiB",
+                    format_size(part_size)
+                ),
+            );
+        }
+        let upload_concurrency = match raw.upload_concurrency {
+            None => 4,
+            Some(n) if (1..=64).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                let line = self.line_of(n.span().start);
+                self.problems.push(Problem {
+                    key: "storage.upload_concurrency".into(),
+                    line: Some(line),
+                    message: "must be between 1 and 64".into(),
+                });
+                4
+            }
+        };
+        let memory_at = raw.memory_limit.clone();
+        let memory_limit = self.size("storage.memory_limit", raw.memory_limit, 1 << 30);
+        if memory_limit < 2 * part_size {
+            self.problem(
+                "storage.memory_limit",
+                memory_at.as_ref(),
+                format!(
+                    "must hold at least two parts (2 × part_size = {}) so that every upload can progress",
+                    format_size(2 * part_size)
+                ),
+            );
+        }
+        let access_key_id = raw.access_key_id.unwrap_or_default();
+        let secret_access_key = raw.secret_access_key.unwrap_or_default();
+        if access_key_id.is_empty() != secret_access_key.is_empty() {
+            self.problem(
+                "storage.secret_access_key",
+                None,
+                "set both access_key_id and secret_access_key, or neither (to use the AWS default credential chain)",
+            );
+        }
+        StorageConfig {
+            endpoint,
+            bucket,
+            region: Self::text(raw.region, "us-east-1").0,
+            path_style: raw.path_style.unwrap_or(true),
+            access_key_id,
+            secret_access_key,
+            part_size,
+            max_part_size,
+            upload_concurrency,
+            memory_limit,
+        }
+    }
+
+    fn notify(&mut self, raw: raw::RawNotify) -> NotifyConfig {
+        let (url, url_at) = Self::text(raw.url, "");
+        let url = if url.is_empty() {
+            None
+        } else {
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(url),
+                _ => {
+                    self.problem(
+                        "notify.url",
+                        url_at.as_ref(),
+                        format!("{url:?} is not an http(s) URL; leave it empty to write completions only to the event log"),
+                    );
+                    None
+                }
+            }
+        };
+        for (name, value) in &raw.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                self.problem(
+                    &format!("notify.headers.{name}"),
+                    None,
+                    "not a valid HTTP header name or value",
+                );
+            }
+        }
+        let (secret, secret_at) = Self::text(raw.signing_secret, "");
+        let signing_secret = if secret.is_empty() {
+            None
+        } else {
+            match decode_webhook_secret(&secret) {
+                Some(key) => Some(key),
+                None => {
+                    self.problem(
+                        "notify.signing_secret",
+                        secret_at.as_ref(),
+                        "write \"whsec_\" followed by the base64 secret your platform gave you",
+                    );
+                    None
+                }
+            }
+        };
+        NotifyConfig {
+            url,
+            timeout: self.duration("notify.timeout", raw.timeout, Duration::from_secs(30)),
+            headers: raw.headers,
+            signing_secret,
+            max_backoff: self.duration("notify.max_backoff", raw.max_backoff, Duration::from_secs(300)),
+        }
+    }
+
+    fn users(&mut self, raw: Vec<raw::RawUser>) -> Vec<UserConfig> {
+        let mut seen = HashSet::new();
+        let mut users = Vec::new();
+        for (i, u) in raw.into_iter().enumerate() {
+            let key = |field: &str| format!("users[{i}].{field}");
+            let (username, name_at) = Self::text(u.username, "");
+            if username.is_empty() || username.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                self.problem(&key("username"), name_at.as_ref(), "every user needs a username without spaces or control characters");
+            } else if !seen.insert(username.clone()) {
+                self.problem(&key("username"), name_at.as_ref(), format!("{username:?} is defined twice"));
+            }
+            let (password_hash, hash_at) = Self::text(u.password_hash, "");
+            if !password_hash.is_empty() && argon2::PasswordHash::new(&password_hash).is_err() {
+                self.problem(
+                    &key("password_hash"),
+                    hash_at.as_ref(),
+                    "not a PHC hash string; create one with `ingest-bridge hash-password`",
+                );
+            }
+            if password_hash.is_empty() && u.public_keys.is_empty() {
+                self.problem(
+                    &key("password_hash"),
+                    name_at.as_ref(),
+                    "the user has neither a password_hash nor public_keys and could never log in",
+                );
+            }
+            let (home_text, home_at) = Self::text(u.home, "");
+            let home = match normalize_home(&home_text) {
+                Some(h) => h,
+                None => {
+                    self.problem(&key("home"), home_at.as_ref(), "home must be a relative S3 prefix without '.' or '..' segments, e.g. \"alice/\"");
+                    String::new()
+                }
+            };
+            let mut permissions = HashSet::new();
+            match u.permissions {
+                None => {
+                    permissions.extend([Permission::Upload, Permission::List]);
+                }
+                Some(list) => {
+                    for p in list {
+                        match p.get_ref().parse::<Permission>() {
+                            Ok(perm) => {
+                                permissions.insert(perm);
+                            }
+                            Err(()) => self.problem(
+                                &key("permissions"),
+                                Some(&p),
+                                format!("unknown permission {:?}; use upload, list, download, delete, rename, mkdir", p.get_ref()),
+                            ),
+                        }
+                    }
+                }
+            }
+            users.push(UserConfig {
+                username,
+                password_hash,
+                public_keys: u.public_keys.into_iter().map(Text::into_inner).collect(),
+                home,
+                permissions,
+                metadata: u.metadata,
+            });
+        }
+        users
+    }
+
+    fn listeners_distinct(&mut self, ftp: &FtpConfig, sftp: &SftpConfig, metrics: &MetricsConfig) {
+        let mut bound: Vec<(&str, SocketAddr)> = vec![("metrics.listen", metrics.listen)];
+        if ftp.enabled {
+            bound.push(("ftp.listen", ftp.listen));
+        }
+        if sftp.enabled {
+            bound.push(("sftp.listen", sftp.listen));
+        }
+        for (i, (a_key, a)) in bound.iter().enumerate() {
+            for (b_key, b) in &bound[i + 1..] {
+                if a == b && a.port() != 0 {
+                    self.problem(b_key, None, format!("{b} is also {a_key}; give each listener its own port"));
+                }
+            }
+        }
+        if ftp.enabled && ftp.passive_ports.contains(&ftp.listen.port()) {
+            self.problem("ftp.passive_ports", None, "the range includes ftp.listen's port");
+        }
+    }
+}
+
+/// "50000-50100" → 50000..=50100.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let err = || format!("{s:?} is not a port range; write FIRST-LAST, e.g. \"50000-50100\"");
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let a: u16 = a.trim().parse().map_err(|_| err())?;
+    let b: u16 = b.trim().parse().map_err(|_| err())?;
+    if a == 0 || a > b {
+        return Err(err());
+    }
+    Ok(a..=b)
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-'])
+}
+
+/// "alice", "/alice/", "alice//x" → "alice/", "alice/x/"; "" and "/" → "".
+pub fn normalize_home(home: &str) -> Option<String> {
+    let mut out = String::new();
+    for segment in home.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." || segment.chars().any(char::is_control) {
+            return None;
+        }
+        out.push_str(segment);
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// "whsec_<base64>" → key bytes.
+fn decode_webhook_secret(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b64 = secret.strip_prefix("whsec_")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse("").expect("empty config is valid");
+        assert!(c.ftp.enabled);
+        assert_eq!(c.ftp.listen.to_string(), "127.0.0.1:2121");
+        assert_eq!(c.ftp.passive_ports, 50000..=50100);
+        assert_eq!(c.sftp.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.storage.endpoint, Endpoint::Embedded);
+        assert_eq!(c.storage.bucket, "ingest");
+        assert_eq!(c.storage.part_size, 16 << 20);
+        assert_eq!(c.storage.max_part_size, 512 << 20);
+        assert_eq!(c.storage.upload_concurrency, 4);
+        assert_eq!(c.storage.memory_limit, 1 << 30);
+        assert_eq!(c.notify.timeout, Duration::from_secs(30));
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.server.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = r#"
+[ftp]
+listen = "nope"
+passive_ports = "9-1"
+[storage]
+part_size = "1MiB"
+memory_limit = "lots"
+upload_concurrency = 0
+[notify]
+url = "ftp://x"
+timeout = "soon"
+[[users]]
+username = "a"
+password_hash = "plain"
+permissions = ["upload", "fly"]
+home = "../etc"
+"#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
+            panic!("expected validation problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "ftp.listen",
+            "ftp.passive_ports",
+            "storage.part_size",
+            "storage.memory_limit",
+            "storage.upload_concurrency",
+            "notify.url",
+            "notify.timeout",
+            "users[0].password_hash",
+            "users[0].permissions",
+            "users[0].home",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let listen = problems.iter().find(|p| p.key == "ftp.listen").map(|p| p.line);
+        assert_eq!(listen, Some(Some(3)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_syntax_errors_with_a_line() {
+        let Err(ConfigError::Syntax { message, .. }) = parse("[ftp]\nlistne = \"x\"\n") else {
+            panic!("expected a syntax error");
+        };
+        assert!(message.contains("listne"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn home_is_normalised() {
+        assert_eq!(normalize_home("/alice//x/").as_deref(), Some("alice/x/"));
+        assert_eq!(normalize_home("").as_deref(), Some(""));
+        assert_eq!(normalize_home("a/../b"), None);
+    }
+
+    #[test]
+    fn budget_must_hold_two_parts() {
+        let err = parse("[storage]\npart_size = \"8MiB\"\nmemory_limit = \"10MiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.memory_limit"), "{err}");
+    }
+}

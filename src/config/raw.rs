@@ -1,0 +1,109 @@
+//! The configuration file exactly as written: strings still unparsed, every key optional.
+//!
+//! Sizes, durations and addresses stay strings here (with their position in the file) so
+//! that validation can report every bad value at once, each with its key and line.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+
+/// A string value together with where it stands in the file.
+pub type Text = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub ftp: RawFtp,
+    pub sftp: RawSftp,
+    pub storage: RawStorage,
+    pub notify: RawNotify,
+    pub metrics: RawMetrics,
+    pub users: Vec<RawUser>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub data_dir: Option<Text>,
+    pub shutdown_timeout: Option<Text>,
+}
+
+/// `[ftp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFtp {
+    pub enabled: Option<bool>,
+    pub listen: Option<Text>,
+    pub passive_ports: Option<Text>,
+    pub passive_host: Option<Text>,
+    pub idle_timeout: Option<Text>,
+    pub data_timeout: Option<Text>,
+    pub tls: Option<RawFtpTls>,
+}
+
+/// `[ftp.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFtpTls {
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+    pub required: Option<bool>,
+}
+
+/// `[sftp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSftp {
+    pub enabled: Option<bool>,
+    pub listen: Option<Text>,
+    pub host_keys: Option<Vec<Text>>,
+}
+
+/// `[storage]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStorage {
+    pub endpoint: Option<Text>,
+    pub bucket: Option<Text>,
+    pub region: Option<Text>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub part_size: Option<Text>,
+    pub max_part_size: Option<Text>,
+    pub upload_concurrency: Option<Spanned<i64>>,
+    pub memory_limit: Option<Text>,
+}
+
+/// `[notify]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Option<Text>,
+    pub timeout: Option<Text>,
+    pub headers: BTreeMap<String, String>,
+    pub signing_secret: Option<Text>,
+    pub max_backoff: Option<Text>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Text>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUser {
+    pub username: Option<Text>,
+    pub password_hash: Option<Text>,
+    pub public_keys: Vec<Text>,
+    pub home: Option<Text>,
+    pub permissions: Option<Vec<Text>>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}

@@ -1,0 +1,213 @@
+//! libunftp's `StorageBackend` over the shared namespace and upload pipeline: translates FTP
+//! verbs into [`Namespace`] calls and STOR into one streaming [`Upload`](crate::upload::Upload).
+
+use super::session::{FtpUser, Session};
+use crate::auth::{PathError, VirtualPath};
+use crate::namespace::{Entry, FsError, Namespace};
+use crate::upload::{Pipeline, UploadError, UploadRequest};
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use sync_wrapper::SyncWrapper;
+use tokio::io::{AsyncRead, ReadBuf};
+use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
+
+/// What every FTP session shares.
+pub struct FtpShared {
+    /// Uploads.
+    pub pipeline: Pipeline,
+    /// Everything but uploads.
+    pub namespace: Arc<Namespace>,
+    /// A data connection silent this long fails its transfer.
+    pub data_timeout: Duration,
+}
+
+/// One session's view of S3.
+pub struct S3Backend {
+    /// Shared services.
+    pub shared: Arc<FtpShared>,
+    /// This connection.
+    pub session: Arc<Session>,
+}
+
+impl Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend").field("session", &self.session).finish()
+    }
+}
+
+/// An [`Entry`] as libunftp lists it.
+#[derive(Debug, Clone)]
+pub struct EntryMeta(Entry);
+
+impl Metadata for EntryMeta {
+    fn len(&self) -> u64 {
+        self.0.size
+    }
+    fn is_dir(&self) -> bool {
+        self.0.is_dir
+    }
+    fn is_file(&self) -> bool {
+        !self.0.is_dir
+    }
+    fn is_symlink(&self) -> bool {
+        false
+    }
+    fn modified(&self) -> Result<SystemTime> {
+        Ok(self.0.modified)
+    }
+    fn gid(&self) -> u32 {
+        0
+    }
+    fn uid(&self) -> u32 {
+        0
+    }
+    fn permissions(&self) -> unftp_core::storage::Permissions {
+        unftp_core::storage::Permissions(if self.0.is_dir { 0o755 } else { 0o644 })
+    }
+}
+
+fn virtual_path(path: &Path) -> Result<VirtualPath> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::new(ErrorKind::FileNameNotAllowedError, "path is not valid UTF-8"))?;
+    VirtualPath::parse(text).map_err(path_error)
+}
+
+fn path_error(e: PathError) -> Error {
+    match e {
+        PathError::EscapesHome(_) => Error::new(ErrorKind::PermissionDenied, e),
+        PathError::ControlCharacter(_) | PathError::TooLong => Error::new(ErrorKind::FileNameNotAllowedError, e),
+    }
+}
+
+fn fs_error(e: FsError) -> Error {
+    let kind = match &e {
+        FsError::NotFound(_) | FsError::IsDirectory(_) | FsError::Unsupported(_) => ErrorKind::PermanentFileNotAvailable,
+        FsError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+        FsError::Path(p) => return path_error(p.clone()),
+        FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
+        FsError::Storage(_) => ErrorKind::LocalError,
+    };
+    tracing::debug!(error = %e, "ftp request refused");
+    Error::new(kind, e)
+}
+
+fn upload_error(e: UploadError) -> Error {
+    let kind = match &e {
+        UploadError::PermissionDenied => ErrorKind::PermissionDenied,
+        UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
+        UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
+        UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
+        UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) | UploadError::ShuttingDown => {
+            ErrorKind::LocalError
+        }
+    };
+    Error::new(kind, e)
+}
+
+/// Makes a `Send` reader `Sync`, as libunftp's `get` requires, without locking.
+struct SyncReader<R>(SyncWrapper<R>);
+
+impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.get_mut().0.get_mut()).poll_read(cx, buf)
+    }
+}
+
+#[async_trait]
+impl StorageBackend<FtpUser> for S3Backend {
+    type Metadata = EntryMeta;
+
+    fn name(&self) -> &str {
+        "s3"
+    }
+
+    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<EntryMeta> {
+        let path = virtual_path(path.as_ref())?;
+        self.shared.namespace.stat(&user.0, &path).await.map(EntryMeta).map_err(fs_error)
+    }
+
+    async fn list<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<Vec<Fileinfo<PathBuf, EntryMeta>>> {
+        let path = virtual_path(path.as_ref())?;
+        let entries = self.shared.namespace.list(&user.0, &path).await.map_err(fs_error)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Fileinfo {
+                path: PathBuf::from(&e.name),
+                metadata: EntryMeta(e),
+            })
+            .collect())
+    }
+
+    async fn get<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+        start_pos: u64,
+    ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        let path = virtual_path(path.as_ref())?;
+        let body = self.shared.namespace.read(&user.0, &path, start_pos).await.map_err(fs_error)?;
+        Ok(Box::new(SyncReader(SyncWrapper::new(body.into_async_read()))))
+    }
+
+    async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
+        &self,
+        user: &FtpUser,
+        mut input: R,
+        path: P,
+        start_pos: u64,
+    ) -> Result<u64> {
+        if start_pos > 0 {
+            return Err(Error::new(
+                ErrorKind::CommandNotImplemented,
+                "resuming or appending to an existing file is not supported; upload the whole file",
+            ));
+        }
+        let path = virtual_path(path.as_ref())?;
+        let request = UploadRequest {
+            user: user.0.clone(),
+            protocol: self.session.protocol(),
+            path,
+            remote_addr: self.session.remote_addr,
+        };
+        let mut upload = self.shared.pipeline.begin(request).map_err(upload_error)?;
+        if let Err(e) = upload.fill_from(&mut input, self.shared.data_timeout).await {
+            upload.abort(&e).await;
+            return Err(upload_error(e));
+        }
+        let done = upload.finish().await.map_err(upload_error)?;
+        self.shared.namespace.object_written(&done.key);
+        Ok(done.size)
+    }
+
+    async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
+        let path = virtual_path(path.as_ref())?;
+        self.shared.namespace.remove(&user.0, &path).await.map_err(fs_error)
+    }
+
+    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
+        let path = virtual_path(path.as_ref())?;
+        self.shared.namespace.mkdir(&user.0, &path).await.map_err(fs_error)
+    }
+
+    async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, from: P, to: P) -> Result<()> {
+        let from = virtual_path(from.as_ref())?;
+        let to = virtual_path(to.as_ref())?;
+        self.shared.namespace.rename(&user.0, &from, &to).await.map_err(fs_error)
+    }
+
+    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
+        let path = virtual_path(path.as_ref())?;
+        self.shared.namespace.rmdir(&user.0, &path).await.map_err(fs_error)
+    }
+
+    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
+        let path = virtual_path(path.as_ref())?;
+        self.shared.namespace.enter(&user.0, &path).await.map_err(fs_error)
+    }
+}

@@ -1,0 +1,108 @@
+//! The FTP/FTPS front-end: our own accept loop (so every session knows its client's address
+//! and the server controls draining), one libunftp control loop per connection, and a
+//! storage backend that streams STOR into the upload pipeline.
+
+mod backend;
+mod session;
+
+pub use backend::FtpShared;
+
+use crate::auth::UserDirectory;
+use crate::config::FtpConfig;
+use crate::metrics::{GaugeGuard, Metrics, Protocol};
+use backend::S3Backend;
+use libunftp::ServerBuilder;
+use libunftp::options::{FtpsRequired, PassiveHost};
+use session::{FtpUser, MetricsRef, Session, SessionAuthenticator, UserProvider};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Greeting sent on connect.
+const GREETING: &str = "ingest-bridge FTP ready";
+
+/// Serves FTP on `listener` until `stop` is cancelled; then stops accepting. Sessions in
+/// progress keep running (their uploads are drained by the pipeline).
+pub async fn serve(
+    listener: TcpListener,
+    cfg: FtpConfig,
+    shared: Arc<FtpShared>,
+    users: Arc<UserDirectory>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let cfg = Arc::new(cfg);
+    let mut sessions = JoinSet::new();
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ftp: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        while sessions.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let session = Session::new(remote_addr);
+        let server = match build_server(&cfg, &shared, &users, &metrics, session) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "ftp: cannot set up session");
+                continue;
+            }
+        };
+        let gauge = metrics.sessions_active.with_label_values(&[Protocol::Ftp.as_str()]);
+        sessions.spawn(async move {
+            let _active = GaugeGuard::new(gauge);
+            tracing::debug!(remote = %remote_addr, "ftp session opened");
+            if let Err(e) = server.service(stream).await {
+                tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
+            }
+            tracing::debug!(remote = %remote_addr, "ftp session closed");
+        });
+    }
+    // Sessions are detached: their uploads finish or abort under the pipeline's drain.
+    sessions.detach_all();
+}
+
+fn build_server(
+    cfg: &FtpConfig,
+    shared: &Arc<FtpShared>,
+    users: &Arc<UserDirectory>,
+    metrics: &Metrics,
+    session: Arc<Session>,
+) -> Result<libunftp::Server<S3Backend, FtpUser>, libunftp::ServerError> {
+    let backend_shared = shared.clone();
+    let backend_session = session.clone();
+    let generator = Box::new(move || S3Backend {
+        shared: backend_shared.clone(),
+        session: backend_session.clone(),
+    });
+    let passive_host = match cfg.passive_host.parse::<Ipv4Addr>() {
+        Ok(ip) => PassiveHost::Ip(ip),
+        Err(_) => PassiveHost::Dns(cfg.passive_host.clone()),
+    };
+    let mut builder = ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(generator, Arc::new(UserProvider(users.clone())))
+        .authenticator(Arc::new(SessionAuthenticator {
+            users: users.clone(),
+            session,
+            metrics: MetricsRef(metrics.clone()),
+        }))
+        .greeting(GREETING)
+        .passive_ports(cfg.passive_ports.clone())
+        .passive_host(passive_host)
+        .idle_session_timeout(cfg.idle_timeout.as_secs().max(1));
+    if let Some(tls) = &cfg.tls {
+        builder = builder.ftps(tls.cert.clone(), tls.key.clone());
+        if tls.required {
+            builder = builder.ftps_required(FtpsRequired::All, FtpsRequired::All);
+        }
+    }
+    builder.build()
+}

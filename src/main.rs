@@ -1,0 +1,132 @@
+//! The `ingest-bridge` command line.
+
+use clap::{Parser, Subcommand};
+use ingest_bridge::config::{Config, DEFAULT_CONFIG_PATH};
+use ingest_bridge::server::Bridge;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// FTP/SFTP to S3 ingest bridge with upload-complete callbacks.
+#[derive(Parser)]
+#[command(name = "ingest-bridge", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run FTP, the notifier and the metrics endpoint until SIGINT/SIGTERM.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration without binding ports; lists every problem.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Read a password on stdin and print its argon2id PHC string for `password_hash`.
+    HashPassword,
+}
+
+/// Exit code for every operator-facing error.
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::HashPassword => hash_password(),
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn hash_password() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        return fail(format!("cannot read the password from stdin: {e}"));
+    }
+    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    if password.is_empty() {
+        return fail("the password is empty; pipe it in, e.g. `echo -n 'secret' | ingest-bridge hash-password`");
+    }
+    match ingest_bridge::auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("hashing failed: {e}")),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn,s3s=warn,aws_config=warn,aws_smithy_runtime=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let bridge = match Bridge::start(config).await {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        if let Some(store) = &bridge.embedded {
+            println!("embedded S3 store at {} (data in {})", store.url, store.root.display());
+        }
+        if let Some(addr) = bridge.ftp_addr {
+            println!("ftp listening on {addr}");
+        }
+        println!("metrics listening on http://{}/metrics", bridge.metrics_addr);
+        wait_for_signal().await;
+        tracing::info!("stopping: no new connections; waiting for running uploads");
+        bridge.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

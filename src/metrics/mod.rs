@@ -1,0 +1,229 @@
+//! One Prometheus registry with the contract's metrics (prefix `ingest_bridge_`), and the
+//! HTTP endpoint that serves it.
+
+mod endpoint;
+
+pub use endpoint::{serve as serve_endpoint, Readiness};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use std::time::Instant;
+
+/// Which front-end a session or upload came through; the `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain FTP.
+    Ftp,
+    /// FTP with TLS on the control connection.
+    Ftps,
+    /// SFTP over SSH.
+    Sftp,
+}
+
+impl Protocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Ftp => "ftp",
+            Protocol::Ftps => "ftps",
+            Protocol::Sftp => "sftp",
+        }
+    }
+}
+
+/// How an upload ended; the `outcome` label of `uploads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// Whole in S3, completion queued.
+    Completed,
+    /// The client went away or the server stopped it.
+    Aborted,
+    /// S3 or the bridge failed.
+    Failed,
+    /// Refused before any byte was stored (permissions, names, size).
+    Rejected,
+}
+
+impl UploadOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadOutcome::Completed => "completed",
+            UploadOutcome::Aborted => "aborted",
+            UploadOutcome::Failed => "failed",
+            UploadOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Every metric the bridge exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `sessions_active{protocol}`
+    pub sessions_active: IntGaugeVec,
+    /// `logins_total{protocol,result}`
+    pub logins_total: IntCounterVec,
+    /// `uploads_active{protocol}`
+    pub uploads_active: IntGaugeVec,
+    /// `uploads_total{protocol,outcome}`
+    pub uploads_total: IntCounterVec,
+    /// `upload_bytes_total{protocol}`
+    pub upload_bytes_total: IntCounterVec,
+    /// `upload_duration_seconds{protocol}`
+    pub upload_duration_seconds: HistogramVec,
+    /// `s3_requests_total{operation,result}`
+    pub s3_requests_total: IntCounterVec,
+    /// `s3_request_duration_seconds{operation}`
+    pub s3_request_duration_seconds: HistogramVec,
+    /// `buffer_bytes_in_use`
+    pub buffer_bytes_in_use: IntGauge,
+    /// `notifications_total{outcome}`
+    pub notifications_total: IntCounterVec,
+    /// `notifications_pending`
+    pub notifications_pending: IntGauge,
+    /// `notification_duration_seconds`
+    pub notification_duration_seconds: Histogram,
+}
+
+const PREFIX: &str = "ingest_bridge";
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus process metrics and build info.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            // Names are fixed and distinct, so registration cannot collide.
+            let _ = registry.register(c);
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric definition");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric definition");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::from(opts(name, help)).buckets(buckets), labels)
+                .expect("valid metric definition");
+            reg(Box::new(h.clone()));
+            h
+        };
+        let upload_buckets = vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0,
+            21600.0,
+        ];
+        let request_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ];
+        let metrics = Metrics {
+            sessions_active: gauge_vec("sessions_active", "Connected client sessions.", &["protocol"]),
+            logins_total: counter_vec("logins_total", "Login attempts by result.", &["protocol", "result"]),
+            uploads_active: gauge_vec("uploads_active", "Uploads in progress.", &["protocol"]),
+            uploads_total: counter_vec("uploads_total", "Finished uploads by outcome.", &["protocol", "outcome"]),
+            upload_bytes_total: counter_vec("upload_bytes_total", "Bytes received from clients for uploads.", &["protocol"]),
+            upload_duration_seconds: histogram_vec(
+                "upload_duration_seconds",
+                "Time from the first byte of an upload to its completion.",
+                &["protocol"],
+                upload_buckets,
+            ),
+            s3_requests_total: counter_vec("s3_requests_total", "S3 requests by operation and result.", &["operation", "result"]),
+            s3_request_duration_seconds: histogram_vec(
+                "s3_request_duration_seconds",
+                "S3 request latency, including the SDK's retries.",
+                &["operation"],
+                request_buckets.clone(),
+            ),
+            buffer_bytes_in_use: {
+                let g = IntGauge::with_opts(opts("buffer_bytes_in_use", "Bytes of the upload memory budget reserved by part buffers."))
+                    .expect("valid metric definition");
+                reg(Box::new(g.clone()));
+                g
+            },
+            notifications_total: counter_vec("notifications_total", "Completion call attempts by outcome.", &["outcome"]),
+            notifications_pending: {
+                let g = IntGauge::with_opts(opts("notifications_pending", "Completions queued and not yet delivered."))
+                    .expect("valid metric definition");
+                reg(Box::new(g.clone()));
+                g
+            },
+            notification_duration_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::from(opts("notification_duration_seconds", "Completion call latency per attempt."))
+                        .buckets(request_buckets),
+                )
+                .expect("valid metric definition");
+                reg(Box::new(h.clone()));
+                h
+            },
+            registry: registry.clone(),
+        };
+        let build_info = IntGaugeVec::new(opts("build_info", "Build information."), &["version"])
+            .expect("valid metric definition");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        reg(Box::new(build_info));
+        #[cfg(target_os = "linux")]
+        reg(Box::new(prometheus::process_collector::ProcessCollector::new(
+            std::process::id() as i32,
+            PREFIX,
+        )));
+        metrics
+    }
+
+    /// Records one S3 request's result and latency.
+    pub fn observe_s3(&self, operation: &str, ok: bool, started: Instant) {
+        let result = if ok { "success" } else { "error" };
+        self.s3_requests_total.with_label_values(&[operation, result]).inc();
+        self.s3_request_duration_seconds
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a login attempt.
+    pub fn login(&self, protocol: Protocol, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.logins_total.with_label_values(&[protocol.as_str(), result]).inc();
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps a gauge raised while alive: sessions, uploads.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` until the guard is dropped.
+    pub fn new(gauge: IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

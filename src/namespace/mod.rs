@@ -1,0 +1,246 @@
+//! The file-system view every front-end shows: S3 objects as files, common prefixes as
+//! directories, confined to the user's home and checked against the user's permissions.
+//!
+//! S3 has no empty directories, yet clients (curl `--ftp-create-dirs`, GUI clients) make a
+//! directory and enter it at once. Directories made here are remembered in memory until
+//! files appear under them, so they can be entered, listed and removed meanwhile.
+
+use crate::auth::{PathError, User, VirtualPath};
+use crate::config::Permission;
+use crate::storage::{Storage, StorageError};
+use aws_sdk_s3::primitives::ByteStream;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// A file or directory as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Base name ("" for home).
+    pub name: String,
+    /// Directory or file.
+    pub is_dir: bool,
+    /// Bytes (0 for directories).
+    pub size: u64,
+    /// Last modification (the epoch for directories).
+    pub modified: SystemTime,
+}
+
+/// Why a namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such file or directory.
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    /// The user lacks a permission.
+    #[error("permission denied: user may not {0}")]
+    PermissionDenied(Permission),
+    /// The path is not acceptable.
+    #[error("{0}")]
+    Path(#[from] PathError),
+    /// RMD of a directory with files.
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    /// A file operation on a directory, or the reverse.
+    #[error("{0} is a directory")]
+    IsDirectory(String),
+    /// Not supported on S3.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// S3 failed.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Files and directories on S3, for every front-end.
+#[derive(Debug)]
+pub struct Namespace {
+    storage: Storage,
+    /// Keys ("home/dir/") of directories created by clients that hold no object yet.
+    made_dirs: Mutex<HashSet<String>>,
+}
+
+fn require(user: &User, permission: Permission) -> Result<(), FsError> {
+    if user.may(permission) { Ok(()) } else { Err(FsError::PermissionDenied(permission)) }
+}
+
+impl Namespace {
+    /// A namespace over `storage`.
+    pub fn new(storage: Storage) -> Namespace {
+        Namespace {
+            storage,
+            made_dirs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn made_dir(&self, key_prefix: &str) -> bool {
+        self.made_dirs.lock().map(|d| d.contains(key_prefix)).unwrap_or(false)
+    }
+
+    /// Made directories whose parent is `parent_prefix`, as names.
+    fn made_children(&self, parent_prefix: &str) -> Vec<String> {
+        let Ok(dirs) = self.made_dirs.lock() else { return Vec::new() };
+        dirs.iter()
+            .filter_map(|d| d.strip_prefix(parent_prefix))
+            .filter_map(|rest| rest.strip_suffix('/'))
+            .filter(|name| !name.is_empty() && !name.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether `path` is a directory: home, a common prefix, or made by a client.
+    pub async fn is_dir(&self, user: &User, path: &VirtualPath) -> Result<bool, FsError> {
+        if path.is_root() {
+            return Ok(true);
+        }
+        let prefix = format!("{}{}", user.home, path.dir_prefix());
+        if self.made_dir(&prefix) {
+            return Ok(true);
+        }
+        Ok(self.storage.has_objects_under(&prefix).await?)
+    }
+
+    /// STAT: a file or a directory.
+    pub async fn stat(&self, user: &User, path: &VirtualPath) -> Result<Entry, FsError> {
+        if !path.is_root()
+            && let Some(info) = self.storage.head(&user.key_of(path)).await?
+        {
+            return Ok(Entry {
+                name: path.file_name().to_string(),
+                is_dir: false,
+                size: info.size,
+                modified: info.modified,
+            });
+        }
+        if self.is_dir(user, path).await? {
+            return Ok(dir_entry(path.file_name()));
+        }
+        Err(FsError::NotFound(path.to_string()))
+    }
+
+    /// LIST: the entries of a directory (or the file itself, as `ls file` expects).
+    pub async fn list(&self, user: &User, path: &VirtualPath) -> Result<Vec<Entry>, FsError> {
+        require(user, Permission::List)?;
+        let prefix = format!("{}{}", user.home, path.dir_prefix());
+        let listing = self.storage.list_dir(&prefix).await?;
+        let mut entries: Vec<Entry> = listing.dirs.iter().map(|d| dir_entry(d)).collect();
+        let mut made = self.made_children(&prefix);
+        made.retain(|m| !listing.dirs.contains(m));
+        entries.extend(made.iter().map(|d| dir_entry(d)));
+        entries.extend(listing.files.into_iter().map(|f| Entry {
+            name: f.name,
+            is_dir: false,
+            size: f.size,
+            modified: f.modified,
+        }));
+        if entries.is_empty() && !self.is_dir(user, path).await? {
+            // `ls file`: show the file alone.
+            let entry = self.stat(user, path).await?;
+            return Ok(vec![entry]);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// CWD: succeeds for directories only.
+    pub async fn enter(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+        if self.is_dir(user, path).await? { Ok(()) } else { Err(FsError::NotFound(path.to_string())) }
+    }
+
+    /// MKD: remembered until files appear under it.
+    pub async fn mkdir(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+        require(user, Permission::Mkdir)?;
+        if path.is_root() {
+            return Err(FsError::Unsupported("the home directory always exists"));
+        }
+        if !self.is_dir(user, &path.parent()).await? {
+            return Err(FsError::NotFound(path.parent().to_string()));
+        }
+        if self.storage.head(&user.key_of(path)).await?.is_some() {
+            return Err(FsError::Unsupported("a file with that name exists"));
+        }
+        let prefix = format!("{}{}", user.home, path.dir_prefix());
+        if let Ok(mut dirs) = self.made_dirs.lock() {
+            dirs.insert(prefix);
+        }
+        Ok(())
+    }
+
+    /// RMD: only empty directories.
+    pub async fn rmdir(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+        require(user, Permission::Mkdir)?;
+        if path.is_root() {
+            return Err(FsError::Unsupported("the home directory cannot be removed"));
+        }
+        let prefix = format!("{}{}", user.home, path.dir_prefix());
+        if self.storage.has_objects_under(&prefix).await? {
+            return Err(FsError::NotEmpty(path.to_string()));
+        }
+        let removed = self.made_dirs.lock().map(|mut d| {
+            let had = d.remove(&prefix);
+            d.retain(|other| !other.starts_with(&prefix));
+            had
+        });
+        if removed.unwrap_or(false) { Ok(()) } else { Err(FsError::NotFound(path.to_string())) }
+    }
+
+    /// DELE: a file.
+    pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+        require(user, Permission::Delete)?;
+        let key = user.key_of(path);
+        if path.is_root() || self.storage.head(&key).await?.is_none() {
+            return Err(FsError::NotFound(path.to_string()));
+        }
+        self.storage.delete(&key).await?;
+        Ok(())
+    }
+
+    /// RNFR/RNTO: server-side copy, then delete of the source. Files only.
+    pub async fn rename(&self, user: &User, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
+        require(user, Permission::Rename)?;
+        let (from_key, to_key) = (user.key_of(from), user.key_of(to));
+        let Some(info) = self.storage.head(&from_key).await? else {
+            return if self.is_dir(user, from).await? {
+                Err(FsError::Unsupported("renaming directories (S3 has no directories to rename)"))
+            } else {
+                Err(FsError::NotFound(from.to_string()))
+            };
+        };
+        if to.is_root() || self.is_dir(user, to).await? {
+            return Err(FsError::IsDirectory(to.to_string()));
+        }
+        if from_key == to_key {
+            return Ok(());
+        }
+        self.storage.copy(&from_key, &to_key, info.size).await?;
+        self.storage.delete(&from_key).await?;
+        Ok(())
+    }
+
+    /// RETR: the object's bytes from `offset`.
+    pub async fn read(&self, user: &User, path: &VirtualPath, offset: u64) -> Result<ByteStream, FsError> {
+        require(user, Permission::Download)?;
+        if path.is_root() {
+            return Err(FsError::IsDirectory(path.to_string()));
+        }
+        self.storage.get(&user.key_of(path), offset).await.map_err(|e| {
+            if e.not_found { FsError::NotFound(path.to_string()) } else { FsError::Storage(e) }
+        })
+    }
+
+    /// Forgets made directories under which an upload has just landed.
+    pub fn object_written(&self, key: &str) {
+        if let Ok(mut dirs) = self.made_dirs.lock() {
+            dirs.retain(|d| !key.starts_with(d.as_str()));
+        }
+    }
+}
+
+fn dir_entry(name: &str) -> Entry {
+    Entry {
+        name: name.to_string(),
+        is_dir: true,
+        size: 0,
+        modified: SystemTime::UNIX_EPOCH,
+    }
+}

@@ -1,0 +1,228 @@
+//! `serve`: wires config → storage → notifier → pipeline → front-ends and metrics, and stops
+//! them in order.
+
+use crate::auth::UserDirectory;
+use crate::config::{Config, Endpoint};
+use crate::ftp::{self, FtpShared};
+use crate::metrics::{self, Metrics};
+use crate::namespace::Namespace;
+use crate::notify::{Notifier, NotifyError};
+use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
+use crate::storage::{Connection, Storage};
+use crate::upload::Pipeline;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long the start-up bucket check may take.
+const BUCKET_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `/readyz` waits for HeadBucket.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stop waits for queued completions to be delivered.
+const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the bridge could not start. Each message names the key or address to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `server.data_dir` unusable.
+    #[error("cannot create server.data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({key}): {source}. Is another process using the port? Change {key} or stop it.")]
+    Bind {
+        /// The config key.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The embedded store failed.
+    #[error("{0}")]
+    Embedded(#[from] EmbeddedError),
+    /// The bucket is unreachable.
+    #[error(
+        "cannot reach bucket {bucket:?} at {endpoint} (storage.endpoint / storage.bucket): {message}. Check the endpoint URL, that the bucket exists, and the credentials (storage.access_key_id or the AWS default chain)."
+    )]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The endpoint.
+        endpoint: String,
+        /// What S3 said.
+        message: String,
+    },
+    /// The event log failed.
+    #[error("{0}")]
+    Notify(#[from] NotifyError),
+}
+
+/// A running bridge.
+pub struct Bridge {
+    /// FTP control address, when enabled.
+    pub ftp_addr: Option<SocketAddr>,
+    /// Metrics endpoint address.
+    pub metrics_addr: SocketAddr,
+    /// The embedded store, when `storage.endpoint = "embedded"`.
+    pub embedded: Option<EmbeddedStore>,
+    /// The pipeline (budget, S3).
+    pub pipeline: Pipeline,
+    /// Completion delivery.
+    pub notifier: Notifier,
+    /// The metric registry.
+    pub metrics: Metrics,
+    stop_accepting: CancellationToken,
+    stop_metrics: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
+}
+
+impl Bridge {
+    /// Starts everything the config enables; returns once every listener is bound.
+    pub async fn start(config: Config) -> Result<Bridge, StartError> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let metrics = Metrics::new();
+
+        let (embedded, connection) = match config.storage.endpoint {
+            Endpoint::Embedded => {
+                let store = EmbeddedStore::start(&data_dir.join("store"), &config.storage.bucket, 0).await?;
+                let conn = Connection {
+                    endpoint_url: Some(store.url.clone()),
+                    credentials: Some((store.access_key.clone(), store.secret_key.clone())),
+                };
+                (Some(store), conn)
+            }
+            _ => (None, Connection::from_config(&config.storage)),
+        };
+        let storage = Storage::connect(&config.storage, &connection, metrics.clone()).await;
+        let endpoint = connection.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
+        match tokio::time::timeout(BUCKET_CHECK_TIMEOUT, storage.check_bucket()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(StartError::Bucket {
+                    bucket: config.storage.bucket.clone(),
+                    endpoint,
+                    message: e.message,
+                });
+            }
+            Err(_) => {
+                return Err(StartError::Bucket {
+                    bucket: config.storage.bucket.clone(),
+                    endpoint,
+                    message: format!("no answer within {BUCKET_CHECK_TIMEOUT:?}"),
+                });
+            }
+        }
+
+        let notifier = Notifier::start(&config.notify, &data_dir, metrics.clone())?;
+        let pipeline = Pipeline::new(&config.storage, storage.clone(), notifier.clone(), metrics.clone());
+        let namespace = Arc::new(Namespace::new(storage.clone()));
+        let users = Arc::new(UserDirectory::new(&config.users));
+
+        let metrics_listener = bind("metrics.listen", config.metrics.listen).await?;
+        let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics.listen);
+        let ftp_listener = if config.ftp.enabled {
+            Some(bind("ftp.listen", config.ftp.listen).await?)
+        } else {
+            None
+        };
+
+        let stop_accepting = CancellationToken::new();
+        let stop_metrics = CancellationToken::new();
+        let ftp_addr = match ftp_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().unwrap_or(config.ftp.listen);
+                let shared = Arc::new(FtpShared {
+                    pipeline: pipeline.clone(),
+                    namespace: namespace.clone(),
+                    data_timeout: config.ftp.data_timeout,
+                });
+                tokio::spawn(ftp::serve(
+                    listener,
+                    config.ftp.clone(),
+                    shared,
+                    users.clone(),
+                    metrics.clone(),
+                    stop_accepting.clone(),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
+        if config.sftp.enabled {
+            tracing::warn!(
+                listen = %config.sftp.listen,
+                "SFTP is not available in this version yet; [sftp] is read but no SFTP listener starts"
+            );
+        }
+
+        let readiness: metrics::Readiness = {
+            let storage = storage.clone();
+            let notifier = notifier.clone();
+            let accepting = stop_accepting.clone();
+            Arc::new(move || {
+                let storage = storage.clone();
+                let notifier = notifier.clone();
+                let accepting = accepting.clone();
+                Box::pin(async move {
+                    let listeners = if accepting.is_cancelled() { Err("shutting down".to_string()) } else { Ok(()) };
+                    let bucket = match tokio::time::timeout(READY_CHECK_TIMEOUT, storage.check_bucket()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("HeadBucket took longer than {READY_CHECK_TIMEOUT:?}")),
+                    };
+                    vec![("listeners", listeners), ("s3", bucket), ("event_log", notifier.check_writable().await)]
+                })
+            })
+        };
+        tokio::spawn(metrics::serve_endpoint(metrics_listener, metrics.clone(), readiness, stop_metrics.clone()));
+
+        Ok(Bridge {
+            ftp_addr,
+            metrics_addr,
+            embedded,
+            pipeline,
+            notifier,
+            metrics,
+            stop_accepting,
+            stop_metrics,
+            shutdown_timeout: config.server.shutdown_timeout,
+        })
+    }
+
+    /// Stops accepting, lets running uploads finish (up to `server.shutdown_timeout`), aborts
+    /// the rest, gives queued completions a last chance, then stops the metrics endpoint
+    /// and the embedded store.
+    pub async fn shutdown(self) {
+        self.stop_accepting.cancel();
+        let active = self.pipeline.active();
+        if active > 0 {
+            tracing::info!(active, timeout = ?self.shutdown_timeout, "waiting for running uploads to finish");
+        }
+        self.pipeline.shutdown(self.shutdown_timeout).await;
+        if !self.notifier.drain(NOTIFY_DRAIN_TIMEOUT).await {
+            tracing::warn!(
+                pending = self.notifier.pending(),
+                "stopping with undelivered completions; they are in the event log (events.jsonl)"
+            );
+        }
+        self.stop_metrics.cancel();
+        if let Some(store) = &self.embedded {
+            store.stop();
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The only code that talks to S3: one client, every request measured. The upload pipeline
+//! uses its multipart calls; front-ends use its namespace calls (list, stat, get, delete,
+//! copy) through [`crate::upload::Pipeline`] and [`Namespace`](crate::upload::Namespace).
+
+pub mod embedded;
+
+use crate::config::{Endpoint, S3_MAX_PART_SIZE, StorageConfig};
+use crate::metrics::Metrics;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Size of each ranged copy when a rename copies an object above 5 GiB.
+const COPY_PART_SIZE: u64 = 512 * 1024 * 1024;
+
+/// What went wrong with an S3 request.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("S3 {operation} failed: {message}")]
+pub struct StorageError {
+    /// The S3 operation, e.g. "UploadPart".
+    pub operation: &'static str,
+    /// Whether the object or upload did not exist.
+    pub not_found: bool,
+    /// The store's or the transport's message.
+    pub message: String,
+}
+
+/// An object's listing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the listed prefix (a file name).
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Last modification.
+    pub modified: SystemTime,
+}
+
+/// One directory level: the objects and the common prefixes under a prefix.
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    /// Objects directly under the prefix.
+    pub files: Vec<ObjectInfo>,
+    /// Sub-prefixes, as names without the trailing "/".
+    pub dirs: Vec<String>,
+}
+
+/// The S3 bucket, with metrics on every request.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+    bucket: String,
+    metrics: MetricsHandle,
+}
+
+/// `Metrics` without a Debug bound.
+#[derive(Clone)]
+struct MetricsHandle(Metrics);
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Credentials and address for a store, resolved from config (and the embedded store).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// `None` for AWS's default endpoint.
+    pub endpoint_url: Option<String>,
+    /// Static key pair, or `None` for the default credential chain.
+    pub credentials: Option<(String, String)>,
+}
+
+impl Connection {
+    /// The connection config describes (not for `Endpoint::Embedded`, whose address is only
+    /// known once it runs).
+    pub fn from_config(cfg: &StorageConfig) -> Connection {
+        Connection {
+            endpoint_url: match &cfg.endpoint {
+                Endpoint::Url(u) => Some(u.clone()),
+                Endpoint::Aws | Endpoint::Embedded => None,
+            },
+            credentials: (!cfg.access_key_id.is_empty())
+                .then(|| (cfg.access_key_id.clone(), cfg.secret_access_key.clone())),
+        }
+    }
+}
+
+impl Storage {
+    /// Builds the client; does not contact the store (see [`Storage::check_bucket`]).
+    pub async fn connect(cfg: &StorageConfig, conn: &Connection, metrics: Metrics) -> Storage {
+        use aws_config::{BehaviorVersion, Region, timeout::TimeoutConfig};
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        if let Some((ak, sk)) = &conn.credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                ak.clone(),
+                sk.clone(),
+                None,
+                None,
+                "ingest-bridge-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.path_style)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(url) = &conn.endpoint_url {
+            builder = builder.endpoint_url(url.clone());
+        }
+        Storage {
+            client: Client::from_conf(builder.build()),
+            bucket: cfg.bucket.clone(),
+            metrics: MetricsHandle(metrics),
+        }
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Runs one SDK call, recording its result and latency.
+    async fn call<T, E, R>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, StorageError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let started = Instant::now();
+        let result = request.await;
+        self.metrics.0.observe_s3(operation, result.is_ok(), started);
+        result.map_err(|err| {
+            let not_found = match &err {
+                SdkError::ServiceError(e) => {
+                    matches!(e.err().code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload" | "NoSuchBucket"))
+                        || format!("{:?}", e.raw()).contains("status: StatusCode(404)")
+                }
+                _ => false,
+            };
+            let message = match err.code() {
+                Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
+                None => DisplayErrorContext(&err).to_string(),
+            };
+            StorageError {
+                operation,
+                not_found,
+                message,
+            }
+        })
+    }
+
+    /// HeadBucket: is the bucket there and are we allowed in?
+    pub async fn check_bucket(&self) -> Result<(), StorageError> {
+        self.call("HeadBucket", self.client.head_bucket().bucket(&self.bucket).send())
+            .await
+            .map(|_| ())
+    }
+
+    /// HeadObject: size and time of one object, `None` when absent.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let result = self
+            .call("HeadObject", self.client.head_object().bucket(&self.bucket).key(key).send())
+            .await;
+        match result {
+            Ok(out) => Ok(Some(ObjectInfo {
+                name: key.rsplit('/').next().unwrap_or(key).to_string(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                modified: out
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            })),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether any object's key starts with `prefix`.
+    pub async fn has_objects_under(&self, prefix: &str) -> Result<bool, StorageError> {
+        let out = self
+            .call(
+                "ListObjectsV2",
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .max_keys(1)
+                    .send(),
+            )
+            .await?;
+        Ok(out.key_count().unwrap_or(0) > 0 || !out.contents().is_empty() || !out.common_prefixes().is_empty())
+    }
+
+    /// One directory level under `prefix` (which ends in "/" or is empty), every page of it.
+    pub async fn list_dir(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let mut listing = Listing::default();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .call(
+                    "ListObjectsV2",
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(prefix)
+                        .delimiter("/")
+                        .set_continuation_token(token.take())
+                        .send(),
+                )
+                .await?;
+            for obj in out.contents() {
+                let Some(name) = obj.key().and_then(|k| k.strip_prefix(prefix)) else { continue };
+                // "dir/" marker objects written by other tools are directories, not files.
+                if name.is_empty() || name.ends_with('/') {
+                    continue;
+                }
+                listing.files.push(ObjectInfo {
+                    name: name.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+            for cp in out.common_prefixes() {
+                if let Some(name) = cp.prefix().and_then(|p| p.strip_prefix(prefix)) {
+                    let name = name.trim_end_matches('/');
+                    if !name.is_empty() {
+                        listing.dirs.push(name.to_string());
+                    }
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(listing)
+    }
+
+    /// GetObject from `offset` to the end.
+    pub async fn get(&self, key: &str, offset: u64) -> Result<ByteStream, StorageError> {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if offset > 0 {
+            request = request.range(format!("bytes={offset}-"));
+        }
+        Ok(self.call("GetObject", request.send()).await?.body)
+    }
+
+    /// DeleteObject.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.call("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(key).send())
+            .await
+            .map(|_| ())
+    }
+
+    /// Server-side copy of a whole object: CopyObject, or UploadPartCopy in parallel ranges
+    /// above S3's 5 GiB single-copy limit.
+    pub async fn copy(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        let source = format!("{}/{}", self.bucket, encode_key(from));
+        if size <= S3_MAX_PART_SIZE {
+            return self
+                .call(
+                    "CopyObject",
+                    self.client
+                        .copy_object()
+                        .bucket(&self.bucket)
+                        .key(to)
+                        .copy_source(source)
+                        .send(),
+                )
+                .await
+                .map(|_| ());
+        }
+        let upload_id = self.create_multipart(to, None).await?;
+        let result = async {
+            let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(COPY_PART_SIZE))
+                .map(|i| {
+                    let start = i * COPY_PART_SIZE;
+                    let end = (start + COPY_PART_SIZE).min(size) - 1;
+                    (i as i32 + 1, start, end)
+                })
+                .collect();
+            let copies = ranges.into_iter().map(|(number, start, end)| {
+                let request = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send();
+                async move {
+                    let out = self.call("UploadPartCopy", request).await?;
+                    let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default();
+                    Ok::<_, StorageError>(CompletedPart::builder().part_number(number).e_tag(etag).build())
+                }
+            });
+            use futures::StreamExt;
+            let mut parts: Vec<CompletedPart> = futures::stream::iter(copies)
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            parts.sort_by_key(|p| p.part_number());
+            self.complete_multipart(to, &upload_id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.abort_multipart(to, &upload_id).await;
+        }
+        result.map(|_| ())
+    }
+
+    /// PutObject of a whole small file; returns the ETag.
+    pub async fn put_object(&self, key: &str, body: Bytes, content_type: &str) -> Result<String, StorageError> {
+        let out = self
+            .call(
+                "PutObject",
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .content_type(content_type)
+                    .content_length(body.len() as i64)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .await?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// CreateMultipartUpload; returns the upload id.
+    pub async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StorageError> {
+        let out = self
+            .call(
+                "CreateMultipartUpload",
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .set_content_type(content_type.map(str::to_string))
+                    .send(),
+            )
+            .await?;
+        out.upload_id().map(str::to_string).ok_or(StorageError {
+            operation: "CreateMultipartUpload",
+            not_found: false,
+            message: "the store returned no upload id".into(),
+        })
+    }
+
+    /// UploadPart from an in-memory buffer (the SDK retries from it).
+    pub async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> Result<CompletedPart, StorageError> {
+        let out = self
+            .call(
+                "UploadPart",
+                self.client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(body.len() as i64)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .await?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+            .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
+            .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_string))
+            .build())
+    }
+
+    /// CompleteMultipartUpload with parts in order; returns the ETag.
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<String, StorageError> {
+        let out = self
+            .call(
+                "CompleteMultipartUpload",
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send(),
+            )
+            .await?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// AbortMultipartUpload.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.call(
+            "AbortMultipartUpload",
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// ListParts: the part numbers S3 holds for an upload (tests and diagnostics).
+    pub async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<i32>, StorageError> {
+        let out = self
+            .call(
+                "ListParts",
+                self.client
+                    .list_parts()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send(),
+            )
+            .await?;
+        Ok(out.parts().iter().filter_map(|p| p.part_number()).collect())
+    }
+}
+
+/// URL-encodes a key for `x-amz-copy-source`, keeping "/".
+fn encode_key(key: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    utf8_percent_encode(key, KEEP).to_string()
+}

@@ -1,0 +1,165 @@
+//! The process-wide memory budget for upload buffers.
+//!
+//! Two pools share `memory_limit`: a small *probe* pool from which every upload takes its
+//! first, small buffer (so a 2 KiB file costs 256 KiB of budget, not a whole part), and the
+//! *part* pool from which whole parts are reserved atomically. Reservations are taken before
+//! bytes are read and returned when S3 has the part, so the sum of reservations never exceeds
+//! the limit. Parts are reserved whole and the part pool only ever holds buffers that are
+//! being filled or sent, so no set of uploads can wait on each other forever; the semaphores
+//! are fair (FIFO), so a fast upload cannot starve a slow one.
+
+use prometheus::IntGauge;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Budget accounting unit: semaphores count KiB so that terabytes fit in a permit count.
+const UNIT: u64 = 1024;
+/// An upload's first buffer: small files finish inside it.
+pub const PROBE_SIZE: u64 = 256 * 1024;
+
+/// The shared budget.
+#[derive(Clone)]
+pub struct MemoryBudget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    probes: Arc<Semaphore>,
+    parts: Arc<Semaphore>,
+    part_pool_bytes: u64,
+    limit: u64,
+    in_use: AtomicU64,
+    peak: AtomicU64,
+    gauge: IntGauge,
+}
+
+/// Bytes of budget held by one buffer; returned when dropped.
+pub struct Reservation {
+    bytes: u64,
+    _permit: OwnedSemaphorePermit,
+    budget: Arc<Inner>,
+}
+
+impl Reservation {
+    /// Reserved bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let now = self.budget.in_use.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
+        self.budget.gauge.set(now as i64);
+    }
+}
+
+impl MemoryBudget {
+    /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool.
+    pub fn new(limit: u64, gauge: IntGauge) -> MemoryBudget {
+        let probe_pool = (limit / 8).max(PROBE_SIZE).min(limit / 2);
+        let part_pool = limit - probe_pool;
+        MemoryBudget {
+            inner: Arc::new(Inner {
+                probes: Arc::new(Semaphore::new(units(probe_pool))),
+                parts: Arc::new(Semaphore::new(units(part_pool))),
+                part_pool_bytes: units(part_pool) as u64 * UNIT,
+                limit,
+                in_use: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                gauge,
+            }),
+        }
+    }
+
+    /// The largest part the budget can ever hold.
+    pub fn max_part(&self) -> u64 {
+        self.inner.part_pool_bytes
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> u64 {
+        self.inner.limit
+    }
+
+    /// Bytes reserved right now.
+    pub fn in_use(&self) -> u64 {
+        self.inner.in_use.load(Ordering::Acquire)
+    }
+
+    /// The most ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.inner.peak.load(Ordering::Acquire)
+    }
+
+    /// Reserves a first buffer of up to [`PROBE_SIZE`]; waits while the probe pool is spent.
+    pub async fn reserve_probe(&self, bytes: u64) -> Reservation {
+        let pool = self.inner.probes.clone();
+        self.reserve(pool, bytes.min(PROBE_SIZE)).await
+    }
+
+    /// Reserves a whole part buffer at once; waits while the part pool is spent.
+    pub async fn reserve_part(&self, bytes: u64) -> Reservation {
+        let pool = self.inner.parts.clone();
+        self.reserve(pool, bytes.min(self.inner.part_pool_bytes)).await
+    }
+
+    async fn reserve(&self, pool: Arc<Semaphore>, bytes: u64) -> Reservation {
+        let n = units(bytes) as u32;
+        // The semaphores are never closed, so acquiring can only wait, not fail.
+        let permit = match pool.acquire_many_owned(n).await {
+            Ok(p) => p,
+            Err(_) => unreachable!("upload budget semaphores are never closed"),
+        };
+        let bytes = n as u64 * UNIT;
+        let now = self.inner.in_use.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.inner.peak.fetch_max(now, Ordering::AcqRel);
+        self.inner.gauge.set(now as i64);
+        Reservation {
+            bytes,
+            _permit: permit,
+            budget: self.inner.clone(),
+        }
+    }
+}
+
+/// Bytes → whole units, rounding up, clamped to what a semaphore permit count can hold.
+fn units(bytes: u64) -> usize {
+    bytes.div_ceil(UNIT).min(u32::MAX as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(limit: u64) -> MemoryBudget {
+        MemoryBudget::new(limit, IntGauge::new("t", "t").expect("gauge"))
+    }
+
+    #[tokio::test]
+    async fn reservations_are_counted_and_returned() {
+        let b = budget(64 << 20);
+        let p = b.reserve_part(16 << 20).await;
+        let q = b.reserve_probe(2048).await;
+        assert_eq!(b.in_use(), (16 << 20) + 2048);
+        drop(p);
+        drop(q);
+        assert_eq!(b.in_use(), 0);
+        assert_eq!(b.peak(), (16 << 20) + 2048);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_waits_instead_of_growing() {
+        let b = budget(16 << 20);
+        let part = b.max_part();
+        let held = b.reserve_part(part).await;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), b.reserve_part(1 << 20)).await;
+        assert!(waiting.is_err(), "second reservation must wait");
+        drop(held);
+        let _ok = tokio::time::timeout(std::time::Duration::from_secs(1), b.reserve_part(1 << 20))
+            .await
+            .expect("released budget is reusable");
+        assert!(b.peak() <= b.limit());
+    }
+}

@@ -1,0 +1,587 @@
+//! The protocol-agnostic streaming pipeline: client bytes in, one S3 object and one queued
+//! completion out — or nothing at all.
+//!
+//! ```text
+//! begin() ─► write()/fill_from() ─► probe buffer ─► part buffers ─► UploadPart × concurrency
+//!                 │ SHA-256 as bytes pass        (reserved from the MemoryBudget first)
+//!                 ▼
+//! finish() ─► PutObject (fits in one part) | CompleteMultipartUpload ─► Notifier::enqueue ─► Ok
+//! anything else (error, abort(), drop, shutdown) ─► AbortMultipartUpload, no completion
+//! ```
+//!
+//! Success is said last: `finish` returns only after the object is whole in S3 and its
+//! completion is durably queued.
+
+mod budget;
+mod content_type;
+mod part_size;
+
+pub use budget::{MemoryBudget, PROBE_SIZE, Reservation};
+pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
+
+use crate::auth::{User, VirtualPath};
+use crate::config::{Permission, StorageConfig, format_size};
+use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
+use crate::notify::{CompletedUpload, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id};
+use crate::storage::{Storage, StorageError};
+use aws_sdk_s3::types::CompletedPart;
+use bytes::{BufMut, BytesMut};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Why an upload did not complete. Every variant leaves no object and no completion.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The user lacks the `upload` permission.
+    #[error("permission denied: user may not upload")]
+    PermissionDenied,
+    /// The path names the home directory itself.
+    #[error("cannot upload to a directory")]
+    IsDirectory,
+    /// The transfer exceeds what S3 (10,000 parts, 5 TiB) and the part sizes allow.
+    #[error("file exceeds the largest object these settings allow ({})", format_size(*.limit))]
+    TooLarge {
+        /// The largest allowed object.
+        limit: u64,
+    },
+    /// Reading from the client failed (reset, broken connection).
+    #[error("connection to the client failed: {0}")]
+    Client(std::io::Error),
+    /// The client sent nothing for too long.
+    #[error("no data from the client for {0:?}")]
+    Stalled(Duration),
+    /// S3 refused or failed after the SDK's retries.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// The completion could not be queued.
+    #[error("{0}")]
+    Notify(#[from] NotifyError),
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// An internal task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl UploadError {
+    /// The metrics outcome this error counts as.
+    pub fn outcome(&self) -> UploadOutcome {
+        match self {
+            UploadError::PermissionDenied | UploadError::IsDirectory | UploadError::TooLarge { .. } => UploadOutcome::Rejected,
+            UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => UploadOutcome::Aborted,
+            UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) => UploadOutcome::Failed,
+        }
+    }
+}
+
+/// Who uploads what, from where.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    /// The logged-in user.
+    pub user: Arc<User>,
+    /// The front-end.
+    pub protocol: Protocol,
+    /// The normalised path inside the user's home.
+    pub path: VirtualPath,
+    /// The client's address.
+    pub remote_addr: SocketAddr,
+}
+
+/// Starts uploads; shared by every front-end.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Storage,
+    notifier: Notifier,
+    budget: MemoryBudget,
+    sizes: PartSizes,
+    concurrency: usize,
+    metrics: Metrics,
+    active: AtomicUsize,
+    idle: Notify,
+    stop: CancellationToken,
+}
+
+impl Pipeline {
+    /// A pipeline writing to `storage` under the budget and part sizes of `cfg`.
+    pub fn new(cfg: &StorageConfig, storage: Storage, notifier: Notifier, metrics: Metrics) -> Pipeline {
+        let budget = MemoryBudget::new(cfg.memory_limit, metrics.buffer_bytes_in_use.clone());
+        let sizes = PartSizes::new(cfg.part_size.min(budget.max_part()), cfg.max_part_size.min(budget.max_part()));
+        Pipeline {
+            inner: Arc::new(Inner {
+                storage,
+                notifier,
+                budget,
+                sizes,
+                concurrency: cfg.upload_concurrency,
+                metrics,
+                active: AtomicUsize::new(0),
+                idle: Notify::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The memory budget (for tests and diagnostics).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.inner.budget
+    }
+
+    /// The largest object an upload may produce.
+    pub fn max_object_size(&self) -> u64 {
+        self.inner.sizes.max_object_size()
+    }
+
+    /// The storage the pipeline writes to.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Uploads in progress.
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Starts an upload after checking the user's permission.
+    pub fn begin(&self, req: UploadRequest) -> Result<Upload, UploadError> {
+        let protocol = req.protocol;
+        let refuse = |e: UploadError| {
+            self.inner
+                .metrics
+                .uploads_total
+                .with_label_values(&[protocol.as_str(), e.outcome().as_str()])
+                .inc();
+            tracing::warn!(user = %req.user.name, path = %req.path, error = %e, "upload refused");
+            Err(e)
+        };
+        if !req.user.may(Permission::Upload) {
+            return refuse(UploadError::PermissionDenied);
+        }
+        if req.path.is_root() {
+            return refuse(UploadError::IsDirectory);
+        }
+        if self.inner.stop.is_cancelled() {
+            return refuse(UploadError::ShuttingDown);
+        }
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        let key = req.user.key_of(&req.path);
+        tracing::debug!(user = %req.user.name, path = %req.path, key = %key, "upload started");
+        Ok(Upload {
+            active_gauge: GaugeGuard::new(self.inner.metrics.uploads_active.with_label_values(&[protocol.as_str()])),
+            pipeline: self.inner.clone(),
+            key,
+            req,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            hasher: Sha256::new(),
+            size: 0,
+            buffer: None,
+            multipart: None,
+            content_type: None,
+            open: true,
+        })
+    }
+
+    /// Waits up to `grace` for running uploads to finish, then stops the rest (they abort)
+    /// and waits briefly for their cleanup. New uploads are refused from the start.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        let finished = tokio::time::timeout(grace, inner.wait_idle()).await.is_ok();
+        inner.stop.cancel();
+        if !finished {
+            tracing::warn!(active = self.active(), "shutdown grace period over; aborting running uploads");
+            let _ = tokio::time::timeout(Duration::from_secs(15), inner.wait_idle()).await;
+        }
+    }
+
+    /// Refuses new uploads and cancels running ones at once.
+    pub fn stop_now(&self) {
+        self.inner.stop.cancel();
+    }
+}
+
+impl Inner {
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// A buffer being filled, with the budget it holds.
+struct Buffer {
+    data: BytesMut,
+    capacity: usize,
+    /// The small first buffer, before the upload is known to need parts.
+    probe: bool,
+    reservation: Reservation,
+}
+
+/// An S3 multipart upload in progress.
+struct Multipart {
+    upload_id: String,
+    next_number: u32,
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    done: Vec<CompletedPart>,
+}
+
+/// One upload in progress. Finish it with [`Upload::finish`]; dropping it aborts.
+pub struct Upload {
+    pipeline: Arc<Inner>,
+    req: UploadRequest,
+    key: String,
+    started_at: SystemTime,
+    started: Instant,
+    hasher: Sha256,
+    size: u64,
+    buffer: Option<Buffer>,
+    multipart: Option<Multipart>,
+    content_type: Option<String>,
+    open: bool,
+    active_gauge: GaugeGuard,
+}
+
+impl Upload {
+    /// The object key this upload writes.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The S3 multipart upload id, once the upload has needed one.
+    pub fn multipart_id(&self) -> Option<&str> {
+        self.multipart.as_ref().map(|m| m.upload_id.as_str())
+    }
+
+    /// Appends bytes; waits while the memory budget is spent or parts are in flight.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), UploadError> {
+        while !data.is_empty() {
+            if self.pipeline.stop.is_cancelled() {
+                return Err(UploadError::ShuttingDown);
+            }
+            let spare = self.writable_buffer().await?;
+            let n = spare.min(data.len());
+            let (chunk, rest) = data.split_at(n);
+            self.accept(chunk)?;
+            if let Some(buffer) = self.buffer.as_mut() {
+                buffer.data.extend_from_slice(chunk);
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// Reads `reader` to its end straight into part buffers. A read that yields nothing for
+    /// `stall_timeout` fails the upload, as does a server shutdown.
+    pub async fn fill_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R, stall_timeout: Duration) -> Result<u64, UploadError> {
+        let stop = self.pipeline.stop.clone();
+        loop {
+            let spare = self.writable_buffer().await?;
+            let Some(buffer) = self.buffer.as_mut() else {
+                return Err(UploadError::Internal("no buffer after reservation".into()));
+            };
+            let before = buffer.data.len();
+            let mut limited = (&mut buffer.data).limit(spare);
+            let read = tokio::select! {
+                r = tokio::time::timeout(stall_timeout, reader.read_buf(&mut limited)) => r,
+                () = stop.cancelled() => return Err(UploadError::ShuttingDown),
+            };
+            let n = match read {
+                Err(_) => return Err(UploadError::Stalled(stall_timeout)),
+                Ok(Err(e)) => return Err(UploadError::Client(e)),
+                Ok(Ok(0)) => return Ok(self.size),
+                Ok(Ok(n)) => n,
+            };
+            let Upload { buffer, hasher, size, .. } = self;
+            if let Some(buffer) = buffer.as_ref() {
+                hasher.update(&buffer.data[before..before + n]);
+            }
+            *size += n as u64;
+            self.check_size()?;
+            self.pipeline
+                .metrics
+                .upload_bytes_total
+                .with_label_values(&[self.req.protocol.as_str()])
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Counts and hashes bytes about to enter the buffer.
+    fn accept(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.check_size()?;
+        self.pipeline
+            .metrics
+            .upload_bytes_total
+            .with_label_values(&[self.req.protocol.as_str()])
+            .inc_by(chunk.len() as u64);
+        Ok(())
+    }
+
+    fn check_size(&self) -> Result<(), UploadError> {
+        let limit = self.pipeline.sizes.max_object_size();
+        if self.size > limit {
+            return Err(UploadError::TooLarge { limit });
+        }
+        Ok(())
+    }
+
+    /// Makes sure a buffer with free space exists and returns the free space: reserves the
+    /// probe, grows it into the first part, or sends a full part and reserves the next.
+    async fn writable_buffer(&mut self) -> Result<usize, UploadError> {
+        loop {
+            match &self.buffer {
+                Some(b) if b.data.len() < b.capacity => return Ok(b.capacity - b.data.len()),
+                Some(b) if b.probe => {
+                    let first = self.pipeline.sizes.size_of(1);
+                    let reservation = self.pipeline.budget.reserve_part(first).await;
+                    let capacity = reservation.bytes().min(first) as usize;
+                    let mut data = BytesMut::with_capacity(capacity);
+                    data.extend_from_slice(&b.data);
+                    // The probe's reservation is returned as the old buffer drops.
+                    self.buffer = Some(Buffer {
+                        data,
+                        capacity,
+                        probe: false,
+                        reservation,
+                    });
+                }
+                Some(_) => self.send_part().await?,
+                None => {
+                    let next = self.multipart.as_ref().map_or(1, |m| m.next_number);
+                    if next > MAX_PARTS {
+                        return Err(UploadError::TooLarge {
+                            limit: self.pipeline.sizes.max_object_size(),
+                        });
+                    }
+                    let part = self.pipeline.sizes.size_of(next);
+                    let (reservation, probe) = if self.multipart.is_none() {
+                        (self.pipeline.budget.reserve_probe(PROBE_SIZE.min(part)).await, true)
+                    } else {
+                        (self.pipeline.budget.reserve_part(part).await, false)
+                    };
+                    let capacity = reservation.bytes().min(part) as usize;
+                    self.buffer = Some(Buffer {
+                        data: BytesMut::with_capacity(capacity),
+                        capacity,
+                        probe,
+                        reservation,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends the current buffer as the next part, creating the multipart upload first when
+    /// needed; waits while `upload_concurrency` parts are in flight.
+    async fn send_part(&mut self) -> Result<(), UploadError> {
+        let Some(buffer) = self.buffer.take() else { return Ok(()) };
+        if self.multipart.is_none() {
+            let content_type = content_type::detect(self.req.path.file_name(), &buffer.data[..buffer.data.len().min(4096)]);
+            let upload_id = self.pipeline.storage.create_multipart(&self.key, Some(&content_type)).await?;
+            self.content_type = Some(content_type);
+            self.multipart = Some(Multipart {
+                upload_id,
+                next_number: 1,
+                in_flight: JoinSet::new(),
+                done: Vec::new(),
+            });
+        }
+        let concurrency = self.pipeline.concurrency;
+        let Some(mp) = self.multipart.as_mut() else {
+            return Err(UploadError::Internal("multipart state missing".into()));
+        };
+        while mp.in_flight.len() >= concurrency {
+            if let Some(joined) = mp.in_flight.join_next().await {
+                mp.done.push(part_result(joined)?);
+            }
+        }
+        let number = mp.next_number;
+        mp.next_number += 1;
+        let storage = self.pipeline.storage.clone();
+        let key = self.key.clone();
+        let upload_id = mp.upload_id.clone();
+        let Buffer { data, reservation, .. } = buffer;
+        mp.in_flight.spawn(async move {
+            let result = storage.upload_part(&key, &upload_id, number as i32, data.freeze()).await;
+            // The budget is returned only once S3 has the part (or the part failed).
+            drop(reservation);
+            result
+        });
+        Ok(())
+    }
+
+    /// Completes the object, queues its completion, and only then returns success.
+    pub async fn finish(mut self) -> Result<CompletedUpload, UploadError> {
+        match self.complete().await {
+            Ok(completion) => {
+                self.open = false;
+                let protocol = self.req.protocol.as_str();
+                let m = &self.pipeline.metrics;
+                m.uploads_total.with_label_values(&[protocol, UploadOutcome::Completed.as_str()]).inc();
+                m.upload_duration_seconds
+                    .with_label_values(&[protocol])
+                    .observe(self.started.elapsed().as_secs_f64());
+                tracing::info!(
+                    user = %completion.username, protocol, path = %completion.path, key = %completion.key,
+                    size = completion.size, sha256 = %completion.sha256, id = %completion.id,
+                    duration_ms = self.started.elapsed().as_millis() as u64, "upload completed"
+                );
+                Ok(completion)
+            }
+            Err(e) => {
+                self.abort_with(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn complete(&mut self) -> Result<CompletedUpload, UploadError> {
+        if self.pipeline.stop.is_cancelled() {
+            return Err(UploadError::ShuttingDown);
+        }
+        let storage = self.pipeline.storage.clone();
+        let (etag, content_type) = if self.multipart.is_none() {
+            let body = self.buffer.take().map(|b| (b.data.freeze(), b.reservation));
+            let (bytes, reservation) = match body {
+                Some((bytes, r)) => (bytes, Some(r)),
+                None => (bytes::Bytes::new(), None),
+            };
+            let content_type = content_type::detect(self.req.path.file_name(), &bytes[..bytes.len().min(4096)]);
+            let etag = storage.put_object(&self.key, bytes, &content_type).await?;
+            drop(reservation);
+            (etag, content_type)
+        } else {
+            if self.buffer.as_ref().is_some_and(|b| !b.data.is_empty()) {
+                self.send_part().await?;
+            }
+            self.buffer = None;
+            let Some(mp) = self.multipart.as_mut() else {
+                return Err(UploadError::Internal("multipart state missing".into()));
+            };
+            while let Some(joined) = mp.in_flight.join_next().await {
+                mp.done.push(part_result(joined)?);
+            }
+            let mut parts = std::mem::take(&mut mp.done);
+            parts.sort_by_key(|p| p.part_number());
+            let etag = storage.complete_multipart(&self.key, &mp.upload_id, parts).await?;
+            // Complete succeeded: there is no multipart upload left to abort.
+            self.multipart = None;
+            (etag, self.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()))
+        };
+        let hasher = std::mem::take(&mut self.hasher);
+        let completion = CompletedUpload {
+            event: UPLOAD_COMPLETED,
+            id: new_event_id(),
+            protocol: self.req.protocol,
+            username: self.req.user.name.clone(),
+            remote_addr: self.req.remote_addr.to_string(),
+            path: self.req.path.to_string(),
+            bucket: storage.bucket().to_string(),
+            key: self.key.clone(),
+            size: self.size,
+            etag,
+            sha256: hex::encode(hasher.finalize()),
+            content_type,
+            started_at: self.started_at,
+            completed_at: SystemTime::now(),
+            metadata: self.req.user.metadata.clone(),
+        };
+        if let Err(e) = self.pipeline.notifier.enqueue(completion.clone()).await {
+            // The object is whole but its completion cannot be queued: take it back so the
+            // client's retry starts from a clean slate.
+            if let Err(del) = storage.delete(&self.key).await {
+                tracing::error!(key = %self.key, error = %del, "cannot remove object whose completion could not be queued");
+            }
+            return Err(e.into());
+        }
+        Ok(completion)
+    }
+
+    /// Aborts: stops parts in flight, aborts the multipart upload, releases the budget.
+    pub async fn abort(mut self, reason: &UploadError) {
+        self.abort_with(reason).await;
+    }
+
+    async fn abort_with(&mut self, reason: &UploadError) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        self.buffer = None;
+        let protocol = self.req.protocol.as_str();
+        self.pipeline
+            .metrics
+            .uploads_total
+            .with_label_values(&[protocol, reason.outcome().as_str()])
+            .inc();
+        tracing::warn!(user = %self.req.user.name, protocol, path = %self.req.path, key = %self.key,
+            size = self.size, error = %reason, "upload not completed");
+        if let Some(mp) = self.multipart.take() {
+            abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp).await;
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.open {
+            // Neither finished nor aborted: the session vanished. Clean up in the background.
+            self.open = false;
+            self.buffer = None;
+            let protocol = self.req.protocol.as_str();
+            self.pipeline
+                .metrics
+                .uploads_total
+                .with_label_values(&[protocol, UploadOutcome::Aborted.as_str()])
+                .inc();
+            tracing::warn!(user = %self.req.user.name, protocol, key = %self.key, "upload dropped unfinished; aborting");
+            if let Some(mp) = self.multipart.take()
+                && let Ok(handle) = tokio::runtime::Handle::try_current()
+            {
+                handle.spawn(abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp));
+            }
+        }
+        if self.pipeline.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pipeline.idle.notify_waiters();
+        }
+        let _ = &self.active_gauge;
+    }
+}
+
+/// Stops parts in flight first, so none lands after the abort.
+async fn abort_multipart(storage: Storage, key: String, mut mp: Multipart) {
+    mp.in_flight.abort_all();
+    while mp.in_flight.join_next().await.is_some() {}
+    if let Err(e) = storage.abort_multipart(&key, &mp.upload_id).await {
+        tracing::warn!(key = %key, upload_id = %mp.upload_id, error = %e, "AbortMultipartUpload failed; a bucket lifecycle rule should clean it up");
+    }
+}
+
+fn part_result(joined: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>) -> Result<CompletedPart, UploadError> {
+    match joined {
+        Ok(Ok(part)) => Ok(part),
+        Ok(Err(e)) => Err(UploadError::Storage(e)),
+        Err(e) => Err(UploadError::Internal(format!("part upload task: {e}"))),
+    }
+}
