@@ -61,9 +61,14 @@ fn hash_password() -> ExitCode {
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         return fail(format!("cannot read the password from stdin: {e}"));
     }
-    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    let password = input
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&input);
     if password.is_empty() {
-        return fail("the password is empty; pipe it in, e.g. `echo -n 'secret' | ingest-bridge hash-password`");
+        return fail(
+            "the password is empty; pipe it in, e.g. `echo -n 'secret' | ingest-bridge hash-password`",
+        );
     }
     match ingest_bridge::auth::hash_password(password) {
         Ok(hash) => {
@@ -75,9 +80,15 @@ fn hash_password() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn,s3s=warn,aws_config=warn,aws_smithy_runtime=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,libunftp=warn,s3s=warn,aws_config=warn,aws_smithy_runtime=warn",
+        )
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn serve(path: PathBuf) -> ExitCode {
@@ -86,7 +97,10 @@ fn serve(path: PathBuf) -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
@@ -96,12 +110,19 @@ fn serve(path: PathBuf) -> ExitCode {
             Err(e) => return fail(e),
         };
         if let Some(store) = &bridge.embedded {
-            println!("embedded S3 store at {} (data in {})", store.url, store.root.display());
+            println!(
+                "embedded S3 store at {} (data in {})",
+                store.url,
+                store.root.display()
+            );
         }
         if let Some(addr) = bridge.ftp_addr {
             println!("ftp listening on {addr}");
         }
-        println!("metrics listening on http://{}/metrics", bridge.metrics_addr);
+        println!(
+            "metrics listening on http://{}/metrics",
+            bridge.metrics_addr
+        );
         wait_for_signal().await;
         tracing::info!("stopping: no new connections; waiting for running uploads");
         bridge.shutdown().await;

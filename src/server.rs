@@ -35,7 +35,9 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({key}): {source}. Is another process using the port? Change {key} or stop it.")]
+    #[error(
+        "cannot listen on {addr} ({key}): {source}. Is another process using the port? Change {key} or stop it."
+    )]
     Bind {
         /// The config key.
         key: &'static str,
@@ -84,7 +86,9 @@ pub struct Bridge {
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
 }
 
 impl Bridge {
@@ -99,7 +103,9 @@ impl Bridge {
 
         let (embedded, connection) = match config.storage.endpoint {
             Endpoint::Embedded => {
-                let store = EmbeddedStore::start(&data_dir.join("store"), &config.storage.bucket, 0).await?;
+                let store =
+                    EmbeddedStore::start(&data_dir.join("store"), &config.storage.bucket, 0)
+                        .await?;
                 let conn = Connection {
                     endpoint_url: Some(store.url.clone()),
                     credentials: Some((store.access_key.clone(), store.secret_key.clone())),
@@ -109,7 +115,10 @@ impl Bridge {
             _ => (None, Connection::from_config(&config.storage)),
         };
         let storage = Storage::connect(&config.storage, &connection, metrics.clone()).await;
-        let endpoint = connection.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
+        let endpoint = connection
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "AWS S3".into());
         match tokio::time::timeout(BUCKET_CHECK_TIMEOUT, storage.check_bucket()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -129,12 +138,19 @@ impl Bridge {
         }
 
         let notifier = Notifier::start(&config.notify, &data_dir, metrics.clone())?;
-        let pipeline = Pipeline::new(&config.storage, storage.clone(), notifier.clone(), metrics.clone());
+        let pipeline = Pipeline::new(
+            &config.storage,
+            storage.clone(),
+            notifier.clone(),
+            metrics.clone(),
+        );
         let namespace = Arc::new(Namespace::new(storage.clone()));
         let users = Arc::new(UserDirectory::new(&config.users));
 
         let metrics_listener = bind("metrics.listen", config.metrics.listen).await?;
-        let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics.listen);
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .unwrap_or(config.metrics.listen);
         let ftp_listener = if config.ftp.enabled {
             Some(bind("ftp.listen", config.ftp.listen).await?)
         } else {
@@ -179,17 +195,35 @@ impl Bridge {
                 let notifier = notifier.clone();
                 let accepting = accepting.clone();
                 Box::pin(async move {
-                    let listeners = if accepting.is_cancelled() { Err("shutting down".to_string()) } else { Ok(()) };
-                    let bucket = match tokio::time::timeout(READY_CHECK_TIMEOUT, storage.check_bucket()).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!("HeadBucket took longer than {READY_CHECK_TIMEOUT:?}")),
+                    let listeners = if accepting.is_cancelled() {
+                        Err("shutting down".to_string())
+                    } else {
+                        Ok(())
                     };
-                    vec![("listeners", listeners), ("s3", bucket), ("event_log", notifier.check_writable().await)]
+                    let bucket =
+                        match tokio::time::timeout(READY_CHECK_TIMEOUT, storage.check_bucket())
+                            .await
+                        {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!(
+                                "HeadBucket took longer than {READY_CHECK_TIMEOUT:?}"
+                            )),
+                        };
+                    vec![
+                        ("listeners", listeners),
+                        ("s3", bucket),
+                        ("event_log", notifier.check_writable().await),
+                    ]
                 })
             })
         };
-        tokio::spawn(metrics::serve_endpoint(metrics_listener, metrics.clone(), readiness, stop_metrics.clone()));
+        tokio::spawn(metrics::serve_endpoint(
+            metrics_listener,
+            metrics.clone(),
+            readiness,
+            stop_metrics.clone(),
+        ));
 
         Ok(Bridge {
             ftp_addr,

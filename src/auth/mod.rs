@@ -6,8 +6,8 @@ mod path;
 pub use path::{PathError, VirtualPath};
 
 use crate::config::{Permission, UserConfig};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -82,7 +82,11 @@ impl UserDirectory {
     }
 
     /// Verifies a password (argon2, constant-time compare) off the async threads.
-    pub async fn authenticate_password(&self, username: &str, password: &str) -> Result<Arc<User>, AuthError> {
+    pub async fn authenticate_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Arc<User>, AuthError> {
         let user = self.get(username);
         let hash = match &user {
             Some(u) if !u.password_hash.is_empty() => u.password_hash.clone(),
@@ -102,13 +106,19 @@ impl UserDirectory {
 /// Hashes a password into an argon2id PHC string with a random salt.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// Checks a password against a PHC string; false for any malformed hash.
 pub fn verify_password(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 

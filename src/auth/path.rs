@@ -30,7 +30,9 @@ pub enum PathError {
 impl VirtualPath {
     /// The home directory itself.
     pub fn root() -> VirtualPath {
-        VirtualPath { segments: Vec::new() }
+        VirtualPath {
+            segments: Vec::new(),
+        }
     }
 
     /// Normalises a client path ("a/./b/../c", "/x//y"); relative paths start at home.
@@ -74,7 +76,11 @@ impl VirtualPath {
 
     /// The key prefix that lists this directory's children: "shows/" ("" for home).
     pub fn dir_prefix(&self) -> String {
-        if self.is_root() { String::new() } else { format!("{}/", self.relative()) }
+        if self.is_root() {
+            String::new()
+        } else {
+            format!("{}/", self.relative())
+        }
     }
 
     /// The parent directory ("/" stays "/").
@@ -108,10 +114,25 @@ mod tests {
 
     #[test]
     fn refuses_escapes_and_control_characters() {
-        assert!(matches!(VirtualPath::parse("/../etc/passwd"), Err(PathError::EscapesHome(_))));
-        assert!(matches!(VirtualPath::parse("a/../../b"), Err(PathError::EscapesHome(_))));
-        assert!(matches!(VirtualPath::parse("..\\x"), Err(PathError::EscapesHome(_))));
-        assert!(matches!(VirtualPath::parse("a\0b"), Err(PathError::ControlCharacter(_))));
-        assert!(matches!(VirtualPath::parse(&"x".repeat(1100)), Err(PathError::TooLong)));
+        assert!(matches!(
+            VirtualPath::parse("/../etc/passwd"),
+            Err(PathError::EscapesHome(_))
+        ));
+        assert!(matches!(
+            VirtualPath::parse("a/../../b"),
+            Err(PathError::EscapesHome(_))
+        ));
+        assert!(matches!(
+            VirtualPath::parse("..\\x"),
+            Err(PathError::EscapesHome(_))
+        ));
+        assert!(matches!(
+            VirtualPath::parse("a\0b"),
+            Err(PathError::ControlCharacter(_))
+        ));
+        assert!(matches!(
+            VirtualPath::parse(&"x".repeat(1100)),
+            Err(PathError::TooLong)
+        ));
     }
 }

@@ -234,7 +234,9 @@ pub struct Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}. Pass --config PATH or set INGEST_BRIDGE_CONFIG.")]
+    #[error(
+        "cannot read config file {path}: {source}. Pass --config PATH or set INGEST_BRIDGE_CONFIG."
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -392,7 +394,11 @@ impl Validator<'_> {
             host_keys: raw
                 .sftp
                 .host_keys
-                .map(|keys| keys.into_iter().map(|k| PathBuf::from(k.into_inner())).collect())
+                .map(|keys| {
+                    keys.into_iter()
+                        .map(|k| PathBuf::from(k.into_inner()))
+                        .collect()
+                })
                 .unwrap_or_else(|| vec![server.data_dir.join("ssh_host_ed25519_key")]),
         };
         let storage = self.storage(raw.storage);
@@ -454,8 +460,16 @@ impl Validator<'_> {
             listen: self.socket("ftp.listen", raw.listen, "127.0.0.1:2121"),
             passive_ports,
             passive_host,
-            idle_timeout: self.duration("ftp.idle_timeout", raw.idle_timeout, Duration::from_secs(600)),
-            data_timeout: self.duration("ftp.data_timeout", raw.data_timeout, Duration::from_secs(60)),
+            idle_timeout: self.duration(
+                "ftp.idle_timeout",
+                raw.idle_timeout,
+                Duration::from_secs(600),
+            ),
+            data_timeout: self.duration(
+                "ftp.data_timeout",
+                raw.data_timeout,
+                Duration::from_secs(60),
+            ),
             tls,
         }
     }
@@ -465,7 +479,9 @@ impl Validator<'_> {
         let endpoint = match endpoint_text.as_str() {
             "embedded" => Endpoint::Embedded,
             "" | "aws" => Endpoint::Aws,
-            url if url.starts_with("http://") || url.starts_with("https://") => Endpoint::Url(url.trim_end_matches('/').to_string()),
+            url if url.starts_with("http://") || url.starts_with("https://") => {
+                Endpoint::Url(url.trim_end_matches('/').to_string())
+            }
             other => {
                 self.problem(
                     "storage.endpoint",
@@ -480,7 +496,9 @@ impl Validator<'_> {
             self.problem(
                 "storage.bucket",
                 bucket_at.as_ref(),
-                format!("{bucket:?} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"),
+                format!(
+                    "{bucket:?} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"
+                ),
             );
         }
         let part_at = raw.part_size.clone();
@@ -601,7 +619,11 @@ impl Validator<'_> {
             timeout: self.duration("notify.timeout", raw.timeout, Duration::from_secs(30)),
             headers: raw.headers,
             signing_secret,
-            max_backoff: self.duration("notify.max_backoff", raw.max_backoff, Duration::from_secs(300)),
+            max_backoff: self.duration(
+                "notify.max_backoff",
+                raw.max_backoff,
+                Duration::from_secs(300),
+            ),
         }
     }
 
@@ -611,10 +633,22 @@ impl Validator<'_> {
         for (i, u) in raw.into_iter().enumerate() {
             let key = |field: &str| format!("users[{i}].{field}");
             let (username, name_at) = Self::text(u.username, "");
-            if username.is_empty() || username.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                self.problem(&key("username"), name_at.as_ref(), "every user needs a username without spaces or control characters");
+            if username.is_empty()
+                || username
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
+                self.problem(
+                    &key("username"),
+                    name_at.as_ref(),
+                    "every user needs a username without spaces or control characters",
+                );
             } else if !seen.insert(username.clone()) {
-                self.problem(&key("username"), name_at.as_ref(), format!("{username:?} is defined twice"));
+                self.problem(
+                    &key("username"),
+                    name_at.as_ref(),
+                    format!("{username:?} is defined twice"),
+                );
             }
             let (password_hash, hash_at) = Self::text(u.password_hash, "");
             if !password_hash.is_empty() && argon2::PasswordHash::new(&password_hash).is_err() {
@@ -682,12 +716,20 @@ impl Validator<'_> {
         for (i, (a_key, a)) in bound.iter().enumerate() {
             for (b_key, b) in &bound[i + 1..] {
                 if a == b && a.port() != 0 {
-                    self.problem(b_key, None, format!("{b} is also {a_key}; give each listener its own port"));
+                    self.problem(
+                        b_key,
+                        None,
+                        format!("{b} is also {a_key}; give each listener its own port"),
+                    );
                 }
             }
         }
         if ftp.enabled && ftp.passive_ports.contains(&ftp.listen.port()) {
-            self.problem("ftp.passive_ports", None, "the range includes ftp.listen's port");
+            self.problem(
+                "ftp.passive_ports",
+                None,
+                "the range includes ftp.listen's port",
+            );
         }
     }
 }
@@ -799,7 +841,10 @@ home = "../etc"
         ] {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }
-        let listen = problems.iter().find(|p| p.key == "ftp.listen").map(|p| p.line);
+        let listen = problems
+            .iter()
+            .find(|p| p.key == "ftp.listen")
+            .map(|p| p.line);
         assert_eq!(listen, Some(Some(3)));
     }
 

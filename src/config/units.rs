@@ -11,7 +11,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     trimmed
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|_| format!("{text:?} is not a size; write e.g. \"16MiB\", \"1GiB\" or \"512KiB\""))
+        .map_err(|_| {
+            format!("{text:?} is not a size; write e.g. \"16MiB\", \"1GiB\" or \"512KiB\"")
+        })
 }
 
 /// Parses "30s", "5m", "72h", "1h 30m".

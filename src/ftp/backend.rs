@@ -36,7 +36,9 @@ pub struct S3Backend {
 
 impl Debug for S3Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Backend").field("session", &self.session).finish()
+        f.debug_struct("S3Backend")
+            .field("session", &self.session)
+            .finish()
     }
 }
 
@@ -72,22 +74,29 @@ impl Metadata for EntryMeta {
 }
 
 fn virtual_path(path: &Path) -> Result<VirtualPath> {
-    let text = path
-        .to_str()
-        .ok_or_else(|| Error::new(ErrorKind::FileNameNotAllowedError, "path is not valid UTF-8"))?;
+    let text = path.to_str().ok_or_else(|| {
+        Error::new(
+            ErrorKind::FileNameNotAllowedError,
+            "path is not valid UTF-8",
+        )
+    })?;
     VirtualPath::parse(text).map_err(path_error)
 }
 
 fn path_error(e: PathError) -> Error {
     match e {
         PathError::EscapesHome(_) => Error::new(ErrorKind::PermissionDenied, e),
-        PathError::ControlCharacter(_) | PathError::TooLong => Error::new(ErrorKind::FileNameNotAllowedError, e),
+        PathError::ControlCharacter(_) | PathError::TooLong => {
+            Error::new(ErrorKind::FileNameNotAllowedError, e)
+        }
     }
 }
 
 fn fs_error(e: FsError) -> Error {
     let kind = match &e {
-        FsError::NotFound(_) | FsError::IsDirectory(_) | FsError::Unsupported(_) => ErrorKind::PermanentFileNotAvailable,
+        FsError::NotFound(_) | FsError::IsDirectory(_) | FsError::Unsupported(_) => {
+            ErrorKind::PermanentFileNotAvailable
+        }
         FsError::PermissionDenied(_) => ErrorKind::PermissionDenied,
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
@@ -103,9 +112,10 @@ fn upload_error(e: UploadError) -> Error {
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
         UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
-        UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) | UploadError::ShuttingDown => {
-            ErrorKind::LocalError
-        }
+        UploadError::Storage(_)
+        | UploadError::Notify(_)
+        | UploadError::Internal(_)
+        | UploadError::ShuttingDown => ErrorKind::LocalError,
     };
     Error::new(kind, e)
 }
@@ -114,7 +124,11 @@ fn upload_error(e: UploadError) -> Error {
 struct SyncReader<R>(SyncWrapper<R>);
 
 impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(self.get_mut().0.get_mut()).poll_read(cx, buf)
     }
 }
@@ -127,14 +141,32 @@ impl StorageBackend<FtpUser> for S3Backend {
         "s3"
     }
 
-    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<EntryMeta> {
+    async fn metadata<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+    ) -> Result<EntryMeta> {
         let path = virtual_path(path.as_ref())?;
-        self.shared.namespace.stat(&user.0, &path).await.map(EntryMeta).map_err(fs_error)
+        self.shared
+            .namespace
+            .stat(&user.0, &path)
+            .await
+            .map(EntryMeta)
+            .map_err(fs_error)
     }
 
-    async fn list<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<Vec<Fileinfo<PathBuf, EntryMeta>>> {
+    async fn list<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        path: P,
+    ) -> Result<Vec<Fileinfo<PathBuf, EntryMeta>>> {
         let path = virtual_path(path.as_ref())?;
-        let entries = self.shared.namespace.list(&user.0, &path).await.map_err(fs_error)?;
+        let entries = self
+            .shared
+            .namespace
+            .list(&user.0, &path)
+            .await
+            .map_err(fs_error)?;
         Ok(entries
             .into_iter()
             .map(|e| Fileinfo {
@@ -151,8 +183,15 @@ impl StorageBackend<FtpUser> for S3Backend {
         start_pos: u64,
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
         let path = virtual_path(path.as_ref())?;
-        let body = self.shared.namespace.read(&user.0, &path, start_pos).await.map_err(fs_error)?;
-        Ok(Box::new(SyncReader(SyncWrapper::new(body.into_async_read()))))
+        let body = self
+            .shared
+            .namespace
+            .read(&user.0, &path, start_pos)
+            .await
+            .map_err(fs_error)?;
+        Ok(Box::new(SyncReader(SyncWrapper::new(
+            body.into_async_read(),
+        ))))
     }
 
     async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
@@ -187,27 +226,52 @@ impl StorageBackend<FtpUser> for S3Backend {
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(path.as_ref())?;
-        self.shared.namespace.remove(&user.0, &path).await.map_err(fs_error)
+        self.shared
+            .namespace
+            .remove(&user.0, &path)
+            .await
+            .map_err(fs_error)
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(path.as_ref())?;
-        self.shared.namespace.mkdir(&user.0, &path).await.map_err(fs_error)
+        self.shared
+            .namespace
+            .mkdir(&user.0, &path)
+            .await
+            .map_err(fs_error)
     }
 
-    async fn rename<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, from: P, to: P) -> Result<()> {
+    async fn rename<P: AsRef<Path> + Send + Debug>(
+        &self,
+        user: &FtpUser,
+        from: P,
+        to: P,
+    ) -> Result<()> {
         let from = virtual_path(from.as_ref())?;
         let to = virtual_path(to.as_ref())?;
-        self.shared.namespace.rename(&user.0, &from, &to).await.map_err(fs_error)
+        self.shared
+            .namespace
+            .rename(&user.0, &from, &to)
+            .await
+            .map_err(fs_error)
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(path.as_ref())?;
-        self.shared.namespace.rmdir(&user.0, &path).await.map_err(fs_error)
+        self.shared
+            .namespace
+            .rmdir(&user.0, &path)
+            .await
+            .map_err(fs_error)
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(path.as_ref())?;
-        self.shared.namespace.enter(&user.0, &path).await.map_err(fs_error)
+        self.shared
+            .namespace
+            .enter(&user.0, &path)
+            .await
+            .map_err(fs_error)
     }
 }

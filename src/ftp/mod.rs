@@ -57,7 +57,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let gauge = metrics.sessions_active.with_label_values(&[Protocol::Ftp.as_str()]);
+        let gauge = metrics
+            .sessions_active
+            .with_label_values(&[Protocol::Ftp.as_str()]);
         sessions.spawn(async move {
             let _active = GaugeGuard::new(gauge);
             tracing::debug!(remote = %remote_addr, "ftp session opened");
@@ -88,16 +90,19 @@ fn build_server(
         Ok(ip) => PassiveHost::Ip(ip),
         Err(_) => PassiveHost::Dns(cfg.passive_host.clone()),
     };
-    let mut builder = ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(generator, Arc::new(UserProvider(users.clone())))
-        .authenticator(Arc::new(SessionAuthenticator {
-            users: users.clone(),
-            session,
-            metrics: MetricsRef(metrics.clone()),
-        }))
-        .greeting(GREETING)
-        .passive_ports(cfg.passive_ports.clone())
-        .passive_host(passive_host)
-        .idle_session_timeout(cfg.idle_timeout.as_secs().max(1));
+    let mut builder = ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(
+        generator,
+        Arc::new(UserProvider(users.clone())),
+    )
+    .authenticator(Arc::new(SessionAuthenticator {
+        users: users.clone(),
+        session,
+        metrics: MetricsRef(metrics.clone()),
+    }))
+    .greeting(GREETING)
+    .passive_ports(cfg.passive_ports.clone())
+    .passive_host(passive_host)
+    .idle_session_timeout(cfg.idle_timeout.as_secs().max(1));
     if let Some(tls) = &cfg.tls {
         builder = builder.ftps(tls.cert.clone(), tls.key.clone());
         if tls.required {

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use unftp_core::auth::{
-    AuthenticationError, Authenticator, ChannelEncryptionState, Credentials, Principal, UserDetail, UserDetailError,
-    UserDetailProvider,
+    AuthenticationError, Authenticator, ChannelEncryptionState, Credentials, Principal, UserDetail,
+    UserDetailError, UserDetailProvider,
 };
 
 /// One control connection.
@@ -32,7 +32,11 @@ impl Session {
 
     /// `ftps` once the client logged in over TLS, else `ftp`.
     pub fn protocol(&self) -> Protocol {
-        if self.tls.load(Ordering::Acquire) { Protocol::Ftps } else { Protocol::Ftp }
+        if self.tls.load(Ordering::Acquire) {
+            Protocol::Ftps
+        } else {
+            Protocol::Ftp
+        }
     }
 }
 
@@ -71,7 +75,11 @@ impl fmt::Debug for MetricsRef {
 
 #[async_trait]
 impl Authenticator for SessionAuthenticator {
-    async fn authenticate(&self, username: &str, creds: &Credentials) -> Result<Principal, AuthenticationError> {
+    async fn authenticate(
+        &self,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<Principal, AuthenticationError> {
         let tls = creds.command_channel_security == ChannelEncryptionState::Tls;
         let protocol = if tls { Protocol::Ftps } else { Protocol::Ftp };
         let password = creds.password.as_deref().unwrap_or("");
@@ -80,7 +88,9 @@ impl Authenticator for SessionAuthenticator {
                 self.session.tls.store(tls, Ordering::Release);
                 self.metrics.0.login(protocol, true);
                 tracing::info!(user = %user.name, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login");
-                Ok(Principal { username: user.name.clone() })
+                Ok(Principal {
+                    username: user.name.clone(),
+                })
             }
             Err(e) => {
                 self.metrics.0.login(protocol, false);

@@ -18,7 +18,12 @@ pub type CheckResult = (&'static str, Result<(), String>);
 pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Vec<CheckResult>> + Send + Sync>;
 
 /// Serves the endpoint on an already bound listener until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (socket, _) = tokio::select! {
@@ -38,17 +43,31 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness
             let readiness = readiness.clone();
             async move { Ok::<_, Infallible>(route(req, &metrics, &readiness).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(socket), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(socket), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
     }
 }
 
-async fn route(req: Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
-        "/healthz" => respond(StatusCode::OK, "application/json", r#"{"status":"ok"}"#.to_string()),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" => respond(
+            StatusCode::OK,
+            "application/json",
+            r#"{"status":"ok"}"#.to_string(),
+        ),
         "/readyz" => {
             let checks = readiness().await;
             let ready = checks.iter().all(|(_, r)| r.is_ok());
@@ -59,17 +78,27 @@ async fn route(req: Request<Incoming>, metrics: &Metrics, readiness: &Readiness)
                     Err(e) => serde_json::json!({"ok": false, "error": e}),
                 })).collect::<serde_json::Map<_, _>>(),
             });
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             respond(status, "application/json", body.to_string())
         }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /healthz or /readyz\n".into()),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
     }
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     resp
 }

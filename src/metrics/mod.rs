@@ -3,7 +3,7 @@
 
 mod endpoint;
 
-pub use endpoint::{serve as serve_endpoint, Readiness};
+pub use endpoint::{Readiness, serve as serve_endpoint};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -114,31 +114,54 @@ impl Metrics {
             c
         };
         let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::from(opts(name, help)).buckets(buckets), labels)
-                .expect("valid metric definition");
+            let h = HistogramVec::new(
+                HistogramOpts::from(opts(name, help)).buckets(buckets),
+                labels,
+            )
+            .expect("valid metric definition");
             reg(Box::new(h.clone()));
             h
         };
         let upload_buckets = vec![
-            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0,
-            21600.0,
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+            10800.0, 21600.0,
         ];
         let request_buckets = vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
         ];
         let metrics = Metrics {
-            sessions_active: gauge_vec("sessions_active", "Connected client sessions.", &["protocol"]),
-            logins_total: counter_vec("logins_total", "Login attempts by result.", &["protocol", "result"]),
+            sessions_active: gauge_vec(
+                "sessions_active",
+                "Connected client sessions.",
+                &["protocol"],
+            ),
+            logins_total: counter_vec(
+                "logins_total",
+                "Login attempts by result.",
+                &["protocol", "result"],
+            ),
             uploads_active: gauge_vec("uploads_active", "Uploads in progress.", &["protocol"]),
-            uploads_total: counter_vec("uploads_total", "Finished uploads by outcome.", &["protocol", "outcome"]),
-            upload_bytes_total: counter_vec("upload_bytes_total", "Bytes received from clients for uploads.", &["protocol"]),
+            uploads_total: counter_vec(
+                "uploads_total",
+                "Finished uploads by outcome.",
+                &["protocol", "outcome"],
+            ),
+            upload_bytes_total: counter_vec(
+                "upload_bytes_total",
+                "Bytes received from clients for uploads.",
+                &["protocol"],
+            ),
             upload_duration_seconds: histogram_vec(
                 "upload_duration_seconds",
                 "Time from the first byte of an upload to its completion.",
                 &["protocol"],
                 upload_buckets,
             ),
-            s3_requests_total: counter_vec("s3_requests_total", "S3 requests by operation and result.", &["operation", "result"]),
+            s3_requests_total: counter_vec(
+                "s3_requests_total",
+                "S3 requests by operation and result.",
+                &["operation", "result"],
+            ),
             s3_request_duration_seconds: histogram_vec(
                 "s3_request_duration_seconds",
                 "S3 request latency, including the SDK's retries.",
@@ -146,22 +169,35 @@ impl Metrics {
                 request_buckets.clone(),
             ),
             buffer_bytes_in_use: {
-                let g = IntGauge::with_opts(opts("buffer_bytes_in_use", "Bytes of the upload memory budget reserved by part buffers."))
-                    .expect("valid metric definition");
+                let g = IntGauge::with_opts(opts(
+                    "buffer_bytes_in_use",
+                    "Bytes of the upload memory budget reserved by part buffers.",
+                ))
+                .expect("valid metric definition");
                 reg(Box::new(g.clone()));
                 g
             },
-            notifications_total: counter_vec("notifications_total", "Completion call attempts by outcome.", &["outcome"]),
+            notifications_total: counter_vec(
+                "notifications_total",
+                "Completion call attempts by outcome.",
+                &["outcome"],
+            ),
             notifications_pending: {
-                let g = IntGauge::with_opts(opts("notifications_pending", "Completions queued and not yet delivered."))
-                    .expect("valid metric definition");
+                let g = IntGauge::with_opts(opts(
+                    "notifications_pending",
+                    "Completions queued and not yet delivered.",
+                ))
+                .expect("valid metric definition");
                 reg(Box::new(g.clone()));
                 g
             },
             notification_duration_seconds: {
                 let h = Histogram::with_opts(
-                    HistogramOpts::from(opts("notification_duration_seconds", "Completion call latency per attempt."))
-                        .buckets(request_buckets),
+                    HistogramOpts::from(opts(
+                        "notification_duration_seconds",
+                        "Completion call latency per attempt.",
+                    ))
+                    .buckets(request_buckets),
                 )
                 .expect("valid metric definition");
                 reg(Box::new(h.clone()));
@@ -171,20 +207,23 @@ impl Metrics {
         };
         let build_info = IntGaugeVec::new(opts("build_info", "Build information."), &["version"])
             .expect("valid metric definition");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         reg(Box::new(build_info));
         #[cfg(target_os = "linux")]
-        reg(Box::new(prometheus::process_collector::ProcessCollector::new(
-            std::process::id() as i32,
-            PREFIX,
-        )));
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, PREFIX),
+        ));
         metrics
     }
 
     /// Records one S3 request's result and latency.
     pub fn observe_s3(&self, operation: &str, ok: bool, started: Instant) {
         let result = if ok { "success" } else { "error" };
-        self.s3_requests_total.with_label_values(&[operation, result]).inc();
+        self.s3_requests_total
+            .with_label_values(&[operation, result])
+            .inc();
         self.s3_request_duration_seconds
             .with_label_values(&[operation])
             .observe(started.elapsed().as_secs_f64());
@@ -193,7 +232,9 @@ impl Metrics {
     /// Counts a login attempt.
     pub fn login(&self, protocol: Protocol, success: bool) {
         let result = if success { "success" } else { "failure" };
-        self.logins_total.with_label_values(&[protocol.as_str(), result]).inc();
+        self.logins_total
+            .with_label_values(&[protocol.as_str(), result])
+            .inc();
     }
 
     /// Renders the text exposition format.

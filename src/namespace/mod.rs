@@ -61,7 +61,11 @@ pub struct Namespace {
 }
 
 fn require(user: &User, permission: Permission) -> Result<(), FsError> {
-    if user.may(permission) { Ok(()) } else { Err(FsError::PermissionDenied(permission)) }
+    if user.may(permission) {
+        Ok(())
+    } else {
+        Err(FsError::PermissionDenied(permission))
+    }
 }
 
 impl Namespace {
@@ -74,12 +78,17 @@ impl Namespace {
     }
 
     fn made_dir(&self, key_prefix: &str) -> bool {
-        self.made_dirs.lock().map(|d| d.contains(key_prefix)).unwrap_or(false)
+        self.made_dirs
+            .lock()
+            .map(|d| d.contains(key_prefix))
+            .unwrap_or(false)
     }
 
     /// Made directories whose parent is `parent_prefix`, as names.
     fn made_children(&self, parent_prefix: &str) -> Vec<String> {
-        let Ok(dirs) = self.made_dirs.lock() else { return Vec::new() };
+        let Ok(dirs) = self.made_dirs.lock() else {
+            return Vec::new();
+        };
         dirs.iter()
             .filter_map(|d| d.strip_prefix(parent_prefix))
             .filter_map(|rest| rest.strip_suffix('/'))
@@ -144,7 +153,11 @@ impl Namespace {
 
     /// CWD: succeeds for directories only.
     pub async fn enter(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
-        if self.is_dir(user, path).await? { Ok(()) } else { Err(FsError::NotFound(path.to_string())) }
+        if self.is_dir(user, path).await? {
+            Ok(())
+        } else {
+            Err(FsError::NotFound(path.to_string()))
+        }
     }
 
     /// MKD: remembered until files appear under it.
@@ -181,7 +194,11 @@ impl Namespace {
             d.retain(|other| !other.starts_with(&prefix));
             had
         });
-        if removed.unwrap_or(false) { Ok(()) } else { Err(FsError::NotFound(path.to_string())) }
+        if removed.unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(FsError::NotFound(path.to_string()))
+        }
     }
 
     /// DELE: a file.
@@ -196,12 +213,19 @@ impl Namespace {
     }
 
     /// RNFR/RNTO: server-side copy, then delete of the source. Files only.
-    pub async fn rename(&self, user: &User, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
+    pub async fn rename(
+        &self,
+        user: &User,
+        from: &VirtualPath,
+        to: &VirtualPath,
+    ) -> Result<(), FsError> {
         require(user, Permission::Rename)?;
         let (from_key, to_key) = (user.key_of(from), user.key_of(to));
         let Some(info) = self.storage.head(&from_key).await? else {
             return if self.is_dir(user, from).await? {
-                Err(FsError::Unsupported("renaming directories (S3 has no directories to rename)"))
+                Err(FsError::Unsupported(
+                    "renaming directories (S3 has no directories to rename)",
+                ))
             } else {
                 Err(FsError::NotFound(from.to_string()))
             };
@@ -218,14 +242,26 @@ impl Namespace {
     }
 
     /// RETR: the object's bytes from `offset`.
-    pub async fn read(&self, user: &User, path: &VirtualPath, offset: u64) -> Result<ByteStream, FsError> {
+    pub async fn read(
+        &self,
+        user: &User,
+        path: &VirtualPath,
+        offset: u64,
+    ) -> Result<ByteStream, FsError> {
         require(user, Permission::Download)?;
         if path.is_root() {
             return Err(FsError::IsDirectory(path.to_string()));
         }
-        self.storage.get(&user.key_of(path), offset).await.map_err(|e| {
-            if e.not_found { FsError::NotFound(path.to_string()) } else { FsError::Storage(e) }
-        })
+        self.storage
+            .get(&user.key_of(path), offset)
+            .await
+            .map_err(|e| {
+                if e.not_found {
+                    FsError::NotFound(path.to_string())
+                } else {
+                    FsError::Storage(e)
+                }
+            })
     }
 
     /// Forgets made directories under which an upload has just landed.

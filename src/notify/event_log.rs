@@ -26,7 +26,11 @@ impl EventLog {
             source,
         };
         std::fs::create_dir_all(data_dir).map_err(err)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
         Ok(EventLog {
             path,
             file: Arc::new(Mutex::new(file)),
@@ -51,7 +55,9 @@ impl EventLog {
     async fn write(&self, bytes: Vec<u8>) -> Result<(), NotifyError> {
         let file = self.file.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut file = file.lock().map_err(|_| std::io::Error::other("event log lock poisoned"))?;
+            let mut file = file
+                .lock()
+                .map_err(|_| std::io::Error::other("event log lock poisoned"))?;
             file.write_all(&bytes)?;
             file.sync_data()
         })

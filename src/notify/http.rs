@@ -62,7 +62,10 @@ impl Sender {
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
             // Validated with the config.
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 headers.insert(n, v);
             }
         }
@@ -89,24 +92,35 @@ impl Sender {
         loop {
             let started = Instant::now();
             let outcome = self.attempt(&completion.id, &body).await;
-            metrics.notification_duration_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .notification_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
             let class = match &outcome {
                 Ok((status, retry_after)) => classify(*status, *retry_after),
                 Err(_) => Classification::Retry(None),
             };
             match class {
                 Classification::Delivered => {
-                    metrics.notifications_total.with_label_values(&["delivered"]).inc();
+                    metrics
+                        .notifications_total
+                        .with_label_values(&["delivered"])
+                        .inc();
                     tracing::info!(id = %completion.id, key = %completion.key, attempts = attempt + 1, "completion delivered");
                     return;
                 }
                 Classification::Duplicate => {
-                    metrics.notifications_total.with_label_values(&["duplicate"]).inc();
+                    metrics
+                        .notifications_total
+                        .with_label_values(&["duplicate"])
+                        .inc();
                     tracing::info!(id = %completion.id, "completion already delivered (409)");
                     return;
                 }
                 Classification::Permanent => {
-                    metrics.notifications_total.with_label_values(&["failed"]).inc();
+                    metrics
+                        .notifications_total
+                        .with_label_values(&["failed"])
+                        .inc();
                     let status = outcome.as_ref().map(|(s, _)| s.as_u16()).unwrap_or(0);
                     tracing::error!(id = %completion.id, status, file = %self.failed_path.display(),
                         "the ingest API refused the completion; kept for an operator");
@@ -114,11 +128,18 @@ impl Sender {
                     return;
                 }
                 Classification::Retry(retry_after) => {
-                    metrics.notifications_total.with_label_values(&["retried"]).inc();
+                    metrics
+                        .notifications_total
+                        .with_label_values(&["retried"])
+                        .inc();
                     let wait = self.backoff(attempt, retry_after);
                     match &outcome {
-                        Ok((status, _)) => tracing::warn!(id = %completion.id, status = status.as_u16(), retry_in = ?wait, "completion call failed; retrying"),
-                        Err(e) => tracing::warn!(id = %completion.id, error = %e, retry_in = ?wait, "completion call failed; retrying"),
+                        Ok((status, _)) => {
+                            tracing::warn!(id = %completion.id, status = status.as_u16(), retry_in = ?wait, "completion call failed; retrying")
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %completion.id, error = %e, retry_in = ?wait, "completion call failed; retrying")
+                        }
                     }
                     tokio::time::sleep(wait).await;
                     attempt = attempt.saturating_add(1);
@@ -127,7 +148,11 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, id: &str, body: &[u8]) -> Result<(StatusCode, Option<Duration>), reqwest::Error> {
+    async fn attempt(
+        &self,
+        id: &str,
+        body: &[u8],
+    ) -> Result<(StatusCode, Option<Duration>), reqwest::Error> {
         let mut request = self
             .client
             .post(&self.url)
@@ -158,7 +183,9 @@ impl Sender {
         if let Some(wait) = retry_after {
             return wait.min(self.max_backoff);
         }
-        let ceiling = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(20)).min(self.max_backoff);
+        let ceiling = FIRST_BACKOFF
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_backoff);
         let millis = rand::thread_rng().gen_range(0..=ceiling.as_millis().max(1) as u64);
         Duration::from_millis(millis)
     }
@@ -190,7 +217,10 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(digest))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 /// `Retry-After`: delay seconds or an HTTP date.
@@ -209,22 +239,43 @@ mod tests {
     #[test]
     fn classification_follows_the_contract() {
         assert_eq!(classify(StatusCode::OK, None), Classification::Delivered);
-        assert_eq!(classify(StatusCode::ACCEPTED, None), Classification::Delivered);
-        assert_eq!(classify(StatusCode::CONFLICT, None), Classification::Duplicate);
-        assert_eq!(classify(StatusCode::REQUEST_TIMEOUT, None), Classification::Retry(None));
+        assert_eq!(
+            classify(StatusCode::ACCEPTED, None),
+            Classification::Delivered
+        );
+        assert_eq!(
+            classify(StatusCode::CONFLICT, None),
+            Classification::Duplicate
+        );
+        assert_eq!(
+            classify(StatusCode::REQUEST_TIMEOUT, None),
+            Classification::Retry(None)
+        );
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3))),
             Classification::Retry(Some(Duration::from_secs(3)))
         );
-        assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE, None), Classification::Retry(None));
-        assert_eq!(classify(StatusCode::BAD_REQUEST, None), Classification::Permanent);
-        assert_eq!(classify(StatusCode::UNAUTHORIZED, None), Classification::Permanent);
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, None),
+            Classification::Retry(None)
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, None),
+            Classification::Permanent
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, None),
+            Classification::Permanent
+        );
     }
 
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

@@ -25,7 +25,9 @@ const DELIVERY_CONCURRENCY: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     /// The event log could not be opened or written.
-    #[error("cannot write the event log {path}: {source}. Check free space and permissions of server.data_dir.")]
+    #[error(
+        "cannot write the event log {path}: {source}. Check free space and permissions of server.data_dir."
+    )]
     EventLog {
         /// The file.
         path: String,
@@ -53,7 +55,11 @@ struct Inner {
 
 impl Notifier {
     /// Opens the event log in `data_dir` and starts the delivery worker when a URL is set.
-    pub fn start(cfg: &NotifyConfig, data_dir: &Path, metrics: Metrics) -> Result<Notifier, NotifyError> {
+    pub fn start(
+        cfg: &NotifyConfig,
+        data_dir: &Path,
+        metrics: Metrics,
+    ) -> Result<Notifier, NotifyError> {
         let log = EventLog::open(data_dir)?;
         let (queue, receiver) = match &cfg.url {
             Some(_) => {
@@ -128,11 +134,17 @@ impl Inner {
     }
 }
 
-async fn deliver_all(inner: Arc<Inner>, sender: http::Sender, mut rx: mpsc::UnboundedReceiver<Arc<CompletedUpload>>) {
+async fn deliver_all(
+    inner: Arc<Inner>,
+    sender: http::Sender,
+    mut rx: mpsc::UnboundedReceiver<Arc<CompletedUpload>>,
+) {
     let sender = Arc::new(sender);
     let slots = Arc::new(Semaphore::new(DELIVERY_CONCURRENCY));
     while let Some(completion) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let inner = inner.clone();
         let sender = sender.clone();
         tokio::spawn(async move {

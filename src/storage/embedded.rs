@@ -29,7 +29,9 @@ pub struct EmbeddedStore {
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     /// The directory could not be created or opened.
-    #[error("cannot use {path} for the embedded store: {message}. Check that server.data_dir is writable.")]
+    #[error(
+        "cannot use {path} for the embedded store: {message}. Check that server.data_dir is writable."
+    )]
     Directory {
         /// The directory.
         path: PathBuf,
@@ -43,7 +45,11 @@ pub enum EmbeddedError {
 
 impl EmbeddedStore {
     /// Starts s3s-fs on `127.0.0.1:port` (0 = any) over `root`, creating `bucket` when absent.
-    pub async fn start(root: &Path, bucket: &str, port: u16) -> Result<EmbeddedStore, EmbeddedError> {
+    pub async fn start(
+        root: &Path,
+        bucket: &str,
+        port: u16,
+    ) -> Result<EmbeddedStore, EmbeddedError> {
         let dir_err = |e: &dyn std::fmt::Display| EmbeddedError::Directory {
             path: root.to_path_buf(),
             message: e.to_string(),
@@ -54,7 +60,10 @@ impl EmbeddedStore {
         let secret_key = random_token(40);
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
-            b.set_auth(SimpleAuth::from_single(access_key.clone(), secret_key.clone()));
+            b.set_auth(SimpleAuth::from_single(
+                access_key.clone(),
+                secret_key.clone(),
+            ));
             b.build()
         };
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -77,7 +86,9 @@ impl EmbeddedStore {
                     () = stopped.cancelled() => break,
                 };
                 let _ = socket.set_nodelay(true);
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
                 let stopped = stopped.clone();
                 tokio::spawn(async move {
                     tokio::select! {

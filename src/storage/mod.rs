@@ -95,7 +95,8 @@ impl Storage {
     /// Builds the client; does not contact the store (see [`Storage::check_bucket`]).
     pub async fn connect(cfg: &StorageConfig, conn: &Connection, metrics: Metrics) -> Storage {
         use aws_config::{BehaviorVersion, Region, timeout::TimeoutConfig};
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let Some((ak, sk)) = &conn.credentials {
             loader = loader.credentials_provider(aws_credential_types::Credentials::new(
                 ak.clone(),
@@ -141,12 +142,16 @@ impl Storage {
     {
         let started = Instant::now();
         let result = request.await;
-        self.metrics.0.observe_s3(operation, result.is_ok(), started);
+        self.metrics
+            .0
+            .observe_s3(operation, result.is_ok(), started);
         result.map_err(|err| {
             let not_found = match &err {
                 SdkError::ServiceError(e) => {
-                    matches!(e.err().code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload" | "NoSuchBucket"))
-                        || format!("{:?}", e.raw()).contains("status: StatusCode(404)")
+                    matches!(
+                        e.err().code(),
+                        Some("NoSuchKey" | "NotFound" | "NoSuchUpload" | "NoSuchBucket")
+                    ) || format!("{:?}", e.raw()).contains("status: StatusCode(404)")
                 }
                 _ => false,
             };
@@ -164,15 +169,25 @@ impl Storage {
 
     /// HeadBucket: is the bucket there and are we allowed in?
     pub async fn check_bucket(&self) -> Result<(), StorageError> {
-        self.call("HeadBucket", self.client.head_bucket().bucket(&self.bucket).send())
-            .await
-            .map(|_| ())
+        self.call(
+            "HeadBucket",
+            self.client.head_bucket().bucket(&self.bucket).send(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// HeadObject: size and time of one object, `None` when absent.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         let result = self
-            .call("HeadObject", self.client.head_object().bucket(&self.bucket).key(key).send())
+            .call(
+                "HeadObject",
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
             .await;
         match result {
             Ok(out) => Ok(Some(ObjectInfo {
@@ -201,7 +216,9 @@ impl Storage {
                     .send(),
             )
             .await?;
-        Ok(out.key_count().unwrap_or(0) > 0 || !out.contents().is_empty() || !out.common_prefixes().is_empty())
+        Ok(out.key_count().unwrap_or(0) > 0
+            || !out.contents().is_empty()
+            || !out.common_prefixes().is_empty())
     }
 
     /// One directory level under `prefix` (which ends in "/" or is empty), every page of it.
@@ -222,7 +239,9 @@ impl Storage {
                 )
                 .await?;
             for obj in out.contents() {
-                let Some(name) = obj.key().and_then(|k| k.strip_prefix(prefix)) else { continue };
+                let Some(name) = obj.key().and_then(|k| k.strip_prefix(prefix)) else {
+                    continue;
+                };
                 // "dir/" marker objects written by other tools are directories, not files.
                 if name.is_empty() || name.ends_with('/') {
                     continue;
@@ -263,9 +282,16 @@ impl Storage {
 
     /// DeleteObject.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.call("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(key).send())
-            .await
-            .map(|_| ())
+        self.call(
+            "DeleteObject",
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Server-side copy of a whole object: CopyObject, or UploadPartCopy in parallel ranges
@@ -308,8 +334,16 @@ impl Storage {
                     .send();
                 async move {
                     let out = self.call("UploadPartCopy", request).await?;
-                    let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default();
-                    Ok::<_, StorageError>(CompletedPart::builder().part_number(number).e_tag(etag).build())
+                    let etag = out
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .unwrap_or_default();
+                    Ok::<_, StorageError>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .e_tag(etag)
+                            .build(),
+                    )
                 }
             });
             use futures::StreamExt;
@@ -330,7 +364,12 @@ impl Storage {
     }
 
     /// PutObject of a whole small file; returns the ETag.
-    pub async fn put_object(&self, key: &str, body: Bytes, content_type: &str) -> Result<String, StorageError> {
+    pub async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
         let out = self
             .call(
                 "PutObject",
@@ -348,7 +387,11 @@ impl Storage {
     }
 
     /// CreateMultipartUpload; returns the upload id.
-    pub async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StorageError> {
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+    ) -> Result<String, StorageError> {
         let out = self
             .call(
                 "CreateMultipartUpload",
@@ -368,7 +411,13 @@ impl Storage {
     }
 
     /// UploadPart from an in-memory buffer (the SDK retries from it).
-    pub async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> Result<CompletedPart, StorageError> {
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StorageError> {
         let out = self
             .call(
                 "UploadPart",
@@ -393,7 +442,12 @@ impl Storage {
     }
 
     /// CompleteMultipartUpload with parts in order; returns the ETag.
-    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<String, StorageError> {
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<String, StorageError> {
         let out = self
             .call(
                 "CompleteMultipartUpload",
@@ -402,7 +456,11 @@ impl Storage {
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send(),
             )
             .await?;
@@ -444,6 +502,11 @@ impl Storage {
 /// URL-encodes a key for `x-amz-copy-source`, keeping "/".
 fn encode_key(key: &str) -> String {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
     utf8_percent_encode(key, KEEP).to_string()
 }

@@ -102,7 +102,8 @@ impl MemoryBudget {
     /// Reserves a whole part buffer at once; waits while the part pool is spent.
     pub async fn reserve_part(&self, bytes: u64) -> Reservation {
         let pool = self.inner.parts.clone();
-        self.reserve(pool, bytes.min(self.inner.part_pool_bytes)).await
+        self.reserve(pool, bytes.min(self.inner.part_pool_bytes))
+            .await
     }
 
     async fn reserve(&self, pool: Arc<Semaphore>, bytes: u64) -> Reservation {
@@ -154,7 +155,11 @@ mod tests {
         let b = budget(16 << 20);
         let part = b.max_part();
         let held = b.reserve_part(part).await;
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), b.reserve_part(1 << 20)).await;
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            b.reserve_part(1 << 20),
+        )
+        .await;
         assert!(waiting.is_err(), "second reservation must wait");
         drop(held);
         let _ok = tokio::time::timeout(std::time::Duration::from_secs(1), b.reserve_part(1 << 20))

@@ -15,7 +15,10 @@ mod tests {
     #[test]
     fn by_name_then_by_magic() {
         assert_eq!(super::detect("ep1.mp4", b""), "video/mp4");
-        assert_eq!(super::detect("noext", b"\x89PNG\r\n\x1a\n0000"), "image/png");
+        assert_eq!(
+            super::detect("noext", b"\x89PNG\r\n\x1a\n0000"),
+            "image/png"
+        );
         assert_eq!(super::detect("noext", b"hello"), "application/octet-stream");
     }
 }

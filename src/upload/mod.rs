@@ -75,9 +75,15 @@ impl UploadError {
     /// The metrics outcome this error counts as.
     pub fn outcome(&self) -> UploadOutcome {
         match self {
-            UploadError::PermissionDenied | UploadError::IsDirectory | UploadError::TooLarge { .. } => UploadOutcome::Rejected,
-            UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => UploadOutcome::Aborted,
-            UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) => UploadOutcome::Failed,
+            UploadError::PermissionDenied
+            | UploadError::IsDirectory
+            | UploadError::TooLarge { .. } => UploadOutcome::Rejected,
+            UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
+                UploadOutcome::Aborted
+            }
+            UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) => {
+                UploadOutcome::Failed
+            }
         }
     }
 }
@@ -115,9 +121,17 @@ struct Inner {
 
 impl Pipeline {
     /// A pipeline writing to `storage` under the budget and part sizes of `cfg`.
-    pub fn new(cfg: &StorageConfig, storage: Storage, notifier: Notifier, metrics: Metrics) -> Pipeline {
+    pub fn new(
+        cfg: &StorageConfig,
+        storage: Storage,
+        notifier: Notifier,
+        metrics: Metrics,
+    ) -> Pipeline {
         let budget = MemoryBudget::new(cfg.memory_limit, metrics.buffer_bytes_in_use.clone());
-        let sizes = PartSizes::new(cfg.part_size.min(budget.max_part()), cfg.max_part_size.min(budget.max_part()));
+        let sizes = PartSizes::new(
+            cfg.part_size.min(budget.max_part()),
+            cfg.max_part_size.min(budget.max_part()),
+        );
         Pipeline {
             inner: Arc::new(Inner {
                 storage,
@@ -178,7 +192,12 @@ impl Pipeline {
         let key = req.user.key_of(&req.path);
         tracing::debug!(user = %req.user.name, path = %req.path, key = %key, "upload started");
         Ok(Upload {
-            active_gauge: GaugeGuard::new(self.inner.metrics.uploads_active.with_label_values(&[protocol.as_str()])),
+            active_gauge: GaugeGuard::new(
+                self.inner
+                    .metrics
+                    .uploads_active
+                    .with_label_values(&[protocol.as_str()]),
+            ),
             pipeline: self.inner.clone(),
             key,
             req,
@@ -200,7 +219,10 @@ impl Pipeline {
         let finished = tokio::time::timeout(grace, inner.wait_idle()).await.is_ok();
         inner.stop.cancel();
         if !finished {
-            tracing::warn!(active = self.active(), "shutdown grace period over; aborting running uploads");
+            tracing::warn!(
+                active = self.active(),
+                "shutdown grace period over; aborting running uploads"
+            );
             let _ = tokio::time::timeout(Duration::from_secs(15), inner.wait_idle()).await;
         }
     }
@@ -292,7 +314,11 @@ impl Upload {
 
     /// Reads `reader` to its end straight into part buffers. A read that yields nothing for
     /// `stall_timeout` fails the upload, as does a server shutdown.
-    pub async fn fill_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R, stall_timeout: Duration) -> Result<u64, UploadError> {
+    pub async fn fill_from<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        stall_timeout: Duration,
+    ) -> Result<u64, UploadError> {
         let stop = self.pipeline.stop.clone();
         loop {
             let spare = self.writable_buffer().await?;
@@ -311,7 +337,12 @@ impl Upload {
                 Ok(Ok(0)) => return Ok(self.size),
                 Ok(Ok(n)) => n,
             };
-            let Upload { buffer, hasher, size, .. } = self;
+            let Upload {
+                buffer,
+                hasher,
+                size,
+                ..
+            } = self;
             if let Some(buffer) = buffer.as_ref() {
                 hasher.update(&buffer.data[before..before + n]);
             }
@@ -376,7 +407,13 @@ impl Upload {
                     }
                     let part = self.pipeline.sizes.size_of(next);
                     let (reservation, probe) = if self.multipart.is_none() {
-                        (self.pipeline.budget.reserve_probe(PROBE_SIZE.min(part)).await, true)
+                        (
+                            self.pipeline
+                                .budget
+                                .reserve_probe(PROBE_SIZE.min(part))
+                                .await,
+                            true,
+                        )
                     } else {
                         (self.pipeline.budget.reserve_part(part).await, false)
                     };
@@ -395,10 +432,19 @@ impl Upload {
     /// Sends the current buffer as the next part, creating the multipart upload first when
     /// needed; waits while `upload_concurrency` parts are in flight.
     async fn send_part(&mut self) -> Result<(), UploadError> {
-        let Some(buffer) = self.buffer.take() else { return Ok(()) };
+        let Some(buffer) = self.buffer.take() else {
+            return Ok(());
+        };
         if self.multipart.is_none() {
-            let content_type = content_type::detect(self.req.path.file_name(), &buffer.data[..buffer.data.len().min(4096)]);
-            let upload_id = self.pipeline.storage.create_multipart(&self.key, Some(&content_type)).await?;
+            let content_type = content_type::detect(
+                self.req.path.file_name(),
+                &buffer.data[..buffer.data.len().min(4096)],
+            );
+            let upload_id = self
+                .pipeline
+                .storage
+                .create_multipart(&self.key, Some(&content_type))
+                .await?;
             self.content_type = Some(content_type);
             self.multipart = Some(Multipart {
                 upload_id,
@@ -421,9 +467,13 @@ impl Upload {
         let storage = self.pipeline.storage.clone();
         let key = self.key.clone();
         let upload_id = mp.upload_id.clone();
-        let Buffer { data, reservation, .. } = buffer;
+        let Buffer {
+            data, reservation, ..
+        } = buffer;
         mp.in_flight.spawn(async move {
-            let result = storage.upload_part(&key, &upload_id, number as i32, data.freeze()).await;
+            let result = storage
+                .upload_part(&key, &upload_id, number as i32, data.freeze())
+                .await;
             // The budget is returned only once S3 has the part (or the part failed).
             drop(reservation);
             result
@@ -438,7 +488,9 @@ impl Upload {
                 self.open = false;
                 let protocol = self.req.protocol.as_str();
                 let m = &self.pipeline.metrics;
-                m.uploads_total.with_label_values(&[protocol, UploadOutcome::Completed.as_str()]).inc();
+                m.uploads_total
+                    .with_label_values(&[protocol, UploadOutcome::Completed.as_str()])
+                    .inc();
                 m.upload_duration_seconds
                     .with_label_values(&[protocol])
                     .observe(self.started.elapsed().as_secs_f64());
@@ -467,7 +519,8 @@ impl Upload {
                 Some((bytes, r)) => (bytes, Some(r)),
                 None => (bytes::Bytes::new(), None),
             };
-            let content_type = content_type::detect(self.req.path.file_name(), &bytes[..bytes.len().min(4096)]);
+            let content_type =
+                content_type::detect(self.req.path.file_name(), &bytes[..bytes.len().min(4096)]);
             let etag = storage.put_object(&self.key, bytes, &content_type).await?;
             drop(reservation);
             (etag, content_type)
@@ -484,10 +537,17 @@ impl Upload {
             }
             let mut parts = std::mem::take(&mut mp.done);
             parts.sort_by_key(|p| p.part_number());
-            let etag = storage.complete_multipart(&self.key, &mp.upload_id, parts).await?;
+            let etag = storage
+                .complete_multipart(&self.key, &mp.upload_id, parts)
+                .await?;
             // Complete succeeded: there is no multipart upload left to abort.
             self.multipart = None;
-            (etag, self.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()))
+            (
+                etag,
+                self.content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+            )
         };
         let hasher = std::mem::take(&mut self.hasher);
         let completion = CompletedUpload {
@@ -559,7 +619,11 @@ impl Drop for Upload {
             if let Some(mp) = self.multipart.take()
                 && let Ok(handle) = tokio::runtime::Handle::try_current()
             {
-                handle.spawn(abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp));
+                handle.spawn(abort_multipart(
+                    self.pipeline.storage.clone(),
+                    self.key.clone(),
+                    mp,
+                ));
             }
         }
         if self.pipeline.active.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -578,7 +642,9 @@ async fn abort_multipart(storage: Storage, key: String, mut mp: Multipart) {
     }
 }
 
-fn part_result(joined: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>) -> Result<CompletedPart, UploadError> {
+fn part_result(
+    joined: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
+) -> Result<CompletedPart, UploadError> {
     match joined {
         Ok(Ok(part)) => Ok(part),
         Ok(Err(e)) => Err(UploadError::Storage(e)),

@@ -18,7 +18,10 @@ pub struct PartSizes {
 impl PartSizes {
     /// Starts at `first`, doubles every 1,000 parts, never above `max`.
     pub fn new(first: u64, max: u64) -> PartSizes {
-        PartSizes { first, max: max.max(first) }
+        PartSizes {
+            first,
+            max: max.max(first),
+        }
     }
 
     /// Size of part `number` (1-based).
@@ -61,6 +64,9 @@ mod tests {
         // 1000 × (16+32+64+128+256) MiB + 5000 × 512 MiB
         assert_eq!(s.max_object_size(), (496_000u64 + 2_560_000) << 20);
         assert!(s.max_object_size() > 1 << 40);
-        assert_eq!(PartSizes::new(5 << 20, 5 << 20).max_object_size(), 50_000 << 20);
+        assert_eq!(
+            PartSizes::new(5 << 20, 5 << 20).max_object_size(),
+            50_000 << 20
+        );
     }
 }

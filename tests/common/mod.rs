@@ -1,0 +1,382 @@
+//! Test harness: an in-process s3s-fs store, an in-process stand-in for the ingest API, and
+//! a bridge configured against both, driven by real client crates.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ingest_bridge::config::Config;
+use ingest_bridge::metrics::Metrics;
+use ingest_bridge::server::Bridge;
+use ingest_bridge::storage::embedded::EmbeddedStore;
+use ingest_bridge::storage::{Connection, Storage};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use suppaftp::tokio::AsyncFtpStream;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// Password of every test user.
+pub const PASSWORD: &str = "test-password";
+/// argon2id of PASSWORD (precomputed: hashing is the slow part of a login).
+pub fn password_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| ingest_bridge::auth::hash_password(PASSWORD).expect("hash"))
+}
+
+/// One request the stand-in API received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Lower-cased header names and values.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+impl Received {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP server standing in for the platform's upload-complete API.
+#[derive(Clone)]
+pub struct FakeApi {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// Statuses to answer with, in order; 200 once empty.
+    pub script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeApi {
+    pub async fn start() -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+        let url = format!(
+            "http://{}/upload-complete",
+            listener.local_addr().expect("addr")
+        );
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let script: Arc<Mutex<VecDeque<u16>>> = Arc::default();
+        let (r, s) = (received.clone(), script.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (r, s) = (r.clone(), s.clone());
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (r, s) = (r.clone(), s.clone());
+                    async move {
+                        let headers = req
+                            .headers()
+                            .iter()
+                            .map(|(n, v)| {
+                                (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                            })
+                            .collect();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                        r.lock().unwrap().push(Received { headers, body });
+                        let status = s.lock().unwrap().pop_front().unwrap_or(200);
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        FakeApi {
+            url,
+            received,
+            script,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.requests();
+            if got.len() >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Distinct passive port ranges for bridges running in parallel in one test binary.
+fn passive_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::SeqCst) % 40;
+    let pid_offset = (std::process::id() % 5) as u16 * 2000;
+    let start = 20000 + pid_offset + slot * 200;
+    (start, start + 199)
+}
+
+/// Knobs a test may turn.
+#[derive(Clone)]
+pub struct Options {
+    pub part_size: &'static str,
+    pub memory_limit: &'static str,
+    pub concurrency: u32,
+    pub notify_url: Option<String>,
+    pub extra_storage: &'static str,
+    pub data_timeout: &'static str,
+    pub shutdown_timeout: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            part_size: "5MiB",
+            memory_limit: "64MiB",
+            concurrency: 4,
+            notify_url: None,
+            extra_storage: "",
+            data_timeout: "10s",
+            shutdown_timeout: "10s",
+        }
+    }
+}
+
+/// A bridge against its own store (and optional API).
+pub struct Harness {
+    pub dir: TempDir,
+    pub store: EmbeddedStore,
+    pub bridge: Option<Bridge>,
+    pub ftp: SocketAddr,
+    /// A separate client for reading back what landed.
+    pub s3: Storage,
+    pub config: Config,
+}
+
+pub fn config_text(dir: &Path, store: &EmbeddedStore, opts: &Options) -> String {
+    let (first, last) = passive_range();
+    let hash = password_hash();
+    let url = opts.notify_url.clone().unwrap_or_default();
+    format!(
+        r#"
+[server]
+data_dir = "{data}"
+shutdown_timeout = "{shutdown}"
+[ftp]
+listen = "127.0.0.1:0"
+passive_ports = "{first}-{last}"
+passive_host = "127.0.0.1"
+data_timeout = "{data_timeout}"
+[sftp]
+enabled = false
+[storage]
+endpoint = "{endpoint}"
+bucket = "ingest"
+access_key_id = "{ak}"
+secret_access_key = "{sk}"
+part_size = "{part}"
+memory_limit = "{memory}"
+upload_concurrency = {concurrency}
+{extra}
+[notify]
+url = "{url}"
+timeout = "5s"
+max_backoff = "2s"
+headers = {{ "X-Api-Key" = "k-123" }}
+[metrics]
+listen = "127.0.0.1:0"
+
+[[users]]
+username = "alice"
+password_hash = "{hash}"
+home = "alice/"
+permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
+metadata = {{ channel_id = "ch-42" }}
+
+[[users]]
+username = "bob"
+password_hash = "{hash}"
+home = "bob/"
+permissions = ["upload"]
+
+[[users]]
+username = "reader"
+password_hash = "{hash}"
+home = "alice/"
+permissions = ["list", "download"]
+"#,
+        data = dir.join("data").display(),
+        shutdown = opts.shutdown_timeout,
+        data_timeout = opts.data_timeout,
+        endpoint = store.url,
+        ak = store.access_key,
+        sk = store.secret_key,
+        part = opts.part_size,
+        memory = opts.memory_limit,
+        concurrency = opts.concurrency,
+        extra = opts.extra_storage,
+    )
+}
+
+pub async fn s3_client(store: &EmbeddedStore) -> Storage {
+    let cfg = Config::parse("", Path::new("x")).expect("defaults").storage;
+    Storage::connect(
+        &cfg,
+        &Connection {
+            endpoint_url: Some(store.url.clone()),
+            credentials: Some((store.access_key.clone(), store.secret_key.clone())),
+        },
+        Metrics::new(),
+    )
+    .await
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::start(&dir.path().join("store"), "ingest", 0)
+            .await
+            .expect("store");
+        let text = config_text(dir.path(), &store, &opts);
+        let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
+        let bridge = Bridge::start(config.clone()).await.expect("bridge starts");
+        let ftp = bridge.ftp_addr.expect("ftp enabled");
+        let s3 = s3_client(&store).await;
+        Harness {
+            dir,
+            store,
+            bridge: Some(bridge),
+            ftp,
+            s3,
+            config,
+        }
+    }
+
+    pub fn bridge(&self) -> &Bridge {
+        self.bridge.as_ref().expect("running")
+    }
+
+    pub async fn login(&self, user: &str) -> AsyncFtpStream {
+        let mut ftp = AsyncFtpStream::connect(self.ftp).await.expect("connect");
+        ftp.login(user, PASSWORD).await.expect("login");
+        ftp.transfer_type(suppaftp::types::FileType::Binary)
+            .await
+            .expect("TYPE I");
+        ftp
+    }
+
+    pub fn store_root(&self) -> PathBuf {
+        self.store.root.clone()
+    }
+
+    /// Upload ids of multipart uploads the store still holds.
+    pub fn open_multipart_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(self.store_root())
+            .expect("store dir")
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(rest) = name.strip_prefix(".upload_id-")
+                && let Some((id, _)) = rest.split_once(".part-")
+                && !ids.contains(&id.to_string())
+            {
+                ids.push(id.to_string());
+            }
+        }
+        ids
+    }
+
+    /// Completions in the event log.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let path = self.config.server.data_dir.join("events.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event log lines are JSON"))
+            .collect()
+    }
+
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        match self.s3.get(key, 0).await {
+            Ok(body) => Some(body.collect().await.expect("body").into_bytes().to_vec()),
+            Err(e) if e.not_found => None,
+            Err(e) => panic!("unexpected S3 error: {e}"),
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.bridge().metrics_addr;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(b) = self.bridge.take() {
+            b.shutdown().await;
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Sum of a metric's samples whose labels include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
