@@ -7,7 +7,7 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -114,12 +114,7 @@ impl Namespace {
         if !path.is_root()
             && let Some(info) = self.storage.head(&user.key_of(path)).await?
         {
-            return Ok(Entry {
-                name: path.file_name().to_string(),
-                is_dir: false,
-                size: info.size,
-                modified: info.modified,
-            });
+            return Ok(file_entry(path.file_name(), &info));
         }
         if self.is_dir(user, path).await? {
             return Ok(dir_entry(path.file_name()));
@@ -127,7 +122,8 @@ impl Namespace {
         Err(FsError::NotFound(path.to_string()))
     }
 
-    /// LIST: the entries of a directory (or the file itself, as `ls file` expects).
+    /// LIST: the entries of a directory (or the file itself, as `ls file` expects); a
+    /// directory that does not exist lists empty.
     pub async fn list(&self, user: &User, path: &VirtualPath) -> Result<Vec<Entry>, FsError> {
         require(user, Permission::List)?;
         let prefix = format!("{}{}", user.home, path.dir_prefix());
@@ -136,16 +132,13 @@ impl Namespace {
         let mut made = self.made_children(&prefix);
         made.retain(|m| !listing.dirs.contains(m));
         entries.extend(made.iter().map(|d| dir_entry(d)));
-        entries.extend(listing.files.into_iter().map(|f| Entry {
-            name: f.name,
-            is_dir: false,
-            size: f.size,
-            modified: f.modified,
-        }));
-        if entries.is_empty() && !self.is_dir(user, path).await? {
-            // `ls file`: show the file alone.
-            let entry = self.stat(user, path).await?;
-            return Ok(vec![entry]);
+        entries.extend(listing.files.iter().map(|f| file_entry(&f.name, f)));
+        if entries.is_empty() && !path.is_root() {
+            // `ls file`: show the file alone. A prefix without objects is an empty directory,
+            // as S3 sees it (rclone lists a destination before creating it).
+            if let Some(info) = self.storage.head(&user.key_of(path)).await? {
+                return Ok(vec![file_entry(path.file_name(), &info)]);
+            }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
@@ -269,6 +262,15 @@ impl Namespace {
         if let Ok(mut dirs) = self.made_dirs.lock() {
             dirs.retain(|d| !key.starts_with(d.as_str()));
         }
+    }
+}
+
+fn file_entry(name: &str, info: &ObjectInfo) -> Entry {
+    Entry {
+        name: name.to_string(),
+        is_dir: false,
+        size: info.size,
+        modified: info.modified,
     }
 }
 

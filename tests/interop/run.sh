@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Interop with third-party clients: curl, lftp, Python's ftplib and rclone upload through the
+# release binary into its embedded S3 store; each object's bytes and its completion call (to a
+# stand-in API) are checked. Installs what it needs. Ends with "N passed, N failed".
+set -uo pipefail
+
+BIN=${1:-target/release/ingest-bridge}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d)
+FTP_PORT=${INTEROP_FTP_PORT:-22121}
+API_PORT=${INTEROP_API_PORT:-28080}
+METRICS_PORT=${INTEROP_METRICS_PORT:-29100}
+PASS=0
+FAIL=0
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ok() { echo "PASS: $1"; PASS=$((PASS + 1)); }
+ko() { echo "FAIL: $1"; FAIL=$((FAIL + 1)); }
+
+install_clients() {
+  local missing=()
+  for tool in curl lftp rclone python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_clients
+[ -x "$BIN" ] || { echo "no binary at $BIN (build with cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
+
+PASSWORD="interop-password"
+HASH=$(printf '%s' "$PASSWORD" | "$BIN" hash-password)
+cat > "$WORK/config.toml" <<TOML
+[server]
+data_dir = "$WORK/data"
+shutdown_timeout = "30s"
+[ftp]
+listen = "127.0.0.1:$FTP_PORT"
+passive_ports = "41000-41999"
+passive_host = "127.0.0.1"
+[sftp]
+enabled = false
+[storage]
+endpoint = "embedded"
+bucket = "ingest"
+part_size = "5MiB"
+memory_limit = "64MiB"
+[notify]
+url = "http://127.0.0.1:$API_PORT/complete"
+headers = { "X-Api-Key" = "interop" }
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
+[[users]]
+username = "ci"
+password_hash = "$HASH"
+home = "ci/"
+permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
+metadata = { channel_id = "interop" }
+TOML
+
+python3 "$HERE/fake_api.py" "$API_PORT" "$WORK/api.jsonl" &
+PIDS+=($!)
+"$BIN" serve --config "$WORK/config.toml" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+BRIDGE=$!
+PIDS+=($BRIDGE)
+for _ in $(seq 1 100); do
+  grep -q "ftp listening" "$WORK/serve.out" 2>/dev/null && break
+  sleep 0.1
+done
+if grep -q "ftp listening on 127.0.0.1:$FTP_PORT" "$WORK/serve.out"; then ok "serve prints its listeners"; else ko "serve did not start"; cat "$WORK/serve.err"; fi
+
+STORE="$WORK/data/store/ingest"
+URL="ftp://ci:$PASSWORD@127.0.0.1:$FTP_PORT"
+
+# check NAME KEY LOCALFILE: object bytes in the store and exactly one completion for KEY.
+check() {
+  local name=$1 key=$2 file=$3
+  local want got
+  want=$(sha256sum "$file" | cut -d' ' -f1)
+  got=$(sha256sum "$STORE/$key" 2>/dev/null | cut -d' ' -f1)
+  if [ "$want" != "$got" ]; then ko "$name: object $key bytes (want $want, got ${got:-missing})"; return; fi
+  local n=0
+  for _ in $(seq 1 50); do
+    n=$(python3 - "$WORK/api.jsonl" "$key" "$want" <<'PY'
+import json, sys
+path, key, sha = sys.argv[1:4]
+try:
+    lines = [json.loads(l) for l in open(path)]
+except FileNotFoundError:
+    lines = []
+hits = [l for l in lines if l["body"]["key"] == key and l["body"]["sha256"] == sha
+        and l["headers"].get("idempotency-key") == l["body"]["id"]
+        and l["headers"].get("webhook-signature", "").startswith("v1,")
+        and l["headers"].get("x-api-key") == "interop"]
+print(len(hits))
+PY
+)
+    [ "$n" -ge 1 ] && break
+    sleep 0.1
+  done
+  if [ "$n" = "1" ]; then ok "$name"; else ko "$name: $n completions for $key"; fi
+}
+
+head -c 3000 /dev/urandom >"$WORK/small.bin"
+head -c $((23 * 1024 * 1024 + 77)) /dev/urandom >"$WORK/big.bin"
+: >"$WORK/empty.bin"
+
+curl -sS -T "$WORK/small.bin" "$URL/curl/small.bin" --ftp-create-dirs && check "curl -T small file" "ci/curl/small.bin" "$WORK/small.bin" || ko "curl small upload"
+curl -sS -T "$WORK/big.bin" "$URL/curl/deep/er/big.bin" --ftp-create-dirs && check "curl -T multipart file into new dirs" "ci/curl/deep/er/big.bin" "$WORK/big.bin" || ko "curl big upload"
+curl -sS -T "$WORK/empty.bin" "$URL/curl/empty.bin" && check "curl -T empty file" "ci/curl/empty.bin" "$WORK/empty.bin" || ko "curl empty upload"
+if curl -sS "$URL/curl/deep/er/big.bin" -o "$WORK/back.bin" && cmp -s "$WORK/back.bin" "$WORK/big.bin"; then ok "curl download matches"; else ko "curl download"; fi
+if curl -sS "$URL/curl/" | grep -q "small.bin"; then ok "curl directory listing"; else ko "curl listing"; fi
+
+lftp -c "set net:max-retries 1; set net:timeout 20; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1; mkdir -p lftp; cd lftp; put $WORK/big.bin -o big.bin; put $WORK/small.bin -o small.bin; ls" >"$WORK/lftp.out" 2>&1 \
+  && check "lftp put multipart file" "ci/lftp/big.bin" "$WORK/big.bin" && check "lftp put small file" "ci/lftp/small.bin" "$WORK/small.bin" \
+  || { ko "lftp upload"; cat "$WORK/lftp.out"; }
+
+if python3 "$HERE/ftplib_upload.py" 127.0.0.1 "$FTP_PORT" ci "$PASSWORD" "$WORK/big.bin" /ftplib.bin >"$WORK/ftplib.out" 2>&1; then
+  check "python ftplib storbinary" "ci/ftplib.bin" "$WORK/big.bin"
+  grep -q "size=$((23 * 1024 * 1024 + 77))" "$WORK/ftplib.out" && ok "ftplib SIZE after upload" || ko "ftplib SIZE: $(cat "$WORK/ftplib.out")"
+else
+  ko "python ftplib upload: $(cat "$WORK/ftplib.out")"
+fi
+
+OBSCURED=$(rclone obscure "$PASSWORD")
+REMOTE=":ftp,host=127.0.0.1,port=$FTP_PORT,user=ci,pass=$OBSCURED:"
+if rclone copyto "$WORK/big.bin" "${REMOTE}rclone/big.bin" --retries 1 --low-level-retries 1 >"$WORK/rclone.out" 2>&1; then
+  check "rclone copyto (:ftp remote)" "ci/rclone/big.bin" "$WORK/big.bin"
+  rclone lsl "${REMOTE}rclone" 2>/dev/null | grep -q "big.bin" && ok "rclone lsl sees the file" || ko "rclone lsl"
+else
+  ko "rclone upload: $(tail -5 "$WORK/rclone.out")"
+fi
+
+# A refused login and a path that escapes home.
+if curl -sS -T "$WORK/small.bin" "ftp://ci:wrong@127.0.0.1:$FTP_PORT/x.bin" 2>/dev/null; then ko "wrong password accepted"; else ok "wrong password refused"; fi
+curl -sS -T "$WORK/small.bin" "$URL/%2E%2E/escape.bin" 2>/dev/null
+if [ ! -e "$WORK/data/store/ingest/escape.bin" ]; then ok "path escaping home refused"; else ko "escape landed"; fi
+
+if curl -sS "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}'; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
+
+kill -TERM "$BRIDGE"
+for _ in $(seq 1 100); do kill -0 "$BRIDGE" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$BRIDGE" 2>/dev/null; then ko "SIGTERM stops the bridge"; else wait "$BRIDGE"; rc=$?; [ $rc -eq 0 ] && ok "SIGTERM stops the bridge cleanly" || ko "exit code $rc after SIGTERM"; fi
+if grep -q "panicked" "$WORK/serve.err"; then ko "bridge panicked"; grep -B2 -A5 panicked "$WORK/serve.err"; fi
+
+echo "interop: $PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
