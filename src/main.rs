@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use ingest_bridge::config::{Config, DEFAULT_CONFIG_PATH};
 use ingest_bridge::server::Bridge;
+use ingest_bridge::storage::embedded::EmbeddedStore;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,12 +32,40 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id PHC string for `password_hash`.
     HashPassword,
+    /// Run only the embedded S3 store (s3s-fs) as a standalone S3 server, for benchmarks
+    /// and for pointing other tools at the same store.
+    EmbeddedStore {
+        /// Directory holding the buckets.
+        #[arg(long, default_value = "data/store")]
+        root: PathBuf,
+        /// Address to serve the S3 API on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Bucket to create when absent.
+        #[arg(long, default_value = "ingest")]
+        bucket: String,
+        /// Access key clients sign with.
+        #[arg(
+            long,
+            env = "EMBEDDED_STORE_ACCESS_KEY",
+            default_value = "ingest-bridge"
+        )]
+        access_key: String,
+        /// Secret key clients sign with.
+        #[arg(
+            long,
+            env = "EMBEDDED_STORE_SECRET_KEY",
+            default_value = "ingest-bridge-secret"
+        )]
+        secret_key: String,
+    },
 }
 
 /// Exit code for every operator-facing error.
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    return_freed_buffers_to_the_os();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
@@ -48,6 +77,25 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::HashPassword => hash_password(),
+        Command::EmbeddedStore {
+            root,
+            listen,
+            bucket,
+            access_key,
+            secret_key,
+        } => embedded_store(root, listen, bucket, (access_key, secret_key)),
+    }
+}
+
+/// Part buffers are large (16 MiB+) and short-lived. glibc raises its mmap threshold after
+/// the first such buffer is freed, after which freed parts stay in the heap and RSS creeps
+/// far above the memory budget. A fixed threshold keeps every part buffer mmapped, so its
+/// memory goes back to the OS the moment S3 has the part.
+fn return_freed_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
@@ -77,6 +125,36 @@ fn hash_password() -> ExitCode {
         }
         Err(e) => fail(format!("hashing failed: {e}")),
     }
+}
+
+fn embedded_store(
+    root: PathBuf,
+    listen: std::net::SocketAddr,
+    bucket: String,
+    keys: (String, String),
+) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let store = match EmbeddedStore::start_on(&root, &bucket, listen, keys).await {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        println!(
+            "S3 store at {} (bucket {bucket:?}, data in {})",
+            store.url,
+            store.root.display()
+        );
+        wait_for_signal().await;
+        store.stop();
+        ExitCode::SUCCESS
+    })
 }
 
 fn init_logging() {

@@ -38,17 +38,40 @@ pub enum EmbeddedError {
         /// Why.
         message: String,
     },
-    /// No loopback port.
-    #[error("cannot bind the embedded store on loopback: {0}")]
-    Bind(std::io::Error),
+    /// The address could not be bound.
+    #[error("cannot bind the embedded store on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl EmbeddedStore {
-    /// Starts s3s-fs on `127.0.0.1:port` (0 = any) over `root`, creating `bucket` when absent.
+    /// Starts s3s-fs on `127.0.0.1:port` (0 = any) over `root`, creating `bucket` when absent,
+    /// with fresh random credentials.
     pub async fn start(
         root: &Path,
         bucket: &str,
         port: u16,
+    ) -> Result<EmbeddedStore, EmbeddedError> {
+        let credentials = (random_token(20), random_token(40));
+        Self::start_on(
+            root,
+            bucket,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            credentials,
+        )
+        .await
+    }
+
+    /// Starts s3s-fs on `listen` with the given access key and secret key.
+    pub async fn start_on(
+        root: &Path,
+        bucket: &str,
+        listen: SocketAddr,
+        (access_key, secret_key): (String, String),
     ) -> Result<EmbeddedStore, EmbeddedError> {
         let dir_err = |e: &dyn std::fmt::Display| EmbeddedError::Directory {
             path: root.to_path_buf(),
@@ -56,8 +79,6 @@ impl EmbeddedStore {
         };
         std::fs::create_dir_all(root.join(bucket)).map_err(|e| dir_err(&e))?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| dir_err(&format!("{e:?}")))?;
-        let access_key = random_token(20);
-        let secret_key = random_token(40);
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
             b.set_auth(SimpleAuth::from_single(
@@ -66,10 +87,12 @@ impl EmbeddedStore {
             ));
             b.build()
         };
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .map_err(EmbeddedError::Bind)?;
-        let addr = listener.local_addr().map_err(EmbeddedError::Bind)?;
+        let bind_err = |source| EmbeddedError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
