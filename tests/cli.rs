@@ -40,6 +40,7 @@ fn check_config_accepts_the_shipped_configs() {
     for file in [
         "config/ingest-bridge.toml",
         "config/production.example.toml",
+        "config/docker-compose.toml",
     ] {
         let out = bin()
             .args(["check-config", "--config", file])

@@ -7,6 +7,7 @@ pub mod embedded;
 use crate::config::{Endpoint, S3_MAX_PART_SIZE, StorageConfig};
 use crate::metrics::Metrics;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -131,14 +132,13 @@ impl Storage {
     }
 
     /// Runs one SDK call, recording its result and latency.
-    async fn call<T, E, R>(
+    async fn call<T, E>(
         &self,
         operation: &'static str,
-        request: impl Future<Output = Result<T, SdkError<E, R>>>,
+        request: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     ) -> Result<T, StorageError>
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         let started = Instant::now();
         let result = request.await;
@@ -151,7 +151,7 @@ impl Storage {
                     matches!(
                         e.err().code(),
                         Some("NoSuchKey" | "NotFound" | "NoSuchUpload" | "NoSuchBucket")
-                    ) || format!("{:?}", e.raw()).contains("status: StatusCode(404)")
+                    ) || e.raw().status().as_u16() == 404
                 }
                 _ => false,
             };

@@ -192,7 +192,7 @@ impl Pipeline {
         let key = req.user.key_of(&req.path);
         tracing::debug!(user = %req.user.name, path = %req.path, key = %key, "upload started");
         Ok(Upload {
-            active_gauge: GaugeGuard::new(
+            _active_gauge: GaugeGuard::new(
                 self.inner
                     .metrics
                     .uploads_active
@@ -275,7 +275,8 @@ pub struct Upload {
     multipart: Option<Multipart>,
     content_type: Option<String>,
     open: bool,
-    active_gauge: GaugeGuard,
+    /// Holds `uploads_active` up until the upload is dropped.
+    _active_gauge: GaugeGuard,
 }
 
 impl Upload {
@@ -629,7 +630,6 @@ impl Drop for Upload {
         if self.pipeline.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.pipeline.idle.notify_waiters();
         }
-        let _ = &self.active_gauge;
     }
 }
 

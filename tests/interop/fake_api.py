@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Stand-in for a platform's upload-complete API: records every POST as a JSON line."""
 import json
+import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,8 +18,10 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": json.loads(body or b"null"),
         }
+        line = json.dumps(record)
         with open(OUT, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(line + "\n")
+        print(line, flush=True)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -28,4 +31,4 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+ThreadingHTTPServer((os.environ.get("FAKE_API_HOST", "127.0.0.1"), PORT), Handler).serve_forever()

@@ -68,7 +68,7 @@ permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
 metadata = { channel_id = "interop" }
 TOML
 
-python3 "$HERE/fake_api.py" "$API_PORT" "$WORK/api.jsonl" &
+python3 "$HERE/fake_api.py" "$API_PORT" "$WORK/api.jsonl" >/dev/null &
 PIDS+=($!)
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/serve.out" 2>"$WORK/serve.err" &
 BRIDGE=$!
