@@ -134,14 +134,7 @@ fn embedded_store(
     keys: (String, String),
 ) -> ExitCode {
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
-    };
-    runtime.block_on(async move {
+    block_on(async move {
         let store = match EmbeddedStore::start_on(&root, &bucket, listen, keys).await {
             Ok(s) => s,
             Err(e) => return fail(e),
@@ -155,6 +148,17 @@ fn embedded_store(
         store.stop();
         ExitCode::SUCCESS
     })
+}
+
+/// Runs `work` on a multi-threaded runtime.
+fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => fail(format!("cannot start the async runtime: {e}")),
+    }
 }
 
 fn init_logging() {
@@ -175,14 +179,7 @@ fn serve(path: PathBuf) -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
-    };
-    runtime.block_on(async move {
+    block_on(async move {
         let bridge = match Bridge::start(config).await {
             Ok(b) => b,
             Err(e) => return fail(e),

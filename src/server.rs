@@ -64,6 +64,9 @@ pub enum StartError {
     /// The event log failed.
     #[error("{0}")]
     Notify(#[from] NotifyError),
+    /// The FTPS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A running bridge.
@@ -151,6 +154,9 @@ impl Bridge {
         let metrics_addr = metrics_listener
             .local_addr()
             .unwrap_or(config.metrics.listen);
+        if config.ftp.enabled {
+            ftp::check_tls(&config.ftp).map_err(StartError::Tls)?;
+        }
         let ftp_listener = if config.ftp.enabled {
             Some(bind("ftp.listen", config.ftp.listen).await?)
         } else {

@@ -147,3 +147,14 @@ fn unreachable_bucket_names_the_endpoint_and_exits_2() {
         "{err}"
     );
 }
+
+#[test]
+fn unusable_ftps_certificate_names_the_key_and_exits_2() {
+    let out = serve_with(
+        "[server]\ndata_dir = \"DATA\"\n[sftp]\nenabled = false\n[ftp]\nlisten = \"127.0.0.1:0\"\n[ftp.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ftp.tls.cert"), "{err}");
+    assert!(!err.contains("panicked"));
+}

@@ -73,6 +73,27 @@ pub async fn serve(
     sessions.detach_all();
 }
 
+/// Loads the FTPS certificate and key once, so a bad `[ftp.tls]` stops the start instead of
+/// failing every connection.
+pub fn check_tls(cfg: &FtpConfig) -> Result<(), String> {
+    let Some(tls) = &cfg.tls else { return Ok(()) };
+    let generator = Box::new(|| -> S3Backend { unreachable!("the check never opens a session") });
+    ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(
+        generator,
+        Arc::new(UserProvider(Arc::new(UserDirectory::new(&[])))),
+    )
+    .ftps(tls.cert.clone(), tls.key.clone())
+    .build()
+    .map(|_| ())
+    .map_err(|e| {
+        format!(
+            "cannot load the FTPS certificate {} or key {} (ftp.tls.cert / ftp.tls.key): {e}",
+            tls.cert.display(),
+            tls.key.display()
+        )
+    })
+}
+
 fn build_server(
     cfg: &FtpConfig,
     shared: &Arc<FtpShared>,

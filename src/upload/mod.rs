@@ -585,8 +585,20 @@ impl Upload {
     }
 
     async fn abort_with(&mut self, reason: &UploadError) {
+        if let Some(mp) = self.close(reason.outcome(), reason) {
+            abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp).await;
+        }
+    }
+
+    /// Marks the upload as ended without success, counts and logs it, frees its buffer and
+    /// hands back the multipart upload that still needs aborting.
+    fn close(
+        &mut self,
+        outcome: UploadOutcome,
+        reason: &dyn std::fmt::Display,
+    ) -> Option<Multipart> {
         if !self.open {
-            return;
+            return None;
         }
         self.open = false;
         self.buffer = None;
@@ -594,38 +606,27 @@ impl Upload {
         self.pipeline
             .metrics
             .uploads_total
-            .with_label_values(&[protocol, reason.outcome().as_str()])
+            .with_label_values(&[protocol, outcome.as_str()])
             .inc();
         tracing::warn!(user = %self.req.user.name, protocol, path = %self.req.path, key = %self.key,
             size = self.size, error = %reason, "upload not completed");
-        if let Some(mp) = self.multipart.take() {
-            abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp).await;
-        }
+        self.multipart.take()
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if self.open {
-            // Neither finished nor aborted: the session vanished. Clean up in the background.
-            self.open = false;
-            self.buffer = None;
-            let protocol = self.req.protocol.as_str();
-            self.pipeline
-                .metrics
-                .uploads_total
-                .with_label_values(&[protocol, UploadOutcome::Aborted.as_str()])
-                .inc();
-            tracing::warn!(user = %self.req.user.name, protocol, key = %self.key, "upload dropped unfinished; aborting");
-            if let Some(mp) = self.multipart.take()
-                && let Ok(handle) = tokio::runtime::Handle::try_current()
-            {
-                handle.spawn(abort_multipart(
-                    self.pipeline.storage.clone(),
-                    self.key.clone(),
-                    mp,
-                ));
-            }
+        // Neither finished nor aborted: the session vanished. Clean up in the background.
+        if let Some(mp) = self.close(
+            UploadOutcome::Aborted,
+            &"the client session ended mid-upload",
+        ) && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(abort_multipart(
+                self.pipeline.storage.clone(),
+                self.key.clone(),
+                mp,
+            ));
         }
         if self.pipeline.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.pipeline.idle.notify_waiters();
