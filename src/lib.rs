@@ -1,9 +1,9 @@
-//! ingest-bridge: an FTP/FTPS (and soon SFTP) server whose uploads stream straight into S3
+//! ingest-bridge: an FTP/FTPS and SFTP server whose uploads stream straight into S3
 //! multipart uploads, and which calls the platform's upload-complete API once each object is
 //! whole.
 //!
 //! Data flows through the modules in this order:
-//! [`config`] → [`auth`] → front-end [`ftp`] → [`upload`] (the streaming S3 pipeline) and
+//! [`config`] → [`auth`] → front-ends [`ftp`] and [`sftp`] → [`upload`] (the streaming S3 pipeline) and
 //! [`namespace`] (listings, renames) → [`storage`] (the only S3 client) → [`notify`]
 //! (event log and API calls), with [`metrics`] beside all of them and [`server`] wiring them.
 
@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod namespace;
 pub mod notify;
 pub mod server;
+pub mod sftp;
 pub mod storage;
 pub mod upload;

@@ -164,7 +164,7 @@ fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,libunftp=warn,s3s=warn,aws_config=warn,aws_smithy_runtime=warn",
+            "info,libunftp=warn,s3s=off,aws_config=warn,aws_smithy_runtime=warn",
         )
     });
     let _ = tracing_subscriber::fmt()
@@ -193,6 +193,12 @@ fn serve(path: PathBuf) -> ExitCode {
         }
         if let Some(addr) = bridge.ftp_addr {
             println!("ftp listening on {addr}");
+        }
+        if let Some(addr) = bridge.sftp_addr {
+            println!(
+                "sftp listening on {addr} (host key {})",
+                bridge.sftp_fingerprints.join(", ")
+            );
         }
         println!(
             "metrics listening on http://{}/metrics",

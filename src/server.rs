@@ -7,6 +7,7 @@ use crate::ftp::{self, FtpShared};
 use crate::metrics::{self, Metrics};
 use crate::namespace::Namespace;
 use crate::notify::{Notifier, NotifyError};
+use crate::sftp::{self, SftpShared};
 use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
 use crate::storage::{Connection, Storage};
 use crate::upload::Pipeline;
@@ -67,12 +68,19 @@ pub enum StartError {
     /// The FTPS certificate or key is unusable.
     #[error("{0}")]
     Tls(String),
+    /// An SSH host key is unusable.
+    #[error("cannot use {0}. Fix or remove the file (a new key is generated when it is missing).")]
+    HostKey(String),
 }
 
 /// A running bridge.
 pub struct Bridge {
     /// FTP control address, when enabled.
     pub ftp_addr: Option<SocketAddr>,
+    /// SFTP address, when enabled.
+    pub sftp_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprints of the SSH host keys.
+    pub sftp_fingerprints: Vec<String>,
     /// Metrics endpoint address.
     pub metrics_addr: SocketAddr,
     /// The embedded store, when `storage.endpoint = "embedded"`.
@@ -162,6 +170,13 @@ impl Bridge {
         } else {
             None
         };
+        let (sftp_listener, host_keys) = if config.sftp.enabled {
+            let keys = sftp::load_host_keys(&config.sftp).map_err(StartError::HostKey)?;
+            (Some(bind("sftp.listen", config.sftp.listen).await?), keys)
+        } else {
+            (None, Vec::new())
+        };
+        let sftp_fingerprints = host_keys.iter().map(sftp::fingerprint).collect();
 
         let stop_accepting = CancellationToken::new();
         let stop_metrics = CancellationToken::new();
@@ -185,13 +200,25 @@ impl Bridge {
             }
             None => None,
         };
-        if config.sftp.enabled {
-            tracing::warn!(
-                listen = %config.sftp.listen,
-                "SFTP is not available in this version yet; [sftp] is read but no SFTP listener starts"
-            );
-        }
-
+        let sftp_addr = match sftp_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().unwrap_or(config.sftp.listen);
+                let shared = Arc::new(SftpShared {
+                    pipeline: pipeline.clone(),
+                    namespace: namespace.clone(),
+                });
+                tokio::spawn(sftp::serve(
+                    listener,
+                    sftp::server_config(host_keys, config.sftp.idle_timeout),
+                    shared,
+                    users.clone(),
+                    metrics.clone(),
+                    stop_accepting.clone(),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
         let readiness: metrics::Readiness = {
             let storage = storage.clone();
             let notifier = notifier.clone();
@@ -233,6 +260,8 @@ impl Bridge {
 
         Ok(Bridge {
             ftp_addr,
+            sftp_addr,
+            sftp_fingerprints,
             metrics_addr,
             embedded,
             pipeline,

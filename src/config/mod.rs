@@ -92,6 +92,8 @@ pub struct SftpConfig {
     pub listen: SocketAddr,
     /// Host key files, generated when missing.
     pub host_keys: Vec<PathBuf>,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Where the S3 API lives.
@@ -400,6 +402,11 @@ impl Validator<'_> {
                         .collect()
                 })
                 .unwrap_or_else(|| vec![server.data_dir.join("ssh_host_ed25519_key")]),
+            idle_timeout: self.duration(
+                "sftp.idle_timeout",
+                raw.sftp.idle_timeout,
+                Duration::from_secs(600),
+            ),
         };
         let storage = self.storage(raw.storage);
         let notify = self.notify(raw.notify);

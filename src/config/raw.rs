@@ -60,6 +60,7 @@ pub struct RawSftp {
     pub enabled: Option<bool>,
     pub listen: Option<Text>,
     pub host_keys: Option<Vec<Text>>,
+    pub idle_timeout: Option<Text>,
 }
 
 /// `[storage]`

@@ -111,15 +111,19 @@ impl Namespace {
 
     /// STAT: a file or a directory.
     pub async fn stat(&self, user: &User, path: &VirtualPath) -> Result<Entry, FsError> {
-        if !path.is_root()
-            && let Some(info) = self.storage.head(&user.key_of(path)).await?
-        {
-            return Ok(file_entry(path.file_name(), &info));
+        if path.is_root() {
+            return Ok(dir_entry(""));
         }
-        if self.is_dir(user, path).await? {
-            return Ok(dir_entry(path.file_name()));
+        // Asked together: some stores fail HeadObject on a key that is also a prefix.
+        let key = user.key_of(path);
+        let (file, dir) = tokio::join!(self.storage.head(&key), self.is_dir(user, path));
+        match (file, dir) {
+            (Ok(Some(info)), _) => Ok(file_entry(path.file_name(), &info)),
+            (_, Ok(true)) => Ok(dir_entry(path.file_name())),
+            (Err(e), _) => Err(e.into()),
+            (Ok(None), Err(e)) => Err(e),
+            (Ok(None), Ok(false)) => Err(FsError::NotFound(path.to_string())),
         }
-        Err(FsError::NotFound(path.to_string()))
     }
 
     /// LIST: the entries of a directory (or the file itself, as `ls file` expects); a

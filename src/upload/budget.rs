@@ -106,6 +106,14 @@ impl MemoryBudget {
             .await
     }
 
+    /// Reserves from the probe pool only if the bytes are free right now (for buffers whose
+    /// owner must not wait, such as out-of-order writes).
+    pub fn try_reserve_probe(&self, bytes: u64) -> Option<Reservation> {
+        let n = units(bytes) as u32;
+        let permit = self.inner.probes.clone().try_acquire_many_owned(n).ok()?;
+        Some(self.account(permit, n))
+    }
+
     async fn reserve(&self, pool: Arc<Semaphore>, bytes: u64) -> Reservation {
         let n = units(bytes) as u32;
         // The semaphores are never closed, so acquiring can only wait, not fail.
@@ -113,6 +121,10 @@ impl MemoryBudget {
             Ok(p) => p,
             Err(_) => unreachable!("upload budget semaphores are never closed"),
         };
+        self.account(permit, n)
+    }
+
+    fn account(&self, permit: OwnedSemaphorePermit, n: u32) -> Reservation {
         let bytes = n as u64 * UNIT;
         let now = self.inner.in_use.fetch_add(bytes, Ordering::AcqRel) + bytes;
         self.inner.peak.fetch_max(now, Ordering::AcqRel);

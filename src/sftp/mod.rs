@@ -1,0 +1,220 @@
+//! The SFTP front-end: russh for SSH (password and public-key logins, the same users as FTP),
+//! russh-sftp for the file protocol, and the same upload pipeline and namespace as FTP.
+
+mod files;
+mod keys;
+
+pub use files::SftpShared;
+pub use keys::{fingerprint, load_or_generate};
+
+use crate::auth::{User, UserDirectory};
+use crate::config::SftpConfig;
+use crate::metrics::{GaugeGuard, Metrics, Protocol};
+use files::SftpFiles;
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// SSH channel window: large, so one round trip does not limit a bulk upload.
+const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+/// Largest SSH packet we accept and send.
+const MAX_PACKET: u32 = 256 * 1024;
+
+/// Builds the russh server configuration from `[sftp]` and the loaded host keys.
+pub fn server_config(keys: Vec<PrivateKey>, idle_timeout: Duration) -> Arc<russh::server::Config> {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::Password);
+    methods.push(MethodKind::PublicKey);
+    Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            concat!("SSH-2.0-ingest-bridge_", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods,
+        keys,
+        auth_rejection_time: Duration::from_secs(1),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        window_size: WINDOW_SIZE,
+        maximum_packet_size: MAX_PACKET,
+        channel_buffer_size: 1024,
+        inactivity_timeout: Some(idle_timeout),
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Loads (or creates) every configured host key.
+pub fn load_host_keys(cfg: &SftpConfig) -> Result<Vec<PrivateKey>, String> {
+    cfg.host_keys
+        .iter()
+        .map(|path| load_or_generate(path))
+        .collect()
+}
+
+/// Serves SFTP on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    shared: Arc<SftpShared>,
+    users: Arc<UserDirectory>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sftp: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = SshConnection {
+            shared: shared.clone(),
+            users: users.clone(),
+            metrics: metrics.clone(),
+            remote_addr,
+            user: None,
+            channels: HashMap::new(),
+            _active: GaugeGuard::new(
+                metrics
+                    .sessions_active
+                    .with_label_values(&[Protocol::Sftp.as_str()]),
+            ),
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            match russh::server::run_stream(config, stream, connection).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
+                }
+            }
+        });
+    }
+}
+
+/// One SSH connection.
+struct SshConnection {
+    shared: Arc<SftpShared>,
+    users: Arc<UserDirectory>,
+    metrics: Metrics,
+    remote_addr: SocketAddr,
+    user: Option<Arc<User>>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    _active: GaugeGuard,
+}
+
+/// Whether `key` is one of the user's configured public keys.
+fn key_allowed(user: &User, key: &PublicKey) -> bool {
+    user.public_keys.iter().any(|line| {
+        PublicKey::from_openssh(line.trim())
+            .is_ok_and(|allowed| allowed.key_data() == key.key_data())
+    })
+}
+
+impl SshConnection {
+    fn login(&mut self, user: Option<Arc<User>>, method: &str, username: &str) -> Auth {
+        let success = user.is_some();
+        self.metrics.login(Protocol::Sftp, success);
+        if success {
+            tracing::info!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login");
+            self.user = user;
+            Auth::Accept
+        } else {
+            tracing::warn!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login failed");
+            Auth::reject()
+        }
+    }
+}
+
+impl russh::server::Handler for SshConnection {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let found = self.users.authenticate_password(user, password).await.ok();
+        Ok(self.login(found, "password", user))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only keys that could succeed are worth a signature; say no early to the rest.
+        let known = self
+            .users
+            .get(user)
+            .is_some_and(|u| key_allowed(&u, offer.public_key));
+        Ok(if known { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let found = self
+            .users
+            .get(user)
+            .filter(|u| key_allowed(u, key.public_key));
+        Ok(self.login(found, "publickey", user))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Clients such as JSch and sshj wait for the server to close after their EOF.
+        session.close(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(user), true) = (self.user.clone(), name == "sftp") else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&channel_id) else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        session.channel_success(channel_id)?;
+        let files = SftpFiles::new(self.shared.clone(), user, self.remote_addr);
+        let config = russh_sftp::server::Config {
+            max_client_packet_len: MAX_PACKET + 1024,
+        };
+        russh_sftp::server::run_with_config(channel.into_stream(), files, config).await;
+        Ok(())
+    }
+}
