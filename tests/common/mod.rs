@@ -170,6 +170,7 @@ pub struct Harness {
     pub store: EmbeddedStore,
     pub bridge: Option<Bridge>,
     pub ftp: SocketAddr,
+    pub sftp: SocketAddr,
     /// A separate client for reading back what landed.
     pub s3: Storage,
     pub config: Config,
@@ -190,7 +191,9 @@ passive_ports = "{first}-{last}"
 passive_host = "127.0.0.1"
 data_timeout = "{data_timeout}"
 [sftp]
-enabled = false
+enabled = true
+listen = "127.0.0.1:0"
+host_keys = ["{hostkey}"]
 [storage]
 endpoint = "{endpoint}"
 bucket = "ingest"
@@ -212,6 +215,7 @@ listen = "127.0.0.1:0"
 username = "alice"
 password_hash = "{hash}"
 home = "alice/"
+public_keys = ["{alice_key}"]
 permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
 metadata = {{ channel_id = "ch-42" }}
 
@@ -228,6 +232,11 @@ home = "alice/"
 permissions = ["list", "download"]
 "#,
         data = dir.join("data").display(),
+        hostkey = dir.join("ssh_host_ed25519_key").display(),
+        alice_key = client_key(1)
+            .public_key()
+            .to_openssh()
+            .expect("openssh public key"),
         shutdown = opts.shutdown_timeout,
         data_timeout = opts.data_timeout,
         endpoint = store.url,
@@ -263,12 +272,14 @@ impl Harness {
         let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
         let bridge = Bridge::start(config.clone()).await.expect("bridge starts");
         let ftp = bridge.ftp_addr.expect("ftp enabled");
+        let sftp = bridge.sftp_addr.expect("sftp enabled");
         let s3 = s3_client(&store).await;
         Harness {
             dir,
             store,
             bridge: Some(bridge),
             ftp,
+            sftp,
             s3,
             config,
         }
@@ -379,4 +390,71 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A deterministic ed25519 client key (seed 1 is alice's configured key).
+pub fn client_key(seed: u8) -> russh::keys::PrivateKey {
+    russh::keys::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+        &[seed; 32],
+    ))
+}
+
+/// SSH client that trusts any host key (the tests check fingerprints separately).
+pub struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// How a test logs in over SFTP.
+pub enum Login {
+    Password(&'static str),
+    Key(russh::keys::PrivateKey),
+}
+
+/// An SFTP session and the SSH connection that carries it.
+pub struct SftpClient {
+    pub ssh: russh::client::Handle<TrustingClient>,
+    pub sftp: russh_sftp::client::SftpSession,
+}
+
+/// Connects and logs in; `Err` when the login is refused.
+pub async fn sftp_login(addr: SocketAddr, user: &str, login: Login) -> Result<SftpClient, String> {
+    let config = Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, addr, TrustingClient)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = match login {
+        Login::Password(p) => ssh.authenticate_password(user, p).await,
+        Login::Key(k) => {
+            ssh.authenticate_publickey(
+                user,
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None),
+            )
+            .await
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    if !result.success() {
+        return Err("login refused".into());
+    }
+    let channel = ssh
+        .channel_open_session()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(|e| e.to_string())?;
+    let sftp = russh_sftp::client::SftpSession::new(channel.into_stream())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(SftpClient { ssh, sftp })
 }

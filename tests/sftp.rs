@@ -1,0 +1,323 @@
+//! SFTP through a real SSH/SFTP client (russh + russh-sftp) into a real S3 store.
+
+mod common;
+
+use common::{
+    FakeApi, Harness, Login, Options, PASSWORD, client_key, data, metric, sftp_login, sha256_hex,
+};
+use russh_sftp::protocol::OpenFlags;
+use std::io::SeekFrom;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+async fn write_file(
+    sftp: &russh_sftp::client::SftpSession,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let mut file = sftp.create(path).await.map_err(|e| e.to_string())?;
+    file.write_all(bytes).await.map_err(|e| e.to_string())?;
+    file.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_download_list_rename_remove_over_sftp() {
+    let api = FakeApi::start().await;
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let c = sftp_login(h.sftp, "alice", Login::Key(client_key(1)))
+        .await
+        .expect("key login");
+    let sftp = &c.sftp;
+    assert_eq!(sftp.canonicalize(".").await.expect("realpath"), "/");
+
+    sftp.create_dir("/shows").await.expect("mkdir");
+    let big = data(13 * 1024 * 1024 + 5, 1);
+    write_file(sftp, "/shows/ep1.mp4", &big)
+        .await
+        .expect("upload");
+    let small = data(100, 2);
+    write_file(sftp, "notes.txt", &small)
+        .await
+        .expect("small upload");
+
+    assert_eq!(
+        h.object("alice/shows/ep1.mp4").await.as_deref(),
+        Some(&big[..])
+    );
+    let meta = sftp.metadata("/shows/ep1.mp4").await.expect("stat");
+    assert_eq!(meta.size, Some(big.len() as u64));
+    assert!(sftp.metadata("/shows").await.expect("stat dir").is_dir());
+
+    let names: Vec<String> = sftp
+        .read_dir("/shows")
+        .await
+        .expect("readdir")
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec!["ep1.mp4"]);
+
+    let mut back = Vec::new();
+    sftp.open("/shows/ep1.mp4")
+        .await
+        .expect("open")
+        .read_to_end(&mut back)
+        .await
+        .expect("read");
+    assert!(back == big, "download matches");
+
+    sftp.rename("/shows/ep1.mp4", "/shows/final.mp4")
+        .await
+        .expect("rename");
+    assert_eq!(h.object("alice/shows/ep1.mp4").await, None);
+    sftp.remove_file("/notes.txt").await.expect("remove");
+    assert_eq!(h.object("alice/notes.txt").await, None);
+    assert!(sftp.remove_dir("/shows").await.is_err(), "not empty");
+
+    let received = api.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 2);
+    let ep1 = received
+        .iter()
+        .find(|r| r.body["key"] == "alice/shows/ep1.mp4")
+        .expect("completion");
+    assert_eq!(ep1.body["protocol"], "sftp");
+    assert_eq!(ep1.body["sha256"], sha256_hex(&big));
+    assert_eq!(ep1.body["size"], big.len() as u64);
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_uploads_total",
+            &[("protocol", "sftp"), ("outcome", "completed")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_logins_total",
+            &[("protocol", "sftp"), ("result", "success")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_and_key_logins_and_refusals() {
+    let h = Harness::start(Options::default()).await;
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_ok(),
+        "password"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Key(client_key(1)))
+            .await
+            .is_ok(),
+        "configured key"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Key(client_key(2)))
+            .await
+            .is_err(),
+        "unknown key refused"
+    );
+    assert!(
+        sftp_login(h.sftp, "bob", Login::Key(client_key(1)))
+            .await
+            .is_err(),
+        "alice's key is not bob's"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password("wrong"))
+            .await
+            .is_err(),
+        "wrong password"
+    );
+    assert!(
+        sftp_login(h.sftp, "mallory", Login::Password(PASSWORD))
+            .await
+            .is_err(),
+        "unknown user"
+    );
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_logins_total",
+            &[("protocol", "sftp"), ("result", "success")]
+        ),
+        2.0
+    );
+    assert!(
+        metric(
+            &m,
+            "ingest_bridge_logins_total",
+            &[("protocol", "sftp"), ("result", "failure")]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_session_publishes_nothing() {
+    let api = FakeApi::start().await;
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let mut file = c.sftp.create("/cut.bin").await.expect("open");
+    file.write_all(&data(12 * 1024 * 1024, 3))
+        .await
+        .expect("write");
+    file.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(file);
+    let _ = c
+        .ssh
+        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+        .await;
+    drop(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.open_multipart_ids().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.open_multipart_ids().is_empty(), "multipart aborted");
+    assert_eq!(h.object("alice/cut.bin").await, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(api.requests().is_empty(), "no completion");
+    assert!(h.events().is_empty());
+    assert_eq!(h.bridge().pipeline.budget().in_use(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn home_escapes_and_missing_permissions_are_refused() {
+    let h = Harness::start(Options::default()).await;
+    let bob = sftp_login(h.sftp, "bob", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    assert!(
+        write_file(&bob.sftp, "/../alice/evil.bin", b"x")
+            .await
+            .is_err(),
+        "escape refused"
+    );
+    assert_eq!(h.object("alice/evil.bin").await, None);
+    write_file(&bob.sftp, "/mine.bin", b"bob")
+        .await
+        .expect("bob may upload");
+    assert!(bob.sftp.read_dir("/").await.is_err(), "no list permission");
+    assert!(
+        bob.sftp.open("/mine.bin").await.is_err(),
+        "no download permission"
+    );
+    assert!(
+        bob.sftp.remove_file("/mine.bin").await.is_err(),
+        "no delete permission"
+    );
+    assert!(
+        bob.sftp.rename("/mine.bin", "/x.bin").await.is_err(),
+        "no rename permission"
+    );
+    assert!(
+        bob.sftp.create_dir("/d").await.is_err(),
+        "no mkdir permission"
+    );
+    assert_eq!(h.object("bob/mine.bin").await.as_deref(), Some(&b"bob"[..]));
+
+    let reader = sftp_login(h.sftp, "reader", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    assert!(
+        write_file(&reader.sftp, "/new.bin", b"x").await.is_err(),
+        "no upload permission"
+    );
+    assert_eq!(h.object("alice/new.bin").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_order_writes_are_assembled_or_refused_cleanly() {
+    let h = Harness::start(Options::default()).await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let bytes = data(3 * 65536, 4);
+
+    // Second and third blocks first, then the first: assembled in order.
+    let mut file = c
+        .sftp
+        .open_with_flags(
+            "/shuffled.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        )
+        .await
+        .expect("open");
+    file.seek(SeekFrom::Start(65536)).await.expect("seek");
+    file.write_all(&bytes[65536..]).await.expect("write ahead");
+    file.seek(SeekFrom::Start(0)).await.expect("seek");
+    file.write_all(&bytes[..65536]).await.expect("write gap");
+    file.shutdown().await.expect("close");
+    assert_eq!(
+        h.object("alice/shuffled.bin").await.as_deref(),
+        Some(&bytes[..])
+    );
+
+    // A gap that is never filled: CLOSE fails and nothing is stored.
+    let mut file = c
+        .sftp
+        .open_with_flags(
+            "/gap.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        )
+        .await
+        .expect("open");
+    file.seek(SeekFrom::Start(4096)).await.expect("seek");
+    file.write_all(b"late").await.expect("buffered");
+    assert!(file.shutdown().await.is_err(), "close reports the gap");
+    assert_eq!(h.object("alice/gap.bin").await, None);
+
+    // Far beyond the reorder buffer: refused at once.
+    let mut file = c
+        .sftp
+        .open_with_flags(
+            "/far.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        )
+        .await
+        .expect("open");
+    file.seek(SeekFrom::Start(1 << 30)).await.expect("seek");
+    file.write_all(&data(65536, 5))
+        .await
+        .expect("first far write fits the buffer");
+    let big_ahead = data(9 * 1024 * 1024, 6);
+    assert!(file.write_all(&big_ahead).await.is_err(), "too far ahead");
+    drop(file);
+    assert_eq!(h.object("alice/far.bin").await, None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.events().iter().all(|e| e["key"] == "alice/shuffled.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_key_is_generated_once_and_reused() {
+    let mut h = Harness::start(Options::default()).await;
+    let first = h.bridge().sftp_fingerprints.clone();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].starts_with("SHA256:"));
+    h.shutdown().await;
+    let again = ingest_bridge::server::Bridge::start(h.config.clone())
+        .await
+        .expect("restart");
+    assert_eq!(
+        again.sftp_fingerprints, first,
+        "same host key after restart"
+    );
+    again.shutdown().await;
+}
