@@ -29,7 +29,7 @@ async fn upload_download_list_rename_remove_over_sftp() {
         ..Options::default()
     })
     .await;
-    let c = sftp_login(h.sftp, "alice", Login::Key(client_key(1)))
+    let c = sftp_login(h.sftp, "alice", Login::Key(Box::new(client_key(1))))
         .await
         .expect("key login");
     let sftp = &c.sftp;
@@ -116,19 +116,19 @@ async fn password_and_key_logins_and_refusals() {
         "password"
     );
     assert!(
-        sftp_login(h.sftp, "alice", Login::Key(client_key(1)))
+        sftp_login(h.sftp, "alice", Login::Key(Box::new(client_key(1))))
             .await
             .is_ok(),
         "configured key"
     );
     assert!(
-        sftp_login(h.sftp, "alice", Login::Key(client_key(2)))
+        sftp_login(h.sftp, "alice", Login::Key(Box::new(client_key(2))))
             .await
             .is_err(),
         "unknown key refused"
     );
     assert!(
-        sftp_login(h.sftp, "bob", Login::Key(client_key(1)))
+        sftp_login(h.sftp, "bob", Login::Key(Box::new(client_key(1))))
             .await
             .is_err(),
         "alice's key is not bob's"

@@ -416,7 +416,7 @@ impl russh::client::Handler for TrustingClient {
 /// How a test logs in over SFTP.
 pub enum Login {
     Password(&'static str),
-    Key(russh::keys::PrivateKey),
+    Key(Box<russh::keys::PrivateKey>),
 }
 
 /// An SFTP session and the SSH connection that carries it.
@@ -436,7 +436,7 @@ pub async fn sftp_login(addr: SocketAddr, user: &str, login: Login) -> Result<Sf
         Login::Key(k) => {
             ssh.authenticate_publickey(
                 user,
-                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None),
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(*k), None),
             )
             .await
         }
