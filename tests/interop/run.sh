@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Interop with third-party clients: curl, lftp, Python's ftplib and rclone upload through the
-# release binary into its embedded S3 store; each object's bytes and its completion call (to a
+# Interop with third-party clients: curl, lftp, Python's ftplib and rclone over FTP; OpenSSH
+# sftp, curl, paramiko and rclone over SFTP. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
 # stand-in API) are checked. Installs what it needs. Ends with "N passed, N failed".
 set -uo pipefail
 
@@ -8,6 +8,7 @@ BIN=${1:-target/release/ingest-bridge}
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 FTP_PORT=${INTEROP_FTP_PORT:-22121}
+SFTP_PORT=${INTEROP_SFTP_PORT:-22222}
 API_PORT=${INTEROP_API_PORT:-28080}
 METRICS_PORT=${INTEROP_METRICS_PORT:-29100}
 PASS=0
@@ -27,6 +28,7 @@ ko() { echo "FAIL: $1"; FAIL=$((FAIL + 1)); }
 install_clients() {
   local missing=()
   for tool in curl lftp rclone python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  command -v sftp >/dev/null || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -35,10 +37,13 @@ install_clients() {
 }
 
 install_clients
+python3 -c "import paramiko" 2>/dev/null || pip install -q paramiko >/dev/null 2>&1 || echo "paramiko could not be installed"
 [ -x "$BIN" ] || { echo "no binary at $BIN (build with cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 
 PASSWORD="interop-password"
 HASH=$(printf '%s' "$PASSWORD" | "$BIN" hash-password)
+ssh-keygen -q -t ed25519 -N "" -C "interop" -f "$WORK/id"
+ssh-keygen -q -t ed25519 -N "" -C "stranger" -f "$WORK/other"
 cat > "$WORK/config.toml" <<TOML
 [server]
 data_dir = "$WORK/data"
@@ -48,7 +53,8 @@ listen = "127.0.0.1:$FTP_PORT"
 passive_ports = "41000-41999"
 passive_host = "127.0.0.1"
 [sftp]
-enabled = false
+listen = "127.0.0.1:$SFTP_PORT"
+host_keys = ["$WORK/data/ssh_host_ed25519_key"]
 [storage]
 endpoint = "embedded"
 bucket = "ingest"
@@ -64,6 +70,7 @@ listen = "127.0.0.1:$METRICS_PORT"
 username = "ci"
 password_hash = "$HASH"
 home = "ci/"
+public_keys = ["$(cat "$WORK/id.pub")"]
 permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
 metadata = { channel_id = "interop" }
 TOML
@@ -74,10 +81,14 @@ PIDS+=($!)
 BRIDGE=$!
 PIDS+=($BRIDGE)
 for _ in $(seq 1 100); do
-  grep -q "ftp listening" "$WORK/serve.out" 2>/dev/null && break
+  grep -q "sftp listening" "$WORK/serve.out" 2>/dev/null && break
   sleep 0.1
 done
-if grep -q "ftp listening on 127.0.0.1:$FTP_PORT" "$WORK/serve.out"; then ok "serve prints its listeners"; else ko "serve did not start"; cat "$WORK/serve.err"; fi
+if grep -q "ftp listening on 127.0.0.1:$FTP_PORT" "$WORK/serve.out" && grep -q "sftp listening on 127.0.0.1:$SFTP_PORT (host key SHA256:" "$WORK/serve.out"; then
+  ok "serve prints its listeners and the host key fingerprint"
+else
+  ko "serve did not start"; cat "$WORK/serve.out" "$WORK/serve.err"
+fi
 
 STORE="$WORK/data/store/ingest"
 URL="ftp://ci:$PASSWORD@127.0.0.1:$FTP_PORT"
@@ -141,12 +152,52 @@ else
   ko "rclone upload: $(tail -5 "$WORK/rclone.out")"
 fi
 
+# SFTP: OpenSSH with a key, curl with a password, paramiko, rclone.
+SSH_OPTS=(-i "$WORK/id" -P "$SFTP_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
+cat >"$WORK/batch" <<BATCH
+mkdir openssh
+put $WORK/big.bin openssh/big.bin
+put $WORK/small.bin openssh/small.bin
+ls -l openssh
+rename openssh/small.bin openssh/renamed.bin
+ls -l openssh
+BATCH
+if sftp "${SSH_OPTS[@]}" -b "$WORK/batch" ci@127.0.0.1 >"$WORK/openssh.out" 2>&1; then
+  check "OpenSSH sftp put (key login)" "ci/openssh/big.bin" "$WORK/big.bin"
+  grep -q "renamed.bin" "$WORK/openssh.out" && cmp -s "$STORE/ci/openssh/renamed.bin" "$WORK/small.bin" && ok "OpenSSH sftp mkdir, ls, rename" || ko "OpenSSH ls/rename: $(cat "$WORK/openssh.out")"
+else
+  ko "OpenSSH sftp: $(cat "$WORK/openssh.out")"
+fi
+if sftp "${SSH_OPTS[@]}" ci@127.0.0.1:openssh/big.bin "$WORK/openssh-back.bin" >/dev/null 2>&1 && cmp -s "$WORK/openssh-back.bin" "$WORK/big.bin"; then ok "OpenSSH sftp get matches"; else ko "OpenSSH sftp get"; fi
+if sftp -i "$WORK/other" -P "$SFTP_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes ci@127.0.0.1 <<<"ls" >/dev/null 2>&1; then ko "unknown key accepted"; else ok "unknown SSH key refused"; fi
+
+if curl -sS -k -T "$WORK/big.bin" "sftp://ci:$PASSWORD@127.0.0.1:$SFTP_PORT/curl-sftp.bin" 2>"$WORK/curl-sftp.err"; then
+  check "curl sftp:// upload (password)" "ci/curl-sftp.bin" "$WORK/big.bin"
+else
+  ko "curl sftp: $(cat "$WORK/curl-sftp.err")"
+fi
+
+if python3 "$HERE/paramiko_upload.py" 127.0.0.1 "$SFTP_PORT" ci "$PASSWORD" "$WORK/big.bin" /paramiko.bin >"$WORK/paramiko.out" 2>&1; then
+  check "paramiko put" "ci/paramiko.bin" "$WORK/big.bin"
+  grep -q "size=$((23 * 1024 * 1024 + 77))" "$WORK/paramiko.out" && grep -q "paramiko.bin" "$WORK/paramiko.out" && ok "paramiko stat and listdir" || ko "paramiko stat/listdir: $(cat "$WORK/paramiko.out")"
+else
+  ko "paramiko: $(tail -3 "$WORK/paramiko.out")"
+fi
+
+SREMOTE=":sftp,host=127.0.0.1,port=$SFTP_PORT,user=ci,pass=$OBSCURED,disable_hashcheck=true:"
+if rclone copyto "$WORK/big.bin" "${SREMOTE}rclone-sftp/big.bin" --retries 1 --low-level-retries 1 >"$WORK/rclone-sftp.out" 2>&1; then
+  check "rclone copyto (:sftp remote)" "ci/rclone-sftp/big.bin" "$WORK/big.bin"
+else
+  ko "rclone sftp: $(tail -5 "$WORK/rclone-sftp.out")"
+fi
+
 # A refused login and a path that escapes home.
 if curl -sS -T "$WORK/small.bin" "ftp://ci:wrong@127.0.0.1:$FTP_PORT/x.bin" 2>/dev/null; then ko "wrong password accepted"; else ok "wrong password refused"; fi
 curl -sS -T "$WORK/small.bin" "$URL/%2E%2E/escape.bin" 2>/dev/null
 if [ ! -e "$WORK/data/store/ingest/escape.bin" ]; then ok "path escaping home refused"; else ko "escape landed"; fi
 
-if curl -sS "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}'; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
+METRICS=$(curl -sS "http://127.0.0.1:$METRICS_PORT/metrics")
+if grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}' <<<"$METRICS" && grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="sftp"}' <<<"$METRICS"; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
 
 kill -TERM "$BRIDGE"
 for _ in $(seq 1 100); do kill -0 "$BRIDGE" 2>/dev/null || break; sleep 0.1; done
