@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark: one large upload with curl over FTP through the bridge into a local S3 server,
-# beside the same file uploaded straight into that server by a direct multipart client
-# (aws-sdk-s3, same part size and concurrency). Reports throughput, their ratio, and the
-# bridge's peak RSS and CPU seconds. Usage: bench/run.sh [SIZE_MIB] (default 1024).
+# Benchmark: one large upload into a local S3 server, four ways, same file, same server:
+#   a direct multipart client (aws-sdk-s3, the bridge's part size and concurrency),
+#   curl over FTP through the bridge, OpenSSH sftp through the bridge,
+#   OpenSSH sftp through `rclone serve sftp --vfs-cache-mode off` (the peer).
+# Reports throughput, ratio to direct, server CPU seconds per GiB and peak RSS.
+# Usage: bench/run.sh [SIZE_MIB] (default 1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
@@ -10,7 +12,11 @@ ROUNDS=${ROUNDS:-2}
 STORE_PORT=${STORE_PORT:-19000}
 FTP_PORT=${FTP_PORT:-19021}
 METRICS_PORT=${METRICS_PORT:-19100}
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+SFTP_PORT=${SFTP_PORT:-19022}
+RCLONE_PORT=${RCLONE_PORT:-19023}
+missing=()
+for tool in curl rclone sftp; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+[ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq curl rclone openssh-client >/dev/null; }
 cargo build --release --quiet --bin ingest-bridge --example direct-upload
 BIN=target/release/ingest-bridge
 DIRECT=target/release/examples/direct-upload
@@ -24,6 +30,8 @@ PIDS+=($!)
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/file"
 
 HASH=$(printf 'bench' | "$BIN" hash-password)
+ssh-keygen -q -t ed25519 -N "" -f "$WORK/id"
+ssh-keygen -q -t ed25519 -N "" -f "$WORK/rclone_host_key"
 cat >"$WORK/config.toml" <<TOML
 [server]
 data_dir = "$WORK/data"
@@ -31,7 +39,8 @@ data_dir = "$WORK/data"
 listen = "127.0.0.1:$FTP_PORT"
 passive_ports = "42000-42100"
 [sftp]
-enabled = false
+listen = "127.0.0.1:$SFTP_PORT"
+host_keys = ["$WORK/data/host_key"]
 [storage]
 endpoint = "http://127.0.0.1:$STORE_PORT"
 access_key_id = "ingest-bridge"
@@ -41,44 +50,72 @@ listen = "127.0.0.1:$METRICS_PORT"
 [[users]]
 username = "bench"
 password_hash = "$HASH"
+public_keys = ["$(cat "$WORK/id.pub")"]
 permissions = ["upload", "list", "delete"]
 TOML
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
 BRIDGE=$!
 PIDS+=($BRIDGE)
-for _ in $(seq 1 100); do grep -q "ftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
+S3_REMOTE=":s3,provider=Other,endpoint='http://127.0.0.1:$STORE_PORT',access_key_id=ingest-bridge,secret_access_key=ingest-bridge-secret,force_path_style=true:ingest"
+env -u AWS_CA_BUNDLE rclone serve sftp "$S3_REMOTE" --addr "127.0.0.1:$RCLONE_PORT" --user bench --authorized-keys "$WORK/id.pub" \
+  --vfs-cache-mode off --key "$WORK/rclone_host_key" >"$WORK/rclone.log" 2>&1 &
+RCLONE=$!
+PIDS+=($RCLONE)
+sleep 2
+SSH_OPTS=(-i "$WORK/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
 
 cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-best_direct=0
-best_bridge=0
-for round in $(seq 1 "$ROUNDS"); do
-  d=$("$DIRECT" "http://127.0.0.1:$STORE_PORT" ingest "direct/$round" "$WORK/file" 16 4 | sed -n 's/.*mib_per_s=//p')
-  rm -f "$WORK/store/ingest/direct/$round"
-  cpu0=$(cpu_seconds "$BRIDGE")
+peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+max() { awk -v x="$1" -v y="$2" 'BEGIN { print (y > x) ? y : x }'; }
+
+# time_upload PID COMMAND...: runs the upload, prints "MiB/s CPU-seconds-of-PID".
+time_upload() {
+  local pid=$1
+  shift
+  local cpu0 t0 t1 cpu1
+  cpu0=$(cpu_seconds "$pid")
   t0=$(date +%s.%N)
-  curl -sS -T "$WORK/file" "ftp://bench:bench@127.0.0.1:$FTP_PORT/bridge-$round"
+  "$@" >/dev/null
   t1=$(date +%s.%N)
-  cpu1=$(cpu_seconds "$BRIDGE")
-  rm -f "$WORK/store/ingest/bridge-$round"
-  b=$(awk -v s="$SIZE_MIB" -v a="$t0" -v z="$t1" 'BEGIN { printf "%.1f", s / (z - a) }')
-  cpu=$(awk -v a="$cpu0" -v z="$cpu1" 'BEGIN { printf "%.2f", z - a }')
-  echo "round $round: direct $d MiB/s, bridge $b MiB/s, bridge CPU ${cpu}s"
-  best_direct=$(awk -v x="$best_direct" -v y="$d" 'BEGIN { print (y > x) ? y : x }')
-  if awk -v x="$best_bridge" -v y="$b" 'BEGIN { exit !(y > x) }'; then best_bridge=$b; best_cpu=$cpu; fi
+  cpu1=$(cpu_seconds "$pid")
+  awk -v s="$SIZE_MIB" -v a="$t0" -v z="$t1" -v c0="$cpu0" -v c1="$cpu1" 'BEGIN { printf "%.1f %.2f", s / (z - a), c1 - c0 }'
+}
+
+best_direct=0
+declare -A best=([ftp]=0 [sftp]=0 [rclone]=0) cpu=([ftp]=0 [sftp]=0 [rclone]=0)
+record() { # record NAME "MiB/s CPU"
+  local speed=${2% *} seconds=${2#* }
+  if awk -v x="${best[$1]}" -v y="$speed" 'BEGIN { exit !(y > x) }'; then best[$1]=$speed; cpu[$1]=$seconds; fi
+}
+for round in $(seq 1 "$ROUNDS"); do
+  d=$("$DIRECT" "http://127.0.0.1:$STORE_PORT" ingest "direct-$round" "$WORK/file" 16 4 | sed -n 's/.*mib_per_s=//p')
+  best_direct=$(max "$best_direct" "$d")
+  f=$(time_upload "$BRIDGE" curl -sS -T "$WORK/file" "ftp://bench:bench@127.0.0.1:$FTP_PORT/ftp-$round")
+  record ftp "$f"
+  s=$(time_upload "$BRIDGE" sftp "${SSH_OPTS[@]}" -P "$SFTP_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file sftp-$round")
+  record sftp "$s"
+  r=$(time_upload "$RCLONE" sftp "${SSH_OPTS[@]}" -P "$RCLONE_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file rclone-$round")
+  record rclone "$r"
+  echo "round $round: direct $d MiB/s; ftp ${f% *} MiB/s; sftp ${s% *} MiB/s; rclone serve sftp ${r% *} MiB/s"
+  rm -f "$WORK/store/ingest/"*-"$round"
 done
-rss=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$BRIDGE/status")
-ratio=$(awk -v b="$best_bridge" -v d="$best_direct" 'BEGIN { printf "%.2f", b / d }')
-cpu_per_gib=$(awk -v c="$best_cpu" -v s="$SIZE_MIB" 'BEGIN { printf "%.2f", c * 1024 / s }')
+ratio() { awk -v b="$1" -v d="$best_direct" 'BEGIN { printf "%.2f", b / d }'; }
+per_gib() { awk -v c="$1" -v s="$SIZE_MIB" 'BEGIN { printf "%.2f", c * 1024 / s }'; }
+bridge_rss=$(peak_rss_mib "$BRIDGE")
+rclone_rss=$(peak_rss_mib "$RCLONE")
 
 cat <<MD
 
-Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); file: ${SIZE_MIB} MiB; best of $ROUNDS rounds.
+Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); file: ${SIZE_MIB} MiB; best of $ROUNDS rounds; S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback.
 Command: \`bench/run.sh $SIZE_MIB\`
 
-| path | throughput | ratio |
-|---|---|---|
-| direct multipart (aws-sdk-s3, 16 MiB parts × 4) | ${best_direct} MiB/s | 1.00 |
-| curl → FTP → ingest-bridge → S3 | ${best_bridge} MiB/s | ${ratio} |
+| path | throughput | vs direct | server CPU per GiB |
+|---|---|---|---|
+| direct multipart (aws-sdk-s3, 16 MiB parts × 4) | ${best_direct} MiB/s | 1.00 | — |
+| curl → FTP → ingest-bridge → S3 | ${best[ftp]} MiB/s | $(ratio "${best[ftp]}") | $(per_gib "${cpu[ftp]}") s |
+| OpenSSH sftp → ingest-bridge → S3 | ${best[sftp]} MiB/s | $(ratio "${best[sftp]}") | $(per_gib "${cpu[sftp]}") s |
+| OpenSSH sftp → rclone serve sftp (vfs-cache-mode off) → S3 | ${best[rclone]} MiB/s | $(ratio "${best[rclone]}") | $(per_gib "${cpu[rclone]}") s |
 
-Bridge peak RSS: ${rss} MiB · bridge CPU: ${best_cpu} s for the upload (${cpu_per_gib} s/GiB)
+Peak RSS over the whole run: ingest-bridge ${bridge_rss} MiB, rclone serve sftp ${rclone_rss} MiB.
 MD
