@@ -321,3 +321,71 @@ async fn host_key_is_generated_once_and_reused() {
     );
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_directories_list_completely_over_sftp_and_ftp() {
+    use futures::StreamExt;
+    let h = Harness::start(Options::default()).await;
+    // More than two ListObjectsV2 pages (1,000 keys each).
+    const COUNT: usize = 2_500;
+    futures::stream::iter(0..COUNT)
+        .map(|i| {
+            let s3 = h.s3.clone();
+            async move {
+                s3.put_object(
+                    &format!("alice/big/f{i:05}.bin"),
+                    bytes::Bytes::from_static(b"x"),
+                    "application/octet-stream",
+                )
+                .await
+                .expect("put");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let names: Vec<String> = c
+        .sftp
+        .read_dir("/big")
+        .await
+        .expect("readdir")
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), COUNT, "every object listed over SFTP");
+    assert!(names.contains(&"f02499.bin".to_string()));
+    let mut ftp = h.login("alice").await;
+    assert_eq!(
+        ftp.nlst(Some("/big")).await.expect("NLST").len(),
+        COUNT,
+        "every object listed over FTP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_and_shells_are_refused_at_once() {
+    let h = Harness::start(Options::default()).await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let mut channel = c.ssh.channel_open_session().await.expect("session channel");
+    channel
+        .exec(true, "echo probe")
+        .await
+        .expect("request sent");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = channel.wait().await {
+            if matches!(msg, russh::ChannelMsg::Failure | russh::ChannelMsg::Close) {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        answer.is_ok(),
+        "the server answers exec instead of leaving the client waiting"
+    );
+}

@@ -209,6 +209,30 @@ impl russh::server::Handler for SshConnection {
         Ok(())
     }
 
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No shell and no commands: say so at once, or clients that probe (rclone runs
+        // `echo` to detect a shell) wait forever.
+        tracing::debug!(remote = %self.remote_addr, command = %String::from_utf8_lossy(data), "exec refused: SFTP only");
+        session.channel_failure(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+
     async fn subsystem_request(
         &mut self,
         channel_id: ChannelId,
