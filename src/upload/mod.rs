@@ -13,6 +13,7 @@
 //! completion is durably queued.
 
 mod budget;
+mod buffers;
 mod content_type;
 mod part_size;
 
@@ -25,6 +26,7 @@ use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
 use crate::notify::{CompletedUpload, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id};
 use crate::storage::{Storage, StorageError};
 use aws_sdk_s3::types::CompletedPart;
+use buffers::BufferPool;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -111,6 +113,7 @@ struct Inner {
     storage: Storage,
     notifier: Notifier,
     budget: MemoryBudget,
+    buffers: BufferPool,
     sizes: PartSizes,
     concurrency: usize,
     metrics: Metrics,
@@ -137,6 +140,9 @@ impl Pipeline {
                 storage,
                 notifier,
                 budget,
+                // One upload's worth of idle parts: enough to stop page-fault churn, little
+                // enough to keep RSS near the budget.
+                buffers: BufferPool::new(cfg.upload_concurrency + 1),
                 sizes,
                 concurrency: cfg.upload_concurrency,
                 metrics,
@@ -388,7 +394,7 @@ impl Upload {
                     let first = self.pipeline.sizes.size_of(1);
                     let reservation = self.pipeline.budget.reserve_part(first).await;
                     let capacity = reservation.bytes().min(first) as usize;
-                    let mut data = BytesMut::with_capacity(capacity);
+                    let mut data = self.pipeline.buffers.take(capacity);
                     data.extend_from_slice(&b.data);
                     // The probe's reservation is returned as the old buffer drops.
                     self.buffer = Some(Buffer {
@@ -420,7 +426,11 @@ impl Upload {
                     };
                     let capacity = reservation.bytes().min(part) as usize;
                     self.buffer = Some(Buffer {
-                        data: BytesMut::with_capacity(capacity),
+                        data: if probe {
+                            BytesMut::with_capacity(capacity)
+                        } else {
+                            self.pipeline.buffers.take(capacity)
+                        },
                         capacity,
                         probe,
                         reservation,
@@ -465,16 +475,23 @@ impl Upload {
         }
         let number = mp.next_number;
         mp.next_number += 1;
-        let storage = self.pipeline.storage.clone();
+        let pipeline = self.pipeline.clone();
         let key = self.key.clone();
         let upload_id = mp.upload_id.clone();
         let Buffer {
             data, reservation, ..
         } = buffer;
         mp.in_flight.spawn(async move {
-            let result = storage
-                .upload_part(&key, &upload_id, number as i32, data.freeze())
+            let body = data.freeze();
+            let kept = body.clone();
+            let result = pipeline
+                .storage
+                .upload_part(&key, &upload_id, number as i32, body)
                 .await;
+            // The SDK has let go of the body: its memory serves the next part.
+            if let Ok(buffer) = kept.try_into_mut() {
+                pipeline.buffers.give(buffer);
+            }
             // The budget is returned only once S3 has the part (or the part failed).
             drop(reservation);
             result
