@@ -7,6 +7,8 @@
 //! [`namespace`] (listings, renames) → [`storage`] (the only S3 client) → [`notify`]
 //! (event log and API calls), with [`metrics`] beside all of them and [`server`] wiring them.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 pub mod ftp;
