@@ -140,6 +140,13 @@ fn key_allowed(user: &User, key: &PublicKey) -> bool {
     })
 }
 
+/// No shell and no commands: say so at once and close, or clients that probe (rclone runs
+/// `echo` to detect a shell) wait forever.
+fn refuse_channel(channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+    session.channel_failure(channel)?;
+    session.close(channel)
+}
+
 impl SshConnection {
     fn login(&mut self, user: Option<Arc<User>>, method: &str, username: &str) -> Auth {
         let success = user.is_some();
@@ -215,12 +222,8 @@ impl russh::server::Handler for SshConnection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No shell and no commands: say so at once, or clients that probe (rclone runs
-        // `echo` to detect a shell) wait forever.
         tracing::debug!(remote = %self.remote_addr, command = %String::from_utf8_lossy(data), "exec refused: SFTP only");
-        session.channel_failure(channel)?;
-        session.close(channel)?;
-        Ok(())
+        refuse_channel(channel, session)
     }
 
     async fn shell_request(
@@ -228,9 +231,7 @@ impl russh::server::Handler for SshConnection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        session.close(channel)?;
-        Ok(())
+        refuse_channel(channel, session)
     }
 
     async fn subsystem_request(
