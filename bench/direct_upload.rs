@@ -62,6 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .upload_id(&upload_id)
             .part_number(number)
             .body(ByteStream::from(buf))
+            .customize()
+            .disable_payload_signing() // as the bridge does by default (storage.sign_payload)
             .send();
         let n = number;
         in_flight.spawn(async move {

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark: one large upload into a local S3 server, four ways, same file, same server:
 #   a direct multipart client (aws-sdk-s3, the bridge's part size and concurrency),
-#   curl over FTP through the bridge, OpenSSH sftp through the bridge,
+#   curl over FTP through the bridge, OpenSSH sftp through the bridge (with the cipher it
+#   picks by default, aes128-ctr, and with aes128-gcm@openssh.com),
 #   OpenSSH sftp through `rclone serve sftp --vfs-cache-mode off` (the peer).
-# Reports throughput, ratio to direct, server CPU seconds per GiB and peak RSS.
-# Usage: bench/run.sh [SIZE_MIB] (default 1024).
+# Reports throughput, ratio to direct, server CPU seconds per GiB and each server's peak RSS
+# during one upload (VmHWM, reset before every upload).
+# Usage: bench/run.sh [SIZE_MIB] (default 1024). The S3 server's files live on tmpfs
+# (/dev/shm) when there is one, so disk writeback does not add noise; BENCH_STORE_DIR moves it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 STORE_PORT=${STORE_PORT:-19000}
 FTP_PORT=${FTP_PORT:-19021}
 METRICS_PORT=${METRICS_PORT:-19100}
@@ -23,9 +26,11 @@ DIRECT=target/release/examples/direct-upload
 
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}")
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+STORE_BASE=${BENCH_STORE_DIR:-$([ -d /dev/shm ] && echo /dev/shm || echo "$WORK")}
+STORE=$(mktemp -d -p "$STORE_BASE")
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK" "$STORE"' EXIT
 
-"$BIN" embedded-store --root "$WORK/store" --listen "127.0.0.1:$STORE_PORT" >"$WORK/store.log" 2>&1 &
+"$BIN" embedded-store --root "$STORE" --listen "127.0.0.1:$STORE_PORT" >"$WORK/store.log" 2>&1 &
 PIDS+=($!)
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/file"
 
@@ -69,24 +74,28 @@ cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t 
 peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 max() { awk -v x="$1" -v y="$2" 'BEGIN { print (y > x) ? y : x }'; }
 
-# time_upload PID COMMAND...: runs the upload, prints "MiB/s CPU-seconds-of-PID".
+# time_upload PID COMMAND...: runs the upload, prints "MiB/s CPU-seconds-of-PID peak-RSS-MiB".
 time_upload() {
   local pid=$1
   shift
   local cpu0 t0 t1 cpu1
+  echo 5 >"/proc/$pid/clear_refs" # resets VmHWM: the peak of this upload alone
   cpu0=$(cpu_seconds "$pid")
   t0=$(date +%s.%N)
   "$@" >/dev/null
   t1=$(date +%s.%N)
   cpu1=$(cpu_seconds "$pid")
-  awk -v s="$SIZE_MIB" -v a="$t0" -v z="$t1" -v c0="$cpu0" -v c1="$cpu1" 'BEGIN { printf "%.1f %.2f", s / (z - a), c1 - c0 }'
+  awk -v s="$SIZE_MIB" -v a="$t0" -v z="$t1" -v c0="$cpu0" -v c1="$cpu1" -v r="$(peak_rss_mib "$pid")" \
+    'BEGIN { printf "%.1f %.2f %s", s / (z - a), c1 - c0, r }'
 }
 
 best_direct=0
-declare -A best=([ftp]=0 [sftp]=0 [rclone]=0) cpu=([ftp]=0 [sftp]=0 [rclone]=0)
-record() { # record NAME "MiB/s CPU"
-  local speed=${2% *} seconds=${2#* }
-  if awk -v x="${best[$1]}" -v y="$speed" 'BEGIN { exit !(y > x) }'; then best[$1]=$speed; cpu[$1]=$seconds; fi
+declare -A best=() cpu=() rss=()
+record() { # record NAME "MiB/s CPU RSS": keeps the fastest round, and the highest RSS of all
+  local speed seconds peak
+  read -r speed seconds peak <<<"$2"
+  if awk -v x="${best[$1]:-0}" -v y="$speed" 'BEGIN { exit !(y > x) }'; then best[$1]=$speed; cpu[$1]=$seconds; fi
+  rss[$1]=$(max "${rss[$1]:-0}" "$peak")
 }
 for round in $(seq 1 "$ROUNDS"); do
   d=$("$DIRECT" "http://127.0.0.1:$STORE_PORT" ingest "direct-$round" "$WORK/file" 16 4 | sed -n 's/.*mib_per_s=//p')
@@ -95,27 +104,26 @@ for round in $(seq 1 "$ROUNDS"); do
   record ftp "$f"
   s=$(time_upload "$BRIDGE" sftp "${SSH_OPTS[@]}" -P "$SFTP_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file sftp-$round")
   record sftp "$s"
+  g=$(time_upload "$BRIDGE" sftp -c aes128-gcm@openssh.com "${SSH_OPTS[@]}" -P "$SFTP_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file gcm-$round")
+  record gcm "$g"
   r=$(time_upload "$RCLONE" sftp "${SSH_OPTS[@]}" -P "$RCLONE_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file rclone-$round")
   record rclone "$r"
-  echo "round $round: direct $d MiB/s; ftp ${f% *} MiB/s; sftp ${s% *} MiB/s; rclone serve sftp ${r% *} MiB/s"
-  rm -f "$WORK/store/ingest/"*-"$round"
+  echo "round $round: direct $d MiB/s; ftp ${f%% *} MiB/s; sftp ${s%% *} MiB/s; sftp-gcm ${g%% *} MiB/s; rclone serve sftp ${r%% *} MiB/s"
+  rm -f "$STORE/ingest/"*-"$round"
 done
 ratio() { awk -v b="$1" -v d="$best_direct" 'BEGIN { printf "%.2f", b / d }'; }
 per_gib() { awk -v c="$1" -v s="$SIZE_MIB" 'BEGIN { printf "%.2f", c * 1024 / s }'; }
-bridge_rss=$(peak_rss_mib "$BRIDGE")
-rclone_rss=$(peak_rss_mib "$RCLONE")
 
 cat <<MD
 
-Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); file: ${SIZE_MIB} MiB; best of $ROUNDS rounds; S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback.
+Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); file: ${SIZE_MIB} MiB; best of $ROUNDS rounds; S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback, files in $STORE_BASE.
 Command: \`bench/run.sh $SIZE_MIB\`
 
-| path | throughput | vs direct | server CPU per GiB |
-|---|---|---|---|
-| direct multipart (aws-sdk-s3, 16 MiB parts × 4) | ${best_direct} MiB/s | 1.00 | — |
-| curl → FTP → ingest-bridge → S3 | ${best[ftp]} MiB/s | $(ratio "${best[ftp]}") | $(per_gib "${cpu[ftp]}") s |
-| OpenSSH sftp → ingest-bridge → S3 | ${best[sftp]} MiB/s | $(ratio "${best[sftp]}") | $(per_gib "${cpu[sftp]}") s |
-| OpenSSH sftp → rclone serve sftp (vfs-cache-mode off) → S3 | ${best[rclone]} MiB/s | $(ratio "${best[rclone]}") | $(per_gib "${cpu[rclone]}") s |
-
-Peak RSS over the whole run: ingest-bridge ${bridge_rss} MiB, rclone serve sftp ${rclone_rss} MiB.
+| path | throughput | vs direct | server CPU per GiB | server peak RSS, one upload |
+|---|---|---|---|---|
+| direct multipart (aws-sdk-s3, 16 MiB parts × 4) | ${best_direct} MiB/s | 1.00 | — | — |
+| curl → FTP → ingest-bridge → S3 | ${best[ftp]} MiB/s | $(ratio "${best[ftp]}") | $(per_gib "${cpu[ftp]}") s | ${rss[ftp]} MiB |
+| OpenSSH sftp (aes128-ctr) → ingest-bridge → S3 | ${best[sftp]} MiB/s | $(ratio "${best[sftp]}") | $(per_gib "${cpu[sftp]}") s | ${rss[sftp]} MiB |
+| OpenSSH sftp (aes128-gcm) → ingest-bridge → S3 | ${best[gcm]} MiB/s | $(ratio "${best[gcm]}") | $(per_gib "${cpu[gcm]}") s | ${rss[gcm]} MiB |
+| OpenSSH sftp (chacha20) → rclone serve sftp (vfs-cache-mode off) → S3 | ${best[rclone]} MiB/s | $(ratio "${best[rclone]}") | $(per_gib "${cpu[rclone]}") s | ${rss[rclone]} MiB |
 MD

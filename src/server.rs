@@ -209,7 +209,7 @@ impl Bridge {
                 });
                 tokio::spawn(sftp::serve(
                     listener,
-                    sftp::server_config(host_keys, config.sftp.idle_timeout),
+                    sftp::server_config(&config.sftp, host_keys),
                     shared,
                     users.clone(),
                     metrics.clone(),

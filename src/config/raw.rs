@@ -61,6 +61,7 @@ pub struct RawSftp {
     pub listen: Option<Text>,
     pub host_keys: Option<Vec<Text>>,
     pub idle_timeout: Option<Text>,
+    pub ciphers: Option<Vec<Text>>,
 }
 
 /// `[storage]`
@@ -71,6 +72,7 @@ pub struct RawStorage {
     pub bucket: Option<Text>,
     pub region: Option<Text>,
     pub path_style: Option<bool>,
+    pub sign_payload: Option<bool>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub part_size: Option<Text>,

@@ -7,7 +7,7 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
-use crate::storage::{ObjectInfo, Storage, StorageError};
+use crate::storage::{Listing, ObjectInfo, Storage, StorageError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -148,6 +148,43 @@ impl Namespace {
         Ok(entries)
     }
 
+    /// A directory read one ListObjectsV2 page at a time, for clients that read listings
+    /// incrementally (SFTP READDIR): a directory of 100,000 objects never sits in memory
+    /// whole, and no single request waits for every page.
+    pub async fn open_dir(&self, user: &User, path: &VirtualPath) -> Result<DirPages, FsError> {
+        require(user, Permission::List)?;
+        let prefix = format!("{}{}", user.home, path.dir_prefix());
+        let (listing, next) = self.storage.list_page(&prefix, None).await?;
+        let made = self.made_children(&prefix);
+        if next.is_none()
+            && listing.files.is_empty()
+            && listing.dirs.is_empty()
+            && made.is_empty()
+            && !path.is_root()
+            && let Some(info) = self.storage.head(&user.key_of(path)).await?
+        {
+            // As `list`: a file's listing is the file alone.
+            return Ok(DirPages {
+                storage: self.storage.clone(),
+                prefix,
+                next: None,
+                first: Some(vec![file_entry(path.file_name(), &info)]),
+                made: HashSet::new(),
+            });
+        }
+        let mut first: Vec<Entry> = made.iter().map(|d| dir_entry(d)).collect();
+        let made: HashSet<String> = made.into_iter().collect();
+        first.extend(page_entries(listing, &made));
+        first.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(DirPages {
+            storage: self.storage.clone(),
+            prefix,
+            next,
+            first: Some(first),
+            made,
+        })
+    }
+
     /// CWD: succeeds for directories only.
     pub async fn enter(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
         if self.is_dir(user, path).await? {
@@ -266,6 +303,47 @@ impl Namespace {
         if let Ok(mut dirs) = self.made_dirs.lock() {
             dirs.retain(|d| !key.starts_with(d.as_str()));
         }
+    }
+}
+
+/// A page's entries in name order, leaving out directories already shown as made ones.
+fn page_entries(listing: Listing, made: &HashSet<String>) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = listing
+        .dirs
+        .iter()
+        .filter(|d| !made.contains(*d))
+        .map(|d| dir_entry(d))
+        .collect();
+    entries.extend(listing.files.iter().map(|f| file_entry(&f.name, f)));
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries
+}
+
+/// A directory listing fetched page by page; see [`Namespace::open_dir`].
+#[derive(Debug)]
+pub struct DirPages {
+    storage: Storage,
+    prefix: String,
+    /// Continuation token of the next page; `None` once the last page was fetched.
+    next: Option<String>,
+    /// The page fetched by `open_dir`, not yet handed out.
+    first: Option<Vec<Entry>>,
+    /// Directories made by clients, shown in the first page.
+    made: HashSet<String>,
+}
+
+impl DirPages {
+    /// The next page of entries (possibly empty), or `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Entry>>, FsError> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        let Some(token) = self.next.take() else {
+            return Ok(None);
+        };
+        let (listing, next) = self.storage.list_page(&self.prefix, Some(token)).await?;
+        self.next = next;
+        Ok(Some(page_entries(listing, &self.made)))
     }
 }
 

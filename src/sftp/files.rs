@@ -9,14 +9,15 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::metrics::Protocol;
-use crate::namespace::{Entry, FsError, Namespace};
+use crate::namespace::{DirPages, Entry, FsError, Namespace};
 use crate::notify::CompletedUpload;
 use crate::upload::{Pipeline, Reservation, Upload, UploadError, UploadRequest};
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,13 +25,20 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Chunks queued between a session and its upload task.
-const WRITE_QUEUE: usize = 8;
+const WRITE_QUEUE: usize = 4;
 /// Out-of-order bytes one file may hold while waiting for the gap before them.
 const REORDER_LIMIT: u64 = 8 * 1024 * 1024;
 /// Names per READDIR reply.
 const DIR_BATCH: usize = 256;
 /// Largest READ answered at once.
 const MAX_READ: u32 = 256 * 1024;
+/// Largest SFTP message a client may send (russh-sftp refuses longer ones).
+pub const MAX_MESSAGE: u32 = 256 * 1024 + 1024;
+/// READ and WRITE lengths advertised through `limits@openssh.com`: OpenSSH's own server
+/// value, which leaves room for the message header inside a 256 KiB message. OpenSSH
+/// clients (8.7+) then move 255 KiB per request instead of 32 KiB: 8× fewer round trips
+/// and replies per GiB.
+const ADVERTISED_IO_LENGTH: u64 = 256 * 1024 - 1024;
 
 /// What every SFTP session shares.
 pub struct SftpShared {
@@ -63,15 +71,16 @@ struct ReadFile {
     body: Option<Box<dyn AsyncRead + Send + Unpin>>,
 }
 
+/// An open directory: names not yet sent, and the pages not yet fetched.
 struct DirListing {
-    entries: Vec<File>,
-    sent: usize,
+    pending: VecDeque<File>,
+    pages: DirPages,
 }
 
 enum OpenFile {
     Write(WriteFile),
     Read(ReadFile),
-    Dir(DirListing),
+    Dir(Box<DirListing>),
 }
 
 /// One SFTP session's requests.
@@ -316,7 +325,34 @@ impl russh_sftp::server::Handler for SftpFiles {
         }
         self.initialised = true;
         tracing::debug!(version, user = %self.user.name, "sftp session initialised");
-        Ok(Version::new())
+        let mut reply = Version::new();
+        reply
+            .extensions
+            .insert(russh_sftp::extensions::LIMITS.to_owned(), "1".to_owned());
+        Ok(reply)
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        _data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        if request != russh_sftp::extensions::LIMITS {
+            return Err(StatusCode::OpUnsupported
+                .with_message(format!("extension {request} is not supported")));
+        }
+        // The reply is four uint64 fields after the id, not a length-prefixed string.
+        let mut data = Vec::with_capacity(32);
+        for field in [
+            u64::from(MAX_MESSAGE),
+            ADVERTISED_IO_LENGTH,
+            ADVERTISED_IO_LENGTH,
+            0, // open handles: no fixed limit
+        ] {
+            data.extend_from_slice(&field.to_be_bytes());
+        }
+        Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
     }
 
     async fn open(
@@ -500,41 +536,27 @@ impl russh_sftp::server::Handler for SftpFiles {
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let path = parse(&path)?;
-        let entries = self
+        let pages = self
             .shared
             .namespace
-            .list(&self.user, &path)
+            .open_dir(&self.user, &path)
             .await
             .map_err(fs_reply)?;
-        let mut files = vec![
-            File::new(
-                ".",
-                attributes(&Entry {
-                    name: ".".into(),
-                    is_dir: true,
-                    size: 0,
-                    modified: UNIX_EPOCH,
-                }),
-            ),
-            File::new(
-                "..",
-                attributes(&Entry {
-                    name: "..".into(),
-                    is_dir: true,
-                    size: 0,
-                    modified: UNIX_EPOCH,
-                }),
-            ),
-        ];
-        files.extend(
-            entries
-                .iter()
-                .map(|e| File::new(e.name.clone(), attributes(e))),
-        );
-        let handle = self.add(OpenFile::Dir(DirListing {
-            entries: files,
-            sent: 0,
-        }));
+        let pending = [".", ".."]
+            .into_iter()
+            .map(|name| {
+                File::new(
+                    name,
+                    attributes(&Entry {
+                        name: name.into(),
+                        is_dir: true,
+                        size: 0,
+                        modified: UNIX_EPOCH,
+                    }),
+                )
+            })
+            .collect();
+        let handle = self.add(OpenFile::Dir(Box::new(DirListing { pending, pages })));
         Ok(Handle { id, handle })
     }
 
@@ -542,12 +564,20 @@ impl russh_sftp::server::Handler for SftpFiles {
         let Some(OpenFile::Dir(listing)) = self.open.get_mut(&handle) else {
             return Err(Self::invalid_handle(&handle));
         };
-        if listing.sent >= listing.entries.len() {
-            return Err(StatusCode::Eof.into());
+        // One ListObjectsV2 page per READDIR at most (pages of only filtered names aside),
+        // so no request waits on a whole large directory.
+        while listing.pending.is_empty() {
+            match listing.pages.next_page().await.map_err(fs_reply)? {
+                Some(entries) => listing.pending.extend(
+                    entries
+                        .iter()
+                        .map(|e| File::new(e.name.clone(), attributes(e))),
+                ),
+                None => return Err(StatusCode::Eof.into()),
+            }
         }
-        let end = (listing.sent + DIR_BATCH).min(listing.entries.len());
-        let files = listing.entries[listing.sent..end].to_vec();
-        listing.sent = end;
+        let take = listing.pending.len().min(DIR_BATCH);
+        let files = listing.pending.drain(..take).collect();
         Ok(Name { id, files })
     }
 

@@ -25,19 +25,21 @@ use tokio_util::sync::CancellationToken;
 const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// Largest SSH packet we accept and send.
 const MAX_PACKET: u32 = 256 * 1024;
-/// AES-GCM first and ChaCha20 not offered: clients pick the first cipher of *their* list that
-/// the server has, OpenSSH lists ChaCha20 first, and AES-GCM on AES-NI costs far less CPU per
-/// GiB. CTR modes stay for clients without GCM.
-const CIPHERS: &[russh::cipher::Name] = &[
-    russh::cipher::AES_256_GCM,
-    russh::cipher::AES_128_GCM,
-    russh::cipher::AES_256_CTR,
-    russh::cipher::AES_192_CTR,
-    russh::cipher::AES_128_CTR,
-];
+/// SSH messages queued between the connection and its SFTP session. russh re-opens the
+/// window as packets arrive, not as they are consumed, so this queue is what bounds a
+/// session's buffered bytes: at most `CHANNEL_BUFFER × MAX_PACKET` (8 MiB), typically
+/// 1 MiB with OpenSSH's 32 KiB packets. A full queue stops reading the socket (TCP
+/// backpressure).
+const CHANNEL_BUFFER: usize = 32;
 
 /// Builds the russh server configuration from `[sftp]` and the loaded host keys.
-pub fn server_config(keys: Vec<PrivateKey>, idle_timeout: Duration) -> Arc<russh::server::Config> {
+pub fn server_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> Arc<russh::server::Config> {
+    // Names were checked against `config::SFTP_CIPHERS`, which russh all knows.
+    let ciphers: Vec<russh::cipher::Name> = cfg
+        .ciphers
+        .iter()
+        .filter_map(|name| russh::cipher::Name::try_from(name.as_str()).ok())
+        .collect();
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::Password);
     methods.push(MethodKind::PublicKey);
@@ -51,11 +53,11 @@ pub fn server_config(keys: Vec<PrivateKey>, idle_timeout: Duration) -> Arc<russh
         auth_rejection_time_initial: Some(Duration::ZERO),
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET,
-        channel_buffer_size: 1024,
-        inactivity_timeout: Some(idle_timeout),
+        channel_buffer_size: CHANNEL_BUFFER,
+        inactivity_timeout: Some(cfg.idle_timeout),
         nodelay: true,
         preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            cipher: std::borrow::Cow::Owned(ciphers),
             ..Default::default()
         },
         ..Default::default()
@@ -251,7 +253,7 @@ impl russh::server::Handler for SshConnection {
         session.channel_success(channel_id)?;
         let files = SftpFiles::new(self.shared.clone(), user, self.remote_addr);
         let config = russh_sftp::server::Config {
-            max_client_packet_len: MAX_PACKET + 1024,
+            max_client_packet_len: files::MAX_MESSAGE,
         };
         russh_sftp::server::run_with_config(channel.into_stream(), files, config).await;
         Ok(())

@@ -55,6 +55,8 @@ pub struct Listing {
 pub struct Storage {
     client: Client,
     bucket: String,
+    /// See `StorageConfig::sign_payload`.
+    sign_payload: bool,
     metrics: MetricsHandle,
 }
 
@@ -122,6 +124,7 @@ impl Storage {
         Storage {
             client: Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
+            sign_payload: cfg.sign_payload,
             metrics: MetricsHandle(metrics),
         }
     }
@@ -224,51 +227,68 @@ impl Storage {
     /// One directory level under `prefix` (which ends in "/" or is empty), every page of it.
     pub async fn list_dir(&self, prefix: &str) -> Result<Listing, StorageError> {
         let mut listing = Listing::default();
-        let mut token: Option<String> = None;
+        let mut token = None;
         loop {
-            let out = self
-                .call(
-                    "ListObjectsV2",
-                    self.client
-                        .list_objects_v2()
-                        .bucket(&self.bucket)
-                        .prefix(prefix)
-                        .delimiter("/")
-                        .set_continuation_token(token.take())
-                        .send(),
-                )
-                .await?;
-            for obj in out.contents() {
-                let Some(name) = obj.key().and_then(|k| k.strip_prefix(prefix)) else {
-                    continue;
-                };
-                // "dir/" marker objects written by other tools are directories, not files.
-                if name.is_empty() || name.ends_with('/') {
-                    continue;
-                }
-                listing.files.push(ObjectInfo {
-                    name: name.to_string(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    modified: obj
-                        .last_modified()
-                        .and_then(|t| SystemTime::try_from(*t).ok())
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
-                });
-            }
-            for cp in out.common_prefixes() {
-                if let Some(name) = cp.prefix().and_then(|p| p.strip_prefix(prefix)) {
-                    let name = name.trim_end_matches('/');
-                    if !name.is_empty() {
-                        listing.dirs.push(name.to_string());
-                    }
-                }
-            }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+            let (page, next) = self.list_page(prefix, token).await?;
+            listing.files.extend(page.files);
+            listing.dirs.extend(page.dirs);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(listing),
             }
         }
-        Ok(listing)
+    }
+
+    /// One ListObjectsV2 page (up to 1,000 names) under `prefix`, and the token of the next
+    /// page if there is one.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> Result<(Listing, Option<String>), StorageError> {
+        let out = self
+            .call(
+                "ListObjectsV2",
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .delimiter("/")
+                    .set_continuation_token(token)
+                    .send(),
+            )
+            .await?;
+        let mut page = Listing::default();
+        for obj in out.contents() {
+            let Some(name) = obj.key().and_then(|k| k.strip_prefix(prefix)) else {
+                continue;
+            };
+            // "dir/" marker objects written by other tools are directories, not files.
+            if name.is_empty() || name.ends_with('/') {
+                continue;
+            }
+            page.files.push(ObjectInfo {
+                name: name.to_string(),
+                size: obj.size().unwrap_or(0).max(0) as u64,
+                modified: obj
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        for cp in out.common_prefixes() {
+            if let Some(name) = cp.prefix().and_then(|p| p.strip_prefix(prefix)) {
+                let name = name.trim_end_matches('/');
+                if !name.is_empty() {
+                    page.dirs.push(name.to_string());
+                }
+            }
+        }
+        let next = match out.next_continuation_token() {
+            Some(t) if out.is_truncated() == Some(true) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok((page, next))
     }
 
     /// GetObject from `offset` to the end.
@@ -370,19 +390,19 @@ impl Storage {
         body: Bytes,
         content_type: &str,
     ) -> Result<String, StorageError> {
-        let out = self
-            .call(
-                "PutObject",
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .content_type(content_type)
-                    .content_length(body.len() as i64)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .await?;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .customize();
+        if !self.sign_payload {
+            request = request.disable_payload_signing();
+        }
+        let out = self.call("PutObject", request.send()).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -418,20 +438,20 @@ impl Storage {
         number: i32,
         body: Bytes,
     ) -> Result<CompletedPart, StorageError> {
-        let out = self
-            .call(
-                "UploadPart",
-                self.client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .content_length(body.len() as i64)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .await?;
+        let mut request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .customize();
+        if !self.sign_payload {
+            request = request.disable_payload_signing();
+        }
+        let out = self.call("UploadPart", request.send()).await?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))

@@ -142,7 +142,7 @@ impl Pipeline {
                 budget,
                 // One upload's worth of idle parts: enough to stop page-fault churn, little
                 // enough to keep RSS near the budget.
-                buffers: BufferPool::new(cfg.upload_concurrency + 1),
+                buffers: BufferPool::new(cfg.upload_concurrency),
                 sizes,
                 concurrency: cfg.upload_concurrency,
                 metrics,
@@ -422,6 +422,9 @@ impl Upload {
                             true,
                         )
                     } else {
+                        // The buffer being filled counts as one of the upload's
+                        // `upload_concurrency` parts: at most that many buffers per upload.
+                        self.wait_for_parts_below(self.pipeline.concurrency).await?;
                         (self.pipeline.budget.reserve_part(part).await, false)
                     };
                     let capacity = reservation.bytes().min(part) as usize;
@@ -438,6 +441,19 @@ impl Upload {
                 }
             }
         }
+    }
+
+    /// Waits until fewer than `limit` parts are in flight, collecting finished ones.
+    async fn wait_for_parts_below(&mut self, limit: usize) -> Result<(), UploadError> {
+        if let Some(mp) = self.multipart.as_mut() {
+            while mp.in_flight.len() >= limit {
+                match mp.in_flight.join_next().await {
+                    Some(joined) => mp.done.push(part_result(joined)?),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends the current buffer as the next part, creating the multipart upload first when
@@ -464,15 +480,10 @@ impl Upload {
                 done: Vec::new(),
             });
         }
-        let concurrency = self.pipeline.concurrency;
+        self.wait_for_parts_below(self.pipeline.concurrency).await?;
         let Some(mp) = self.multipart.as_mut() else {
             return Err(UploadError::Internal("multipart state missing".into()));
         };
-        while mp.in_flight.len() >= concurrency {
-            if let Some(joined) = mp.in_flight.join_next().await {
-                mp.done.push(part_result(joined)?);
-            }
-        }
         let number = mp.next_number;
         mp.next_number += 1;
         let pipeline = self.pipeline.clone();
