@@ -3,6 +3,7 @@
 //! Loading never stops at the first mistake: every bad key is collected into one
 //! [`ConfigError`] that names the key, the line and what to write instead.
 
+mod env;
 mod raw;
 mod units;
 
@@ -351,6 +352,18 @@ impl Validator<'_> {
             + 1
     }
 
+    /// `value` with `${NAME}` replaced from the environment; on a problem, reports it and
+    /// returns "" (the run stops at validation anyway).
+    fn env(&mut self, key: &str, value: String, at: Option<&Text>) -> String {
+        match env::expand_env(&value, |name| std::env::var(name).ok()) {
+            Ok(expanded) => expanded,
+            Err(message) => {
+                self.problem(key, at, message);
+                String::new()
+            }
+        }
+    }
+
     fn problem(&mut self, key: &str, at: Option<&Text>, message: impl Into<String>) {
         let line = at.map(|t| self.line_of(t.span().start));
         self.problems.push(Problem {
@@ -539,6 +552,7 @@ impl Validator<'_> {
 
     fn storage(&mut self, raw: raw::RawStorage) -> StorageConfig {
         let (endpoint_text, endpoint_at) = Self::text(raw.endpoint, "embedded");
+        let endpoint_text = self.env("storage.endpoint", endpoint_text, endpoint_at.as_ref());
         let endpoint = match endpoint_text.as_str() {
             "embedded" => Endpoint::Embedded,
             "" | "aws" => Endpoint::Aws,
@@ -611,7 +625,9 @@ impl Validator<'_> {
             );
         }
         let access_key_id = raw.access_key_id.unwrap_or_default();
+        let access_key_id = self.env("storage.access_key_id", access_key_id, None);
         let secret_access_key = raw.secret_access_key.unwrap_or_default();
+        let secret_access_key = self.env("storage.secret_access_key", secret_access_key, None);
         if access_key_id.is_empty() != secret_access_key.is_empty() {
             self.problem(
                 "storage.secret_access_key",
@@ -636,6 +652,7 @@ impl Validator<'_> {
 
     fn notify(&mut self, raw: raw::RawNotify) -> NotifyConfig {
         let (url, url_at) = Self::text(raw.url, "");
+        let url = self.env("notify.url", url, url_at.as_ref());
         let url = if url.is_empty() {
             None
         } else {
@@ -651,7 +668,15 @@ impl Validator<'_> {
                 }
             }
         };
-        for (name, value) in &raw.headers {
+        let headers: BTreeMap<String, String> = raw
+            .headers
+            .into_iter()
+            .map(|(name, value)| {
+                let value = self.env(&format!("notify.headers.{name}"), value, None);
+                (name, value)
+            })
+            .collect();
+        for (name, value) in &headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || reqwest::header::HeaderValue::from_str(value).is_err()
             {
@@ -663,6 +688,7 @@ impl Validator<'_> {
             }
         }
         let (secret, secret_at) = Self::text(raw.signing_secret, "");
+        let secret = self.env("notify.signing_secret", secret, secret_at.as_ref());
         let signing_secret = if secret.is_empty() {
             None
         } else {
@@ -681,7 +707,7 @@ impl Validator<'_> {
         NotifyConfig {
             url,
             timeout: self.duration("notify.timeout", raw.timeout, Duration::from_secs(30)),
-            headers: raw.headers,
+            headers,
             signing_secret,
             max_backoff: self.duration(
                 "notify.max_backoff",
@@ -954,5 +980,24 @@ home = "../etc"
         assert!(!parse("").expect("valid").storage.sign_payload);
         let c = parse("[storage]\nsign_payload = true\n").expect("valid");
         assert!(c.storage.sign_payload);
+    }
+
+    #[test]
+    fn secrets_and_urls_come_from_the_environment() {
+        let path = std::env::var("PATH").expect("PATH is set in tests");
+        let c = parse(
+            "[storage]\nendpoint = \"http://127.0.0.1:9000\"\naccess_key_id = \"${PATH}\"\nsecret_access_key = \"x\"\n[notify]\nheaders = { Authorization = \"Bearer ${PATH}\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.storage.access_key_id, path);
+        assert_eq!(c.notify.headers["Authorization"], format!("Bearer {path}"));
+        let err = parse("[notify]\nurl = \"${INGEST_BRIDGE_TEST_SURELY_UNSET}\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("notify.url")
+                && text.contains("line 2")
+                && text.contains("INGEST_BRIDGE_TEST_SURELY_UNSET is not set"),
+            "{text}"
+        );
     }
 }
