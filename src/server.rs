@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 const BUCKET_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `/readyz` waits for HeadBucket.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stop waits for queued completions to be delivered.
+/// How long a stop waits for queued completions to be delivered (or `shutdown_timeout`, if
+/// shorter); what is left stays pending in the outbox.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the bridge could not start. Each message names the key or address to fix.
@@ -283,12 +284,17 @@ impl Bridge {
             tracing::info!(active, timeout = ?self.shutdown_timeout, "waiting for running uploads to finish");
         }
         self.pipeline.shutdown(self.shutdown_timeout).await;
-        if !self.notifier.drain(NOTIFY_DRAIN_TIMEOUT).await {
+        if !self
+            .notifier
+            .drain(self.shutdown_timeout.min(NOTIFY_DRAIN_TIMEOUT))
+            .await
+        {
             tracing::warn!(
                 pending = self.notifier.pending(),
-                "stopping with undelivered completions; they are in the event log (events.jsonl)"
+                "stopping with undelivered completions; they stay in the outbox and are sent after the next start"
             );
         }
+        self.notifier.stop();
         self.stop_metrics.cancel();
         if let Some(store) = &self.embedded {
             store.stop();

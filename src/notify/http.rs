@@ -1,7 +1,8 @@
 //! One completion call: the POST, its signature headers, the classification of the answer,
 //! and retries with exponential backoff and full jitter.
 
-use super::{CompletedUpload, NotifyError};
+use super::NotifyError;
+use super::outbox::{PendingEntry, State};
 use crate::config::NotifyConfig;
 use crate::metrics::Metrics;
 use base64::Engine;
@@ -79,19 +80,18 @@ impl Sender {
         })
     }
 
-    /// Delivers until the API accepts or refuses for good.
-    pub async fn deliver(&self, completion: &CompletedUpload, metrics: &Metrics) {
-        let body = match serde_json::to_vec(completion) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(id = %completion.id, error = %e, "cannot serialise completion");
-                return;
-            }
-        };
+    /// Delivers until the API accepts or refuses for good; returns how it ended, after how
+    /// many attempts, and the refusal.
+    pub async fn deliver(
+        &self,
+        completion: &PendingEntry,
+        metrics: &Metrics,
+    ) -> (State, u32, Option<String>) {
+        let body = &completion.body;
         let mut attempt: u32 = 0;
         loop {
             let started = Instant::now();
-            let outcome = self.attempt(&completion.id, &body).await;
+            let outcome = self.attempt(&completion.id, body).await;
             metrics
                 .notification_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -106,7 +106,7 @@ impl Sender {
                         .with_label_values(&["delivered"])
                         .inc();
                     tracing::info!(id = %completion.id, key = %completion.key, attempts = attempt + 1, "completion delivered");
-                    return;
+                    return (State::Delivered, attempt + 1, None);
                 }
                 Classification::Duplicate => {
                     metrics
@@ -114,7 +114,7 @@ impl Sender {
                         .with_label_values(&["duplicate"])
                         .inc();
                     tracing::info!(id = %completion.id, "completion already delivered (409)");
-                    return;
+                    return (State::Delivered, attempt + 1, None);
                 }
                 Classification::Permanent => {
                     metrics
@@ -124,8 +124,12 @@ impl Sender {
                     let status = outcome.as_ref().map(|(s, _)| s.as_u16()).unwrap_or(0);
                     tracing::error!(id = %completion.id, status, file = %self.failed_path.display(),
                         "the ingest API refused the completion; kept for an operator");
-                    self.keep_failed(&body);
-                    return;
+                    self.keep_failed(body);
+                    return (
+                        State::Dead,
+                        attempt + 1,
+                        Some(format!("the API answered HTTP {status}")),
+                    );
                 }
                 Classification::Retry(retry_after) => {
                     metrics

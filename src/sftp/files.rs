@@ -30,8 +30,9 @@ const WRITE_QUEUE: usize = 4;
 const REORDER_LIMIT: u64 = 8 * 1024 * 1024;
 /// Names per READDIR reply.
 const DIR_BATCH: usize = 256;
-/// Largest READ answered at once.
-const MAX_READ: u32 = 256 * 1024;
+/// Largest READ answered at once: the advertised length, so that a DATA reply always fits
+/// the 256 KiB message OpenSSH clients accept.
+const MAX_READ: u32 = ADVERTISED_IO_LENGTH as u32;
 /// Largest SFTP message a client may send (russh-sftp refuses longer ones).
 pub const MAX_MESSAGE: u32 = 256 * 1024 + 1024;
 /// READ and WRITE lengths advertised through `limits@openssh.com`: OpenSSH's own server

@@ -1,0 +1,175 @@
+//! The durable outbox: completions survive restarts of the bridge and outages of the API.
+
+mod common;
+
+use common::{FakeApi, Harness, Options, data};
+use ingest_bridge::notify::Outbox;
+use std::time::Duration;
+
+async fn upload(h: &Harness, path: &str, bytes: &[u8]) {
+    let mut ftp = h.login("alice").await;
+    let mut reader = std::io::Cursor::new(bytes.to_vec());
+    ftp.put_file(path, &mut reader)
+        .await
+        .expect("STOR succeeds");
+    let _ = ftp.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pending_completions_survive_a_restart_and_are_sent_once_with_the_same_id() {
+    let api = FakeApi::start().await;
+    // Down for the whole first run: every attempt gets 503.
+    api.script.lock().unwrap().extend([503; 50]);
+    let mut h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        shutdown_timeout: "1s",
+        ..Options::default()
+    })
+    .await;
+    upload(&h, "survivor.bin", &data(1000, 9)).await;
+    let first = api.wait_for(1, Duration::from_secs(10)).await;
+    assert!(!first.is_empty(), "first attempt made");
+    let id = first[0].body["id"].as_str().expect("id").to_string();
+    h.shutdown().await;
+
+    let data_dir = h.config.server.data_dir.clone();
+    let outbox = Outbox::open(&data_dir).expect("outbox");
+    assert_eq!(
+        outbox.state_of(&id).await.expect("query").as_deref(),
+        Some("pending"),
+        "undelivered after the first run"
+    );
+    let attempts_before = api.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        api.requests().len(),
+        attempts_before,
+        "a stopped bridge sends nothing"
+    );
+
+    // The API is back; a new run sends what the first left pending.
+    api.script.lock().unwrap().clear();
+    let again = ingest_bridge::server::Bridge::start(h.config.clone())
+        .await
+        .expect("restart");
+    let received = api
+        .wait_for(attempts_before + 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(received.len(), attempts_before + 1, "sent after restart");
+    let last = &received[attempts_before];
+    assert_eq!(last.body["id"], id.as_str(), "same id");
+    assert_eq!(last.header("idempotency-key"), Some(id.as_str()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.requests().len(), attempts_before + 1, "sent once");
+    assert_eq!(
+        outbox.state_of(&id).await.expect("query").as_deref(),
+        Some("delivered")
+    );
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_completion_is_dead_in_the_outbox() {
+    let api = FakeApi::start().await;
+    api.script.lock().unwrap().extend([400]);
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    upload(&h, "refused.bin", b"r").await;
+    let received = api.wait_for(1, Duration::from_secs(10)).await;
+    let id = received[0].body["id"].as_str().expect("id").to_string();
+    let outbox = Outbox::open(&h.config.server.data_dir).expect("outbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = outbox.state_of(&id).await.expect("query");
+        if state.as_deref() == Some("dead") || tokio::time::Instant::now() > deadline {
+            assert_eq!(state.as_deref(), Some("dead"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
+fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-bridge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("ftp listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        })
+        .expect("the bridge prints its FTP address");
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_retrying_loses_nothing() {
+    let api = FakeApi::start().await;
+    api.script.lock().unwrap().extend([503; 50]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ingest_bridge::storage::embedded::EmbeddedStore::start(
+        &dir.path().join("store"),
+        "ingest",
+        0,
+    )
+    .await
+    .expect("store");
+    let opts = Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    };
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, common::config_text(dir.path(), &store, &opts)).expect("config");
+
+    let (mut first, ftp) = spawn_bridge(&config);
+    let mut client = suppaftp::tokio::AsyncFtpStream::connect(ftp)
+        .await
+        .expect("connect");
+    client
+        .login("alice", common::PASSWORD)
+        .await
+        .expect("login");
+    client
+        .transfer_type(suppaftp::types::FileType::Binary)
+        .await
+        .expect("TYPE I");
+    let mut reader = std::io::Cursor::new(data(2000, 4));
+    client
+        .put_file("killed.bin", &mut reader)
+        .await
+        .expect("STOR succeeds");
+    let seen = api.wait_for(1, Duration::from_secs(10)).await;
+    let id = seen[0].body["id"].as_str().expect("id").to_string();
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+
+    api.script.lock().unwrap().clear();
+    let before = api.requests().len();
+    let (mut second, _) = spawn_bridge(&config);
+    let received = api.wait_for(before + 1, Duration::from_secs(10)).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(received.len() > before, "sent again after the crash");
+    assert!(
+        received[before..]
+            .iter()
+            .all(|r| r.body["id"] == id.as_str()),
+        "the same id"
+    );
+}
