@@ -7,15 +7,6 @@ use common::{FakeApi, Harness, Options, data, metric, sha256_hex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-async fn upload(h: &Harness, user: &str, path: &str, bytes: &[u8]) {
-    let mut ftp = h.login(user).await;
-    let mut reader = std::io::Cursor::new(bytes.to_vec());
-    ftp.put_file(path, &mut reader)
-        .await
-        .expect("STOR succeeds");
-    let _ = ftp.quit().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_multipart_and_empty_files_land_whole_with_one_completion_each() {
     let api = FakeApi::start().await;
@@ -27,9 +18,9 @@ async fn small_multipart_and_empty_files_land_whole_with_one_completion_each() {
 
     let small = data(2_000, 1);
     let big = data(17 * 1024 * 1024 + 123, 2); // 4 parts of 5 MiB: multipart with concurrency
-    upload(&h, "alice", "/shows/small.txt", &small).await;
-    upload(&h, "alice", "/shows/ep1.mp4", &big).await;
-    upload(&h, "alice", "empty.bin", b"").await;
+    h.upload("alice", "/shows/small.txt", &small).await;
+    h.upload("alice", "/shows/ep1.mp4", &big).await;
+    h.upload("alice", "empty.bin", b"").await;
 
     assert_eq!(
         h.object("alice/shows/small.txt").await.as_deref(),
@@ -150,7 +141,7 @@ async fn api_answering_503_then_200_is_delivered_once_with_the_same_idempotency_
         ..Options::default()
     })
     .await;
-    upload(&h, "alice", "retry.bin", &data(1000, 3)).await;
+    h.upload("alice", "retry.bin", &data(1000, 3)).await;
     let received = api.wait_for(3, Duration::from_secs(20)).await;
     assert_eq!(received.len(), 3, "two failures, one success");
     let keys: Vec<_> = received
@@ -198,9 +189,9 @@ async fn conflict_counts_as_delivered_and_4xx_is_kept_for_an_operator() {
         ..Options::default()
     })
     .await;
-    upload(&h, "alice", "a.bin", b"a").await;
+    h.upload("alice", "a.bin", b"a").await;
     api.wait_for(1, Duration::from_secs(10)).await;
-    upload(&h, "alice", "b.bin", b"b").await;
+    h.upload("alice", "b.bin", b"b").await;
     let received = api.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(received.len(), 2, "neither is retried");

@@ -6,15 +6,6 @@ use common::{FakeApi, Harness, Options, data};
 use ingest_bridge::notify::Outbox;
 use std::time::Duration;
 
-async fn upload(h: &Harness, path: &str, bytes: &[u8]) {
-    let mut ftp = h.login("alice").await;
-    let mut reader = std::io::Cursor::new(bytes.to_vec());
-    ftp.put_file(path, &mut reader)
-        .await
-        .expect("STOR succeeds");
-    let _ = ftp.quit().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pending_completions_survive_a_restart_and_are_sent_once_with_the_same_id() {
     let api = FakeApi::start().await;
@@ -26,7 +17,7 @@ async fn pending_completions_survive_a_restart_and_are_sent_once_with_the_same_i
         ..Options::default()
     })
     .await;
-    upload(&h, "survivor.bin", &data(1000, 9)).await;
+    h.upload("alice", "survivor.bin", &data(1000, 9)).await;
     let first = api.wait_for(1, Duration::from_secs(10)).await;
     assert!(!first.is_empty(), "first attempt made");
     let id = first[0].body["id"].as_str().expect("id").to_string();
@@ -77,7 +68,7 @@ async fn a_refused_completion_is_dead_in_the_outbox() {
         ..Options::default()
     })
     .await;
-    upload(&h, "refused.bin", b"r").await;
+    h.upload("alice", "refused.bin", b"r").await;
     let received = api.wait_for(1, Duration::from_secs(10)).await;
     let id = received[0].body["id"].as_str().expect("id").to_string();
     let outbox = Outbox::open(&h.config.server.data_dir).expect("outbox");

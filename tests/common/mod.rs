@@ -298,6 +298,16 @@ impl Harness {
         ftp
     }
 
+    /// STOR of `bytes` at `path` as `user`; panics unless the server says 226.
+    pub async fn upload(&self, user: &str, path: &str, bytes: &[u8]) {
+        let mut ftp = self.login(user).await;
+        let mut reader = std::io::Cursor::new(bytes.to_vec());
+        ftp.put_file(path, &mut reader)
+            .await
+            .expect("STOR succeeds");
+        let _ = ftp.quit().await;
+    }
+
     pub fn store_root(&self) -> PathBuf {
         self.store.root.clone()
     }
