@@ -27,10 +27,11 @@ const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 const MAX_PACKET: u32 = 256 * 1024;
 /// SSH messages queued between the connection and its SFTP session. russh re-opens the
 /// window as packets arrive, not as they are consumed, so this queue is what bounds a
-/// session's buffered bytes: at most `CHANNEL_BUFFER × MAX_PACKET` (8 MiB), typically
-/// 1 MiB with OpenSSH's 32 KiB packets. A full queue stops reading the socket (TCP
-/// backpressure).
-const CHANNEL_BUFFER: usize = 32;
+/// session's buffered upload bytes (8 MiB with OpenSSH's 32 KiB packets). It must also hold
+/// every request a client keeps outstanding: during a download the session's replies wait
+/// for the client's window while the connection, blocked on a full queue, cannot read the
+/// window adjustment — a deadlock seen with 32. OpenSSH and rclone keep 64 outstanding.
+const CHANNEL_BUFFER: usize = 256;
 
 /// Builds the russh server configuration from `[sftp]` and the loaded host keys.
 pub fn server_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> Arc<russh::server::Config> {
