@@ -129,20 +129,10 @@ impl Namespace {
     /// LIST: the entries of a directory (or the file itself, as `ls file` expects); a
     /// directory that does not exist lists empty.
     pub async fn list(&self, user: &User, path: &VirtualPath) -> Result<Vec<Entry>, FsError> {
-        require(user, Permission::List)?;
-        let prefix = format!("{}{}", user.home, path.dir_prefix());
-        let listing = self.storage.list_dir(&prefix).await?;
-        let mut entries: Vec<Entry> = listing.dirs.iter().map(|d| dir_entry(d)).collect();
-        let mut made = self.made_children(&prefix);
-        made.retain(|m| !listing.dirs.contains(m));
-        entries.extend(made.iter().map(|d| dir_entry(d)));
-        entries.extend(listing.files.iter().map(|f| file_entry(&f.name, f)));
-        if entries.is_empty() && !path.is_root() {
-            // `ls file`: show the file alone. A prefix without objects is an empty directory,
-            // as S3 sees it (rclone lists a destination before creating it).
-            if let Some(info) = self.storage.head(&user.key_of(path)).await? {
-                return Ok(vec![file_entry(path.file_name(), &info)]);
-            }
+        let mut pages = self.open_dir(user, path).await?;
+        let mut entries = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            entries.extend(page);
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
@@ -163,7 +153,8 @@ impl Namespace {
             && !path.is_root()
             && let Some(info) = self.storage.head(&user.key_of(path)).await?
         {
-            // As `list`: a file's listing is the file alone.
+            // `ls file`: show the file alone. A prefix without objects is an empty directory,
+            // as S3 sees it (rclone lists a destination before creating it).
             return Ok(DirPages {
                 storage: self.storage.clone(),
                 prefix,

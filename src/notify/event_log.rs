@@ -1,7 +1,7 @@
 //! The event log: `data_dir/events.jsonl`, one completion body per line, each fsynced before
 //! the client hears success. With `notify.url` empty it is the only sink.
 
-use super::{CompletedUpload, NotifyError};
+use super::NotifyError;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,12 +37,10 @@ impl EventLog {
         })
     }
 
-    /// Appends one completion and waits until it is on disk.
-    pub async fn append(&self, completion: &CompletedUpload) -> Result<(), NotifyError> {
-        let mut line = serde_json::to_vec(completion).map_err(|e| NotifyError::EventLog {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+    /// Appends one completion body (its JSON) as a line and waits until it is on disk.
+    pub async fn append(&self, body: &[u8]) -> Result<(), NotifyError> {
+        let mut line = Vec::with_capacity(body.len() + 1);
+        line.extend_from_slice(body);
         line.push(b'\n');
         self.write(line).await
     }

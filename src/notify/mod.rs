@@ -49,6 +49,9 @@ pub enum NotifyError {
         /// Why.
         message: String,
     },
+    /// The completion could not be turned into JSON.
+    #[error("cannot serialise the completion: {0}")]
+    Serialise(#[from] serde_json::Error),
     /// The HTTP client could not be built.
     #[error("cannot set up the notify HTTP client: {0}")]
     Client(String),
@@ -107,15 +110,13 @@ impl Notifier {
     /// Records a completion durably (event log and outbox, both on disk) and queues its
     /// delivery. Returns only then: the client may be told the upload succeeded.
     pub async fn enqueue(&self, completion: CompletedUpload) -> Result<(), NotifyError> {
-        self.inner.log.append(&completion).await?;
+        let body = serde_json::to_vec(&completion)?;
+        self.inner.log.append(&body).await?;
         if let (Some(queue), Some(outbox)) = (&self.inner.queue, &self.inner.outbox) {
             let entry = PendingEntry {
-                id: completion.id.clone(),
-                key: completion.key.clone(),
-                body: serde_json::to_vec(&completion).map_err(|e| NotifyError::Outbox {
-                    path: OUTBOX_FILE.into(),
-                    message: format!("cannot serialise the completion: {e}"),
-                })?,
+                id: completion.id,
+                key: completion.key,
+                body,
             };
             outbox.insert(entry.clone()).await?;
             self.inner.pending.fetch_add(1, Ordering::AcqRel);
@@ -194,10 +195,11 @@ async fn deliver_all(
             "re-sending completions left pending by an earlier run"
         );
     }
-    for _ in &left {
-        inner.pending.fetch_add(1, Ordering::AcqRel);
-        inner.metrics.notifications_pending.inc();
-    }
+    inner.pending.fetch_add(left.len(), Ordering::AcqRel);
+    inner
+        .metrics
+        .notifications_pending
+        .add(i64::try_from(left.len()).unwrap_or(i64::MAX));
     let mut left = left.into_iter();
     loop {
         let entry = match left.next() {

@@ -224,23 +224,8 @@ impl Storage {
             || !out.common_prefixes().is_empty())
     }
 
-    /// One directory level under `prefix` (which ends in "/" or is empty), every page of it.
-    pub async fn list_dir(&self, prefix: &str) -> Result<Listing, StorageError> {
-        let mut listing = Listing::default();
-        let mut token = None;
-        loop {
-            let (page, next) = self.list_page(prefix, token).await?;
-            listing.files.extend(page.files);
-            listing.dirs.extend(page.dirs);
-            match next {
-                Some(t) => token = Some(t),
-                None => return Ok(listing),
-            }
-        }
-    }
-
-    /// One ListObjectsV2 page (up to 1,000 names) under `prefix`, and the token of the next
-    /// page if there is one.
+    /// One ListObjectsV2 page (up to 1,000 names) of the directory level under `prefix`
+    /// (which ends in "/" or is empty), and the token of the next page if there is one.
     pub async fn list_page(
         &self,
         prefix: &str,

@@ -457,7 +457,8 @@ impl Upload {
     }
 
     /// Sends the current buffer as the next part, creating the multipart upload first when
-    /// needed; waits while `upload_concurrency` parts are in flight.
+    /// needed. Never waits for a slot: `writable_buffer` waited for one before reserving
+    /// this buffer, so fewer than `upload_concurrency` parts are in flight.
     async fn send_part(&mut self) -> Result<(), UploadError> {
         let Some(buffer) = self.buffer.take() else {
             return Ok(());
@@ -480,7 +481,6 @@ impl Upload {
                 done: Vec::new(),
             });
         }
-        self.wait_for_parts_below(self.pipeline.concurrency).await?;
         let Some(mp) = self.multipart.as_mut() else {
             return Err(UploadError::Internal("multipart state missing".into()));
         };
