@@ -32,6 +32,14 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id PHC string for `password_hash`.
     HashPassword,
+    /// Inspect and repair the completion outbox (works while `serve` runs).
+    Outbox {
+        /// Configuration file (the outbox lives in its server.data_dir).
+        #[arg(long, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Run only the embedded S3 store (s3s-fs) as a standalone S3 server, for benchmarks
     /// and for pointing other tools at the same store.
     EmbeddedStore {
@@ -61,6 +69,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// List entries, oldest first: id, state, attempts, step, created, next attempt, key, last error.
+    List {
+        /// Only entries in this state.
+        #[arg(long, value_parser = ["pending", "dead", "delivered"])]
+        state: Option<String>,
+    },
+    /// Put a dead (or pending) entry back to pending, due now, with a fresh notify.max_age.
+    Retry {
+        /// The entry's id.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        /// Every dead entry.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Delete delivered entries older than DURATION (e.g. "30d").
+    Purge {
+        /// Age of the newest delivered entry to delete, e.g. "7d" or "12h".
+        #[arg(long)]
+        delivered_before: String,
+    },
+}
+
 /// Exit code for every operator-facing error.
 const EXIT_ERROR: u8 = 2;
 
@@ -77,6 +110,7 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::HashPassword => hash_password(),
+        Command::Outbox { config, action } => outbox(config, action),
         Command::EmbeddedStore {
             root,
             listen,
@@ -125,6 +159,97 @@ fn hash_password() -> ExitCode {
         }
         Err(e) => fail(format!("hashing failed: {e}")),
     }
+}
+
+fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
+    use ingest_bridge::notify::{Outbox, State, now_ms};
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let data_dir = config.server.data_dir;
+    if !data_dir.join(ingest_bridge::notify::OUTBOX_FILE).exists() {
+        return fail(format!(
+            "no outbox in {}: it is created when `serve` runs with notify.url or [[notify.steps]] set",
+            data_dir.display()
+        ));
+    }
+    block_on(async move {
+        let outbox = match Outbox::open(&data_dir) {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
+        match action {
+            OutboxAction::List { state } => {
+                let state = state.as_deref().and_then(State::parse);
+                let entries = match outbox.list(state).await {
+                    Ok(e) => e,
+                    Err(e) => return fail(e),
+                };
+                println!("ID\tSTATE\tATTEMPTS\tSTEP\tCREATED\tNEXT_ATTEMPT\tKEY\tLAST_ERROR");
+                for e in &entries {
+                    let next = if e.state == "pending" {
+                        time(e.next_attempt_ms.max(now_ms()))
+                    } else {
+                        "-".to_string()
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        e.id,
+                        e.state,
+                        e.attempts,
+                        e.step,
+                        time(e.created_ms),
+                        next,
+                        e.key,
+                        e.last_error
+                            .as_deref()
+                            .unwrap_or("-")
+                            .replace(['\t', '\n'], " ")
+                    );
+                }
+                eprintln!("{} entries", entries.len());
+                ExitCode::SUCCESS
+            }
+            OutboxAction::Retry { id, all_dead } => {
+                let id = if all_dead { None } else { id };
+                match outbox.retry(id.clone()).await {
+                    Ok(0) if id.is_some() => fail(format!(
+                        "no pending or dead entry with id {:?}; see `ingest-bridge outbox list`",
+                        id.unwrap_or_default()
+                    )),
+                    Ok(n) => {
+                        println!(
+                            "{n} entries queued again; a running bridge sends them within a second"
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            OutboxAction::Purge { delivered_before } => {
+                let age = match ingest_bridge::config::parse_duration(&delivered_before) {
+                    Ok(d) => d,
+                    Err(e) => return fail(format!("--delivered-before: {e}")),
+                };
+                let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
+                match outbox.purge_delivered(cutoff).await {
+                    Ok(n) => {
+                        println!("{n} delivered entries purged");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+        }
+    })
+}
+
+/// RFC 3339 (seconds) of a time in ms since the epoch.
+fn time(ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn embedded_store(

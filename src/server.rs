@@ -149,7 +149,14 @@ impl Bridge {
             }
         }
 
-        let notifier = Notifier::start(&config.notify, &data_dir, metrics.clone())?;
+        let notifier = Notifier::start(
+            &config.notify,
+            &config.users,
+            &data_dir,
+            storage.clone(),
+            metrics.clone(),
+        )
+        .await?;
         let pipeline = Pipeline::new(
             &config.storage,
             storage.clone(),

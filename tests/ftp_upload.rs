@@ -195,9 +195,21 @@ async fn conflict_counts_as_delivered_and_4xx_is_kept_for_an_operator() {
     let received = api.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(received.len(), 2, "neither is retried");
-    let failed = std::fs::read_to_string(h.config.server.data_dir.join("notify-failed.jsonl"))
-        .expect("kept");
-    assert!(failed.contains("alice/b.bin"));
+    let outbox = ingest_bridge::notify::Outbox::open(&h.config.server.data_dir).expect("outbox");
+    let dead = outbox
+        .list(Some(ingest_bridge::notify::State::Dead))
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1, "kept as a dead letter");
+    assert_eq!(dead[0].key, "alice/b.bin");
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("400")),
+        "{:?}",
+        dead[0].last_error
+    );
     let m = h.metrics_text().await;
     assert_eq!(
         metric(

@@ -40,8 +40,15 @@ async fn setup(memory_limit: &str) -> Setup {
         credentials: Some((store.access_key.clone(), store.secret_key.clone())),
     };
     let storage = Storage::connect(&config.storage, &conn, metrics.clone()).await;
-    let notifier = Notifier::start(&config.notify, &config.server.data_dir, metrics.clone())
-        .expect("notifier");
+    let notifier = Notifier::start(
+        &config.notify,
+        &config.users,
+        &config.server.data_dir,
+        storage.clone(),
+        metrics.clone(),
+    )
+    .await
+    .expect("notifier");
     let pipeline = Pipeline::new(&config.storage, storage, notifier, metrics);
     Setup {
         _dir: dir,
@@ -77,6 +84,7 @@ async fn a_hundred_concurrent_uploads_finish_under_a_budget_of_a_few_parts() {
             let mut up = s
                 .pipeline
                 .begin(request(&s, &format!("/hundred/{i}.bin")))
+                .await
                 .expect("begin");
             for chunk in bytes.chunks(32 * 1024) {
                 up.write(chunk).await.expect("write");
@@ -119,6 +127,7 @@ async fn a_dropped_upload_is_aborted_and_releases_its_budget() {
     let mut up = s
         .pipeline
         .begin(request(&s, "/dropped.bin"))
+        .await
         .expect("begin");
     up.write(&data(11 * 1024 * 1024, 1)).await.expect("write");
     let upload_id = up.multipart_id().expect("multipart started").to_string();
@@ -148,7 +157,11 @@ async fn a_dropped_upload_is_aborted_and_releases_its_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_after_the_grace_period_aborts_running_uploads() {
     let s = setup("64MiB").await;
-    let mut up = s.pipeline.begin(request(&s, "/slow.bin")).expect("begin");
+    let mut up = s
+        .pipeline
+        .begin(request(&s, "/slow.bin"))
+        .await
+        .expect("begin");
     up.write(&data(6 * 1024 * 1024, 2)).await.expect("write");
     let pipeline = s.pipeline.clone();
     let stopping = tokio::spawn(async move { pipeline.shutdown(Duration::from_millis(200)).await });
@@ -161,7 +174,7 @@ async fn shutdown_after_the_grace_period_aborts_running_uploads() {
     up.abort(&err).await;
     stopping.await.expect("shutdown returns");
     assert!(
-        s.pipeline.begin(request(&s, "/late.bin")).is_err(),
+        s.pipeline.begin(request(&s, "/late.bin")).await.is_err(),
         "new uploads refused"
     );
     let s3 = s3_client(&s.store).await;

@@ -135,6 +135,7 @@ mod tests {
             home: "alice/".into(),
             permissions: [Permission::Upload].into(),
             metadata: Default::default(),
+            notify: Default::default(),
         }])
     }
 

@@ -3,6 +3,7 @@
 //! Loading never stops at the first mistake: every bad key is collected into one
 //! [`ConfigError`] that names the key, the line and what to write instead.
 
+mod connector;
 mod env;
 mod raw;
 mod units;
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use connector::{
+    DeliveryMode, RuleConfig, RuleOutcome, StatusMatch, StepBody, StepConfig, UserNotifyConfig,
+};
 pub use units::{format_size, parse_duration, parse_size};
 
 /// Default configuration path, relative to the working directory.
@@ -171,6 +175,28 @@ pub struct NotifyConfig {
     pub signing_secret: Option<Vec<u8>>,
     /// Longest wait between two retries.
     pub max_backoff: Duration,
+    /// An entry undeliverable this long becomes a dead letter.
+    pub max_age: Duration,
+    /// Deliveries running at once.
+    pub concurrency: usize,
+    /// Whether the client's success waits for the connector.
+    pub mode: DeliveryMode,
+    /// In sync mode, how long a client waits for the connector before success is said
+    /// on the strength of the durable outbox.
+    pub sync_timeout: Duration,
+    /// Lifetime of `presigned_get_url`.
+    pub presign_ttl: Duration,
+    /// Runs when an upload starts, before any byte goes to S3.
+    pub create: Option<StepConfig>,
+    /// Run in order once the object is durable; empty: POST the completion to `url`.
+    pub steps: Vec<StepConfig>,
+}
+
+impl NotifyConfig {
+    /// Whether completions go anywhere beyond the event log.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.steps.is_empty()
+    }
 }
 
 /// `[metrics]`
@@ -245,6 +271,8 @@ pub struct UserConfig {
     pub permissions: HashSet<Permission>,
     /// Copied into every completion of this user.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// This user's headers and template variables for the connector.
+    pub notify: UserNotifyConfig,
 }
 
 /// One problem in a configuration file.
@@ -704,9 +732,70 @@ impl Validator<'_> {
                 }
             }
         };
+        let concurrency = match raw.concurrency {
+            None => 8,
+            Some(n) if (1..=1024).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                let line = self.line_of(n.span().start);
+                self.problems.push(Problem {
+                    key: "notify.concurrency".into(),
+                    line: Some(line),
+                    message: "must be between 1 and 1024".into(),
+                });
+                8
+            }
+        };
+        let (mode_text, mode_at) = Self::text(raw.mode, "async");
+        let mode = match mode_text.as_str() {
+            "async" => DeliveryMode::Async,
+            "sync" => DeliveryMode::Sync,
+            other => {
+                self.problem(
+                    "notify.mode",
+                    mode_at.as_ref(),
+                    format!("{other:?}: write \"async\" (success once queued) or \"sync\" (success once the API accepted)"),
+                );
+                DeliveryMode::Async
+            }
+        };
+        let ttl_at = raw.presign_ttl.clone();
+        let presign_ttl = self.duration(
+            "notify.presign_ttl",
+            raw.presign_ttl,
+            Duration::from_secs(12 * 3600),
+        );
+        if presign_ttl.is_zero() || presign_ttl > Duration::from_secs(7 * 24 * 3600) {
+            self.problem(
+                "notify.presign_ttl",
+                ttl_at.as_ref(),
+                "S3 presigned URLs live between 1s and 7 days",
+            );
+        }
+        let create = raw.create.and_then(|c| self.step("notify.create", c, true));
+        let steps: Vec<StepConfig> = raw
+            .steps
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.step(&format!("notify.steps[{i}]"), s, false))
+            .collect();
+        if create.is_some() && steps.is_empty() && url.is_none() {
+            self.problem(
+                "notify.steps",
+                None,
+                "a connector with [notify.create] needs [[notify.steps]] (or notify.url) to run once the object is durable",
+            );
+        }
+        if mode == DeliveryMode::Sync && url.is_none() && steps.is_empty() {
+            self.problem(
+                "notify.mode",
+                mode_at.as_ref(),
+                "sync mode waits for the API: set notify.url or [[notify.steps]]",
+            );
+        }
+        let timeout = self.duration("notify.timeout", raw.timeout, Duration::from_secs(30));
         NotifyConfig {
             url,
-            timeout: self.duration("notify.timeout", raw.timeout, Duration::from_secs(30)),
+            timeout,
             headers,
             signing_secret,
             max_backoff: self.duration(
@@ -714,6 +803,17 @@ impl Validator<'_> {
                 raw.max_backoff,
                 Duration::from_secs(300),
             ),
+            max_age: self.duration(
+                "notify.max_age",
+                raw.max_age,
+                Duration::from_secs(72 * 3600),
+            ),
+            concurrency,
+            mode,
+            sync_timeout: self.duration("notify.sync_timeout", raw.sync_timeout, timeout),
+            presign_ttl,
+            create,
+            steps,
         }
     }
 
@@ -790,6 +890,7 @@ impl Validator<'_> {
                 home,
                 permissions,
                 metadata: u.metadata,
+                notify: self.user_notify(&key("notify"), u.notify),
             });
         }
         users

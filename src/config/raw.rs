@@ -90,6 +90,52 @@ pub struct RawNotify {
     pub headers: BTreeMap<String, String>,
     pub signing_secret: Option<Text>,
     pub max_backoff: Option<Text>,
+    pub max_age: Option<Text>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub mode: Option<Text>,
+    pub sync_timeout: Option<Text>,
+    pub presign_ttl: Option<Text>,
+    pub create: Option<RawStep>,
+    pub steps: Vec<RawStep>,
+}
+
+/// One templated HTTP request of a connector (`[notify.create]`, `[[notify.steps]]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStep {
+    pub name: Option<String>,
+    pub method: Option<String>,
+    pub url: Option<Text>,
+    pub headers: BTreeMap<String, String>,
+    pub json: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+    pub form: Option<BTreeMap<String, String>>,
+    pub multipart: Option<BTreeMap<String, String>>,
+    pub file_field: Option<String>,
+    pub file_name: Option<String>,
+    pub object: Option<bool>,
+    pub extract: BTreeMap<String, String>,
+    pub message: Option<String>,
+    pub key: Option<String>,
+    pub rules: Vec<RawRule>,
+}
+
+/// One classification rule of a step.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRule {
+    pub status: Option<String>,
+    pub body: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// `[users.notify]`: one user's additions to every connector request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUserNotify {
+    pub headers: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, String>,
 }
 
 /// `[metrics]`
@@ -109,4 +155,5 @@ pub struct RawUser {
     pub home: Option<Text>,
     pub permissions: Option<Vec<Text>>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub notify: RawUserNotify,
 }

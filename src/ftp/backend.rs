@@ -108,7 +108,7 @@ fn fs_error(e: FsError) -> Error {
 
 fn upload_error(e: UploadError) -> Error {
     let kind = match &e {
-        UploadError::PermissionDenied => ErrorKind::PermissionDenied,
+        UploadError::PermissionDenied | UploadError::Refused(_) => ErrorKind::PermissionDenied,
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
         UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
@@ -214,7 +214,12 @@ impl StorageBackend<FtpUser> for S3Backend {
             path,
             remote_addr: self.session.remote_addr,
         };
-        let mut upload = self.shared.pipeline.begin(request).map_err(upload_error)?;
+        let mut upload = self
+            .shared
+            .pipeline
+            .begin(request)
+            .await
+            .map_err(upload_error)?;
         if let Err(e) = upload.fill_from(&mut input, self.shared.data_timeout).await {
             upload.abort(&e).await;
             return Err(upload_error(e));

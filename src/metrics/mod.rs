@@ -6,7 +6,8 @@ mod endpoint;
 pub use endpoint::{Readiness, serve as serve_endpoint};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::time::Instant;
 
@@ -87,6 +88,8 @@ pub struct Metrics {
     pub notifications_pending: IntGauge,
     /// `notification_duration_seconds`
     pub notification_duration_seconds: Histogram,
+    /// `notification_oldest_pending_seconds`
+    pub notification_oldest_pending_seconds: Gauge,
 }
 
 const PREFIX: &str = "ingest_bridge";
@@ -186,6 +189,15 @@ impl Metrics {
                 let g = IntGauge::with_opts(opts(
                     "notifications_pending",
                     "Completions queued and not yet delivered.",
+                ))
+                .expect("valid metric definition");
+                reg(Box::new(g.clone()));
+                g
+            },
+            notification_oldest_pending_seconds: {
+                let g = Gauge::with_opts(opts(
+                    "notification_oldest_pending_seconds",
+                    "Age of the oldest undelivered completion (0 when none is pending).",
                 ))
                 .expect("valid metric definition");
                 reg(Box::new(g.clone()));

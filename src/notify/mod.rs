@@ -1,30 +1,36 @@
 //! Completion delivery: every completed upload is appended (fsynced) to the event log under
-//! `data_dir` and, when `notify.url` is set, committed to the outbox (SQLite) before the
-//! client hears success; a worker POSTs it, retrying with backoff until the API accepts or
-//! refuses it for good, and re-sends at start what an earlier run left pending. Knows
-//! nothing about FTP or SFTP: it receives [`CompletedUpload`] records.
+//! `data_dir` and, when a connector is configured, committed to the outbox (SQLite) before
+//! the client hears success; a worker runs the connector's steps, retrying on a schedule
+//! kept in the outbox until the API accepts, refuses for good, or `notify.max_age` passes.
+//! Knows nothing about FTP or SFTP: it receives [`CompletedUpload`] records. It reads
+//! objects back from S3 only to presign or push them.
 
+mod connector;
 mod event_log;
+mod extract;
 mod http;
 mod outbox;
 mod record;
+mod worker;
 
-pub use http::{Classification, classify};
+pub use connector::{CreateError, Created};
+pub use http::sign;
+pub use outbox::{EntrySummary, OUTBOX_FILE, Outbox, PendingEntry, State, now_ms};
 pub use record::{CompletedUpload, UPLOAD_COMPLETED, new_event_id};
 
-use crate::config::NotifyConfig;
+use crate::config::{DeliveryMode, NotifyConfig, UserConfig};
 use crate::metrics::Metrics;
+use crate::storage::Storage;
+use connector::Connector;
 use event_log::EventLog;
-pub use outbox::{OUTBOX_FILE, Outbox, PendingEntry, State};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// Deliveries running at once.
-const DELIVERY_CONCURRENCY: usize = 8;
 
 /// Why a completion could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +58,12 @@ pub enum NotifyError {
     /// The completion could not be turned into JSON.
     #[error("cannot serialise the completion: {0}")]
     Serialise(#[from] serde_json::Error),
-    /// The HTTP client could not be built.
-    #[error("cannot set up the notify HTTP client: {0}")]
+    /// The HTTP client or templates could not be set up.
+    #[error("cannot set up the notify connector: {0}")]
     Client(String),
+    /// Sync mode: the API refused the upload; the client hears this message.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Queues completions durably and delivers them.
@@ -63,70 +72,154 @@ pub struct Notifier {
     inner: Arc<Inner>,
 }
 
+/// The outbox side, present when a connector is configured.
+struct Delivery {
+    outbox: Outbox,
+    connector: Connector,
+    concurrency: usize,
+    max_age: Duration,
+    max_backoff: Duration,
+    mode: DeliveryMode,
+    sync_timeout: Duration,
+}
+
 struct Inner {
     log: EventLog,
-    /// Present when `notify.url` is set: entries stay here until delivered or dead.
-    outbox: Option<Outbox>,
-    queue: Option<mpsc::UnboundedSender<PendingEntry>>,
+    delivery: Option<Delivery>,
     /// Stops the worker and every delivery in progress (they stay pending in the outbox).
     stop: CancellationToken,
+    /// Wakes the worker: a new entry, or a free delivery slot.
+    wake: Notify,
     pending: AtomicUsize,
     idle: Notify,
+    /// Sync mode: clients waiting for their completion's outcome.
+    waiters: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     metrics: Metrics,
 }
 
 impl Notifier {
-    /// Opens the event log in `data_dir` and, when a URL is set, the outbox and the delivery
-    /// worker, which first re-sends what an earlier run left pending.
-    pub fn start(
+    /// Opens the event log in `data_dir` and, when a connector is configured, the outbox
+    /// and the delivery worker, which resumes what an earlier run left pending.
+    pub async fn start(
         cfg: &NotifyConfig,
+        users: &[UserConfig],
         data_dir: &Path,
+        storage: Storage,
         metrics: Metrics,
     ) -> Result<Notifier, NotifyError> {
         let log = EventLog::open(data_dir)?;
-        let (queue, receiver, outbox) = match &cfg.url {
-            Some(_) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (Some(tx), Some(rx), Some(Outbox::open(data_dir)?))
-            }
-            None => (None, None, None),
+        let delivery = if cfg.enabled() {
+            Some(Delivery {
+                outbox: Outbox::open(data_dir)?,
+                connector: Connector::new(cfg, users, storage).map_err(NotifyError::Client)?,
+                concurrency: cfg.concurrency,
+                max_age: cfg.max_age,
+                max_backoff: cfg.max_backoff,
+                mode: cfg.mode,
+                sync_timeout: cfg.sync_timeout,
+            })
+        } else {
+            None
         };
         let inner = Arc::new(Inner {
             log,
-            outbox,
-            queue,
+            delivery,
             stop: CancellationToken::new(),
+            wake: Notify::new(),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
+            waiters: Mutex::default(),
             metrics,
         });
-        if let (Some(rx), Some(url)) = (receiver, cfg.url.clone()) {
-            let sender = http::Sender::new(cfg, url, data_dir)?;
-            tokio::spawn(deliver_all(inner.clone(), sender, rx));
+        if let Some(delivery) = &inner.delivery {
+            let (count, _) = delivery.outbox.pending_summary().await?;
+            if count > 0 {
+                tracing::info!(count, "resuming completions left pending by an earlier run");
+            }
+            inner.pending.store(count, Ordering::Release);
+            inner.refresh_gauges().await;
+            tokio::spawn(worker::run(inner.clone()));
         }
         Ok(Notifier { inner })
     }
 
+    /// Runs the connector's `create` step for an upload about to start (a no-op without
+    /// one). `ctx` holds what is known then: id, protocol, username, path, key…
+    pub async fn create(&self, ctx: Map<String, Value>) -> Result<Created, CreateError> {
+        match &self.inner.delivery {
+            Some(d) if d.connector.has_create() => d.connector.create(ctx).await,
+            _ => Ok(Created::default()),
+        }
+    }
+
+    /// Whether uploads run a `create` step first.
+    pub fn has_create(&self) -> bool {
+        self.inner
+            .delivery
+            .as_ref()
+            .is_some_and(|d| d.connector.has_create())
+    }
+
     /// Records a completion durably (event log and outbox, both on disk) and queues its
-    /// delivery. Returns only then: the client may be told the upload succeeded.
-    pub async fn enqueue(&self, completion: CompletedUpload) -> Result<(), NotifyError> {
+    /// delivery, with the fields `create` extracted. Returns only then — in sync mode only
+    /// once the connector finished, or with [`NotifyError::Refused`].
+    pub async fn enqueue(
+        &self,
+        completion: CompletedUpload,
+        fields: Map<String, Value>,
+    ) -> Result<(), NotifyError> {
         let body = serde_json::to_vec(&completion)?;
         self.inner.log.append(&body).await?;
-        if let (Some(queue), Some(outbox)) = (&self.inner.queue, &self.inner.outbox) {
-            let entry = PendingEntry {
-                id: completion.id,
-                key: completion.key,
-                body,
-            };
-            outbox.insert(entry.clone()).await?;
-            self.inner.pending.fetch_add(1, Ordering::AcqRel);
-            self.inner.metrics.notifications_pending.inc();
-            if queue.send(entry).is_err() {
-                tracing::error!("notify worker has stopped; the completion stays in the outbox");
-                self.finished_one();
+        let Some(delivery) = &self.inner.delivery else {
+            return Ok(());
+        };
+        let id = completion.id.clone();
+        let waiter = match delivery.mode {
+            DeliveryMode::Sync => {
+                let (tx, rx) = oneshot::channel();
+                if let Ok(mut waiters) = self.inner.waiters.lock() {
+                    waiters.insert(id.clone(), tx);
+                }
+                Some(rx)
+            }
+            DeliveryMode::Async => None,
+        };
+        let entry = PendingEntry {
+            id: id.clone(),
+            key: completion.key,
+            body,
+            step: 0,
+            fields,
+            attempts: 0,
+            since_ms: now_ms(),
+        };
+        if let Err(e) = delivery.outbox.insert(entry).await {
+            self.forget_waiter(&id);
+            return Err(e);
+        }
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        self.inner.metrics.notifications_pending.inc();
+        self.inner.wake.notify_one();
+        let Some(rx) = waiter else {
+            return Ok(());
+        };
+        match tokio::time::timeout(delivery.sync_timeout, rx).await {
+            Ok(Ok(Err(message))) => Err(NotifyError::Refused(message)),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Err(_)) | Err(_) => {
+                // Still retrying (or stopping): the entry is durable and will be delivered.
+                self.forget_waiter(&id);
+                tracing::warn!(id = %id, timeout = ?delivery.sync_timeout,
+                    "the API has not answered in time (notify.sync_timeout); the client is told success, delivery continues from the outbox");
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    fn forget_waiter(&self, id: &str) {
+        if let Ok(mut waiters) = self.inner.waiters.lock() {
+            waiters.remove(id);
+        }
     }
 
     /// Completions queued and not yet delivered or given up.
@@ -157,79 +250,59 @@ impl Notifier {
     pub async fn check_writable(&self) -> Result<(), String> {
         self.inner.log.check().await.map_err(|e| e.to_string())
     }
-
-    fn finished_one(&self) {
-        self.inner.finished_one();
-    }
 }
 
 impl Inner {
-    fn finished_one(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.notifications_pending.dec();
+    /// Records the end of an entry's delivery and tells a waiting sync client.
+    async fn finished(&self, entry: &PendingEntry, state: State, error: Option<String>) {
+        if let Some(delivery) = &self.delivery
+            && let Err(e) = delivery
+                .outbox
+                .finish(&entry.id, state, entry.attempts + 1, error.clone())
+                .await
+        {
+            // Left pending: sent once more (at least once, same id).
+            tracing::error!(id = %entry.id, error = %e, "cannot record the delivery in the outbox");
+        }
+        let waiter = self
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&entry.id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(match state {
+                State::Dead => Err(error.unwrap_or_else(|| "refused by the ingest API".into())),
+                _ => Ok(()),
+            });
+        }
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.metrics
+            .notifications_pending
+            .set(i64::try_from(self.pending.load(Ordering::Acquire)).unwrap_or(i64::MAX));
         self.idle.notify_waiters();
     }
-}
 
-async fn deliver_all(
-    inner: Arc<Inner>,
-    sender: http::Sender,
-    mut rx: mpsc::UnboundedReceiver<PendingEntry>,
-) {
-    let sender = Arc::new(sender);
-    let slots = Arc::new(Semaphore::new(DELIVERY_CONCURRENCY));
-    let Some(outbox) = inner.outbox.clone() else {
-        return;
-    };
-    // What an earlier run left pending (stopped, crashed, or the API was down) goes first.
-    let left = match outbox.pending().await {
-        Ok(left) => left,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read pending completions from the outbox");
-            Vec::new()
-        }
-    };
-    if !left.is_empty() {
-        tracing::info!(
-            count = left.len(),
-            "re-sending completions left pending by an earlier run"
-        );
-    }
-    inner.pending.fetch_add(left.len(), Ordering::AcqRel);
-    inner
-        .metrics
-        .notifications_pending
-        .add(i64::try_from(left.len()).unwrap_or(i64::MAX));
-    let mut left = left.into_iter();
-    loop {
-        let entry = match left.next() {
-            Some(entry) => entry,
-            None => tokio::select! {
-                entry = rx.recv() => match entry {
-                    Some(entry) => entry,
-                    None => break,
-                },
-                () = inner.stop.cancelled() => break,
-            },
+    /// Re-reads the pending count and the oldest pending entry's age from the outbox (an
+    /// operator's `outbox retry` may have changed them).
+    async fn refresh_gauges(&self) {
+        let Some(delivery) = &self.delivery else {
+            return;
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let inner = inner.clone();
-        let sender = sender.clone();
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            let delivery = sender.deliver(&entry, &inner.metrics);
-            let (state, attempts, error) = tokio::select! {
-                ended = delivery => ended,
-                () = inner.stop.cancelled() => return, // still pending in the outbox
-            };
-            if let Err(e) = outbox.finish(&entry.id, state, attempts, error).await {
-                // Left pending: sent once more after a restart (at least once, same id).
-                tracing::error!(id = %entry.id, error = %e, "cannot record the delivery in the outbox");
+        match delivery.outbox.pending_summary().await {
+            Ok((count, oldest)) => {
+                self.pending.store(count, Ordering::Release);
+                self.metrics
+                    .notifications_pending
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+                self.metrics.notification_oldest_pending_seconds.set(age);
+                if count == 0 {
+                    self.idle.notify_waiters();
+                }
             }
-            inner.finished_one();
-            drop(slot);
-        });
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        }
     }
 }

@@ -247,6 +247,7 @@ impl SftpFiles {
             .shared
             .pipeline
             .begin(request)
+            .await
             .map_err(|e| upload_reply(&e))?;
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(drive(upload, receiver));

@@ -285,6 +285,26 @@ impl Storage {
         Ok(self.call("GetObject", request.send()).await?.body)
     }
 
+    /// A presigned GET URL for `key`, valid for `ttl` (signed locally; no request is made).
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
+        let fail = |message: String| StorageError {
+            operation: "PresignGetObject",
+            not_found: false,
+            message,
+        };
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+            .map_err(|e| fail(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| fail(DisplayErrorContext(&e).to_string()))?;
+        Ok(request.uri().to_string())
+    }
+
     /// DeleteObject.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.call(

@@ -23,7 +23,9 @@ pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 use crate::auth::{User, VirtualPath};
 use crate::config::{Permission, StorageConfig, format_size};
 use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
-use crate::notify::{CompletedUpload, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id};
+use crate::notify::{
+    CompletedUpload, CreateError, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id,
+};
 use crate::storage::{Storage, StorageError};
 use aws_sdk_s3::types::CompletedPart;
 use buffers::BufferPool;
@@ -65,6 +67,10 @@ pub enum UploadError {
     /// The completion could not be queued.
     #[error("{0}")]
     Notify(#[from] NotifyError),
+    /// The ingest API refused the upload (`create` step, or `complete` in sync mode); the
+    /// client hears the API's message.
+    #[error("{0}")]
+    Refused(String),
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -79,7 +85,8 @@ impl UploadError {
         match self {
             UploadError::PermissionDenied
             | UploadError::IsDirectory
-            | UploadError::TooLarge { .. } => UploadOutcome::Rejected,
+            | UploadError::TooLarge { .. }
+            | UploadError::Refused(_) => UploadOutcome::Rejected,
             UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
                 UploadOutcome::Aborted
             }
@@ -173,8 +180,9 @@ impl Pipeline {
         self.inner.active.load(Ordering::Acquire)
     }
 
-    /// Starts an upload after checking the user's permission.
-    pub fn begin(&self, req: UploadRequest) -> Result<Upload, UploadError> {
+    /// Starts an upload after checking the user's permission and, with a connector that
+    /// has a `create` step, asking the API (which may choose the object's key).
+    pub async fn begin(&self, req: UploadRequest) -> Result<Upload, UploadError> {
         let protocol = req.protocol;
         let refuse = |e: UploadError| {
             self.inner
@@ -194,8 +202,32 @@ impl Pipeline {
         if self.inner.stop.is_cancelled() {
             return refuse(UploadError::ShuttingDown);
         }
+        let id = new_event_id();
+        let mut key = req.user.key_of(&req.path);
+        let mut fields = serde_json::Map::new();
+        if self.inner.notifier.has_create() {
+            let ctx = self.create_context(&req, &id, &key);
+            match self.inner.notifier.create(ctx).await {
+                Ok(created) => {
+                    fields = created.fields;
+                    if let Some(path) = created.path {
+                        match VirtualPath::parse(&path) {
+                            Ok(p) if !p.is_root() => key = req.user.key_of(&p),
+                            _ => {
+                                return refuse(UploadError::Refused(format!(
+                                    "the ingest API chose an unusable path {path:?}"
+                                )));
+                            }
+                        }
+                    }
+                }
+                Err(CreateError::Refused(message)) => return refuse(UploadError::Refused(message)),
+                Err(e @ CreateError::Unavailable(_)) => {
+                    return refuse(UploadError::Notify(NotifyError::Client(e.to_string())));
+                }
+            }
+        }
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        let key = req.user.key_of(&req.path);
         tracing::debug!(user = %req.user.name, path = %req.path, key = %key, "upload started");
         Ok(Upload {
             _active_gauge: GaugeGuard::new(
@@ -205,6 +237,8 @@ impl Pipeline {
                     .with_label_values(&[protocol.as_str()]),
             ),
             pipeline: self.inner.clone(),
+            id,
+            fields,
             key,
             req,
             started_at: SystemTime::now(),
@@ -216,6 +250,30 @@ impl Pipeline {
             content_type: None,
             open: true,
         })
+    }
+
+    /// What `create` templates see: everything known before the first byte.
+    fn create_context(
+        &self,
+        req: &UploadRequest,
+        id: &str,
+        key: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("event".into(), Value::from("upload.started"));
+        ctx.insert("id".into(), Value::from(id));
+        ctx.insert("protocol".into(), Value::from(req.protocol.as_str()));
+        ctx.insert("username".into(), Value::from(req.user.name.as_str()));
+        ctx.insert(
+            "remote_addr".into(),
+            Value::from(req.remote_addr.to_string()),
+        );
+        ctx.insert("path".into(), Value::from(req.path.to_string()));
+        ctx.insert("bucket".into(), Value::from(self.inner.storage.bucket()));
+        ctx.insert("key".into(), Value::from(key));
+        ctx.insert("metadata".into(), Value::Object(req.user.metadata.clone()));
+        ctx
     }
 
     /// Waits up to `grace` for running uploads to finish, then stops the rest (they abort)
@@ -272,6 +330,10 @@ struct Multipart {
 pub struct Upload {
     pipeline: Arc<Inner>,
     req: UploadRequest,
+    /// The completion id, fixed at the start so `create` can use it.
+    id: String,
+    /// Fields the `create` step extracted, for the later steps.
+    fields: serde_json::Map<String, serde_json::Value>,
     key: String,
     started_at: SystemTime,
     started: Instant,
@@ -581,7 +643,7 @@ impl Upload {
         let hasher = std::mem::take(&mut self.hasher);
         let completion = CompletedUpload {
             event: UPLOAD_COMPLETED,
-            id: new_event_id(),
+            id: self.id.clone(),
             protocol: self.req.protocol,
             username: self.req.user.name.clone(),
             remote_addr: self.req.remote_addr.to_string(),
@@ -596,13 +658,22 @@ impl Upload {
             completed_at: SystemTime::now(),
             metadata: self.req.user.metadata.clone(),
         };
-        if let Err(e) = self.pipeline.notifier.enqueue(completion.clone()).await {
-            // The object is whole but its completion cannot be queued: take it back so the
-            // client's retry starts from a clean slate.
+        let fields = std::mem::take(&mut self.fields);
+        if let Err(e) = self
+            .pipeline
+            .notifier
+            .enqueue(completion.clone(), fields)
+            .await
+        {
+            // The object is whole but its completion cannot be queued (or, in sync mode,
+            // the API refused it): take it back so nothing is left half-published.
             if let Err(del) = storage.delete(&self.key).await {
                 tracing::error!(key = %self.key, error = %del, "cannot remove object whose completion could not be queued");
             }
-            return Err(e.into());
+            return Err(match e {
+                NotifyError::Refused(message) => UploadError::Refused(message),
+                other => other.into(),
+            });
         }
         Ok(completion)
     }

@@ -33,10 +33,39 @@ pub fn password_hash() -> &'static str {
 /// One request the stand-in API received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
     /// Lower-cased header names and values.
     pub headers: Vec<(String, String)>,
-    /// The JSON body.
+    /// The JSON body (Null when not JSON).
     pub body: serde_json::Value,
+    /// The body as received.
+    pub raw: Bytes,
+}
+
+/// A scripted answer of the stand-in API.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
 }
 
 impl Received {
@@ -53,30 +82,52 @@ impl Received {
 #[derive(Clone)]
 pub struct FakeApi {
     pub url: String,
+    /// `http://host:port` without a path.
+    pub base: String,
     pub received: Arc<Mutex<Vec<Received>>>,
     /// Statuses to answer with, in order; 200 once empty.
     pub script: Arc<Mutex<VecDeque<u16>>>,
+    /// Full answers, used before `script`.
+    pub replies: Arc<Mutex<VecDeque<Reply>>>,
+    /// Answers chosen by the request (method, path): checked first.
+    pub route: Arc<Mutex<Option<RouteFn>>>,
+    /// Each answer waits this long (a slow API).
+    pub delay: Arc<Mutex<Duration>>,
+    /// Requests being answered now, and the most ever at once.
+    pub concurrent: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Picks an answer from a request.
+pub type RouteFn = Arc<dyn Fn(&Received) -> Option<Reply> + Send + Sync>;
 
 impl FakeApi {
     pub async fn start() -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
-        let url = format!(
-            "http://{}/upload-complete",
-            listener.local_addr().expect("addr")
-        );
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let script: Arc<Mutex<VecDeque<u16>>> = Arc::default();
-        let (r, s) = (received.clone(), script.clone());
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let api = FakeApi {
+            url: format!("{base}/upload-complete"),
+            base,
+            received: Arc::default(),
+            script: Arc::default(),
+            replies: Arc::default(),
+            route: Arc::default(),
+            delay: Arc::default(),
+            concurrent: Arc::default(),
+            max_concurrent: Arc::default(),
+        };
+        let shared = api.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                let (r, s) = (r.clone(), s.clone());
+                let api = shared.clone();
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (r, s) = (r.clone(), s.clone());
+                    let api = api.clone();
                     async move {
+                        let now = api.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+                        api.max_concurrent.fetch_max(now, Ordering::SeqCst);
                         let headers = req
                             .headers()
                             .iter()
@@ -84,17 +135,46 @@ impl FakeApi {
                                 (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())
                             })
                             .collect();
-                        let body = req
+                        let method = req.method().to_string();
+                        let uri = req.uri().to_string();
+                        let raw = req
                             .into_body()
                             .collect()
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                        r.lock().unwrap().push(Received { headers, body });
-                        let status = s.lock().unwrap().pop_front().unwrap_or(200);
-                        let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+                        let received = Received {
+                            method,
+                            uri,
+                            headers,
+                            body,
+                            raw,
+                        };
+                        let delay = *api.delay.lock().unwrap();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let routed = api
+                            .route
+                            .lock()
+                            .unwrap()
+                            .clone()
+                            .and_then(|route| route(&received));
+                        api.received.lock().unwrap().push(received);
+                        let reply = routed
+                            .or_else(|| api.replies.lock().unwrap().pop_front())
+                            .unwrap_or_else(|| {
+                                let status = api.script.lock().unwrap().pop_front().unwrap_or(200);
+                                Reply::new(status, "{}")
+                            });
+                        let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
+                        for (name, value) in reply.headers {
+                            resp.headers_mut()
+                                .insert(name, value.parse().expect("header value"));
+                        }
+                        api.concurrent.fetch_sub(1, Ordering::SeqCst);
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
@@ -105,11 +185,12 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi {
-            url,
-            received,
-            script,
-        }
+        api
+    }
+
+    /// Answers by request from now on.
+    pub fn route(&self, f: impl Fn(&Received) -> Option<Reply> + Send + Sync + 'static) {
+        *self.route.lock().unwrap() = Some(Arc::new(f));
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -148,6 +229,10 @@ pub struct Options {
     pub extra_storage: &'static str,
     pub data_timeout: &'static str,
     pub shutdown_timeout: &'static str,
+    /// Replaces the whole `[notify]` section.
+    pub notify_section: Option<String>,
+    /// Appended to alice's `[[users]]` entry (e.g. a `[users.notify]` table).
+    pub alice_extra: String,
 }
 
 impl Default for Options {
@@ -160,6 +245,8 @@ impl Default for Options {
             extra_storage: "",
             data_timeout: "10s",
             shutdown_timeout: "10s",
+            notify_section: None,
+            alice_extra: String::new(),
         }
     }
 }
@@ -174,12 +261,19 @@ pub struct Harness {
     /// A separate client for reading back what landed.
     pub s3: Storage,
     pub config: Config,
+    /// The config as a file, for the command line.
+    pub config_path: PathBuf,
 }
 
 pub fn config_text(dir: &Path, store: &EmbeddedStore, opts: &Options) -> String {
     let (first, last) = passive_range();
     let hash = password_hash();
     let url = opts.notify_url.clone().unwrap_or_default();
+    let notify = opts.notify_section.clone().unwrap_or_else(|| {
+        format!(
+            "[notify]\nurl = \"{url}\"\ntimeout = \"5s\"\nmax_backoff = \"2s\"\nheaders = {{ \"X-Api-Key\" = \"k-123\" }}\n"
+        )
+    });
     format!(
         r#"
 [server]
@@ -203,11 +297,7 @@ part_size = "{part}"
 memory_limit = "{memory}"
 upload_concurrency = {concurrency}
 {extra}
-[notify]
-url = "{url}"
-timeout = "5s"
-max_backoff = "2s"
-headers = {{ "X-Api-Key" = "k-123" }}
+{notify}
 [metrics]
 listen = "127.0.0.1:0"
 
@@ -218,6 +308,7 @@ home = "alice/"
 public_keys = ["{alice_key}"]
 permissions = ["upload", "list", "download", "delete", "rename", "mkdir"]
 metadata = {{ channel_id = "ch-42" }}
+{alice_extra}
 
 [[users]]
 username = "bob"
@@ -246,6 +337,8 @@ permissions = ["list", "download"]
         memory = opts.memory_limit,
         concurrency = opts.concurrency,
         extra = opts.extra_storage,
+        notify = notify,
+        alice_extra = opts.alice_extra,
     )
 }
 
@@ -269,7 +362,9 @@ impl Harness {
             .await
             .expect("store");
         let text = config_text(dir.path(), &store, &opts);
-        let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
+        let config_path = dir.path().join("ingest-bridge.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::parse(&text, &config_path).expect("test config is valid");
         let bridge = Bridge::start(config.clone()).await.expect("bridge starts");
         let ftp = bridge.ftp_addr.expect("ftp enabled");
         let sftp = bridge.sftp_addr.expect("sftp enabled");
@@ -282,6 +377,7 @@ impl Harness {
             sftp,
             s3,
             config,
+            config_path,
         }
     }
 

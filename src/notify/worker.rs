@@ -1,0 +1,222 @@
+//! The delivery worker: picks due entries from the outbox (never more than
+//! `notify.concurrency` at once), runs their remaining steps, and writes the outcome back —
+//! the next step, a retry time, delivered, or dead. The schedule lives in the database, so
+//! a restart resumes it and `outbox retry` from another process is seen within a second.
+
+use super::Inner;
+use super::connector::{StepOutcome, StoredObject};
+use super::http::backoff;
+use super::outbox::{PendingEntry, State, now_ms};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Longest sleep between two looks at the outbox (other processes may change it).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Runs until the notifier stops.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let Some(delivery) = inner.delivery.as_ref() else {
+        return;
+    };
+    let slots = Arc::new(Semaphore::new(delivery.concurrency));
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut gauges_at = Instant::now() - POLL;
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        if gauges_at.elapsed() >= POLL {
+            inner.refresh_gauges().await;
+            gauges_at = Instant::now();
+        }
+        let free = slots.available_permits();
+        let mut started = 0;
+        if free > 0 {
+            let busy = in_flight.lock().map(|s| s.len()).unwrap_or(0);
+            let due = match delivery.outbox.due(now_ms(), busy + free).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read due completions from the outbox");
+                    tokio::select! {
+                        () = tokio::time::sleep(POLL) => continue,
+                        () = inner.stop.cancelled() => return,
+                    }
+                }
+            };
+            for entry in due {
+                let Ok(mut running) = in_flight.lock() else {
+                    return;
+                };
+                if running.contains(&entry.id) {
+                    continue;
+                }
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                running.insert(entry.id.clone());
+                drop(running);
+                started += 1;
+                let (inner, in_flight) = (inner.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let id = entry.id.clone();
+                    tokio::select! {
+                        () = deliver(&inner, entry) => {}
+                        // Still pending in the outbox: the next run resumes it.
+                        () = inner.stop.cancelled() => {}
+                    }
+                    if let Ok(mut running) = in_flight.lock() {
+                        running.remove(&id);
+                    }
+                    drop(slot);
+                    inner.wake.notify_one();
+                });
+            }
+        }
+        if started > 0 {
+            continue;
+        }
+        let wait = match delivery.outbox.next_due().await {
+            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+            _ => POLL,
+        }
+        .clamp(Duration::from_millis(5), POLL);
+        tokio::select! {
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = inner.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs an entry's remaining steps; records where it got to.
+async fn deliver(inner: &Inner, entry: PendingEntry) {
+    let Some(delivery) = inner.delivery.as_ref() else {
+        return;
+    };
+    let mut entry = match delivery.outbox.claim(&entry.id, now_ms()).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return, // delivered, rescheduled or retried meanwhile
+        Err(e) => {
+            tracing::error!(id = %entry.id, error = %e, "cannot read the outbox");
+            return;
+        }
+    };
+    let connector = &delivery.connector;
+    let completion: serde_json::Map<String, serde_json::Value> =
+        match serde_json::from_slice(&entry.body) {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!("the stored completion is not JSON: {e}");
+                inner.finished(&entry, State::Dead, Some(message)).await;
+                return;
+            }
+        };
+    let size = completion.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
+    let content_type = completion
+        .get("content_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let object = StoredObject {
+        key: &entry.key,
+        size,
+        content_type: &content_type,
+    };
+    let mut duplicate = false;
+    while entry.step < connector.step_count() {
+        let step_name = connector.step_name(entry.step).to_string();
+        let started = Instant::now();
+        let outcome = match connector.context(&completion, &entry.fields).await {
+            Ok(ctx) => {
+                connector
+                    .run_step(entry.step, &ctx, &entry.id, &entry.body, &object)
+                    .await
+            }
+            Err(e) => StepOutcome::Retry {
+                after: None,
+                error: format!("cannot presign the object URL: {e}"),
+            },
+        };
+        inner
+            .metrics
+            .notification_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            StepOutcome::Done {
+                duplicate: dup,
+                fields,
+            } => {
+                duplicate = dup;
+                entry.fields.extend(fields);
+                entry.step += 1;
+                entry.attempts = 0;
+                if entry.step < connector.step_count() {
+                    tracing::info!(id = %entry.id, step = %step_name, "connector step done");
+                    if let Err(e) = delivery
+                        .outbox
+                        .advance(&entry.id, entry.step, &entry.fields)
+                        .await
+                    {
+                        tracing::error!(id = %entry.id, error = %e, "cannot record a finished step; it may run again");
+                    }
+                }
+            }
+            StepOutcome::Retry { after, error } => {
+                inner
+                    .metrics
+                    .notifications_total
+                    .with_label_values(&["retried"])
+                    .inc();
+                entry.attempts = entry.attempts.saturating_add(1);
+                let age =
+                    Duration::from_millis(u64::try_from(now_ms() - entry.since_ms).unwrap_or(0));
+                if age >= delivery.max_age {
+                    let message = format!(
+                        "gave up after {} (notify.max_age): {error}",
+                        humantime::format_duration(Duration::from_secs(age.as_secs()))
+                    );
+                    tracing::error!(id = %entry.id, key = %entry.key, step = %step_name, "{message}");
+                    inner
+                        .metrics
+                        .notifications_total
+                        .with_label_values(&["failed"])
+                        .inc();
+                    inner.finished(&entry, State::Dead, Some(message)).await;
+                    return;
+                }
+                let wait = backoff(entry.attempts - 1, after, delivery.max_backoff);
+                tracing::warn!(id = %entry.id, step = %step_name, error = %error, retry_in = ?wait, "completion call failed; retrying");
+                let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                if let Err(e) = delivery
+                    .outbox
+                    .reschedule(&entry.id, entry.attempts, at, error)
+                    .await
+                {
+                    tracing::error!(id = %entry.id, error = %e, "cannot schedule the retry");
+                }
+                return;
+            }
+            StepOutcome::Refused { message } => {
+                inner
+                    .metrics
+                    .notifications_total
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(id = %entry.id, key = %entry.key, step = %step_name, error = %message,
+                    "the ingest API refused the completion; dead letter kept in the outbox");
+                inner.finished(&entry, State::Dead, Some(message)).await;
+                return;
+            }
+        }
+    }
+    let outcome = if duplicate { "duplicate" } else { "delivered" };
+    inner
+        .metrics
+        .notifications_total
+        .with_label_values(&[outcome])
+        .inc();
+    tracing::info!(id = %entry.id, key = %entry.key, outcome, "completion delivered");
+    inner.finished(&entry, State::Delivered, None).await;
+}
