@@ -9,6 +9,7 @@ use crate::config::{
     NotifyConfig, RuleOutcome, StepBody, StepConfig, UserConfig, UserNotifyConfig,
 };
 use crate::storage::Storage;
+use base64::Engine;
 use minijinja::Environment;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -114,6 +115,10 @@ impl Connector {
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // HTTP Basic credentials (Mux) are base64 of "id:secret".
+        env.add_filter("b64encode", |value: String| {
+            base64::engine::general_purpose::STANDARD.encode(value)
+        });
         let mut add = |name: String, source: &str| {
             env.add_template_owned(name.clone(), source.to_string())
                 .map_err(|e| format!("{name}: {e}"))
