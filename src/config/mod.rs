@@ -1101,4 +1101,66 @@ home = "../etc"
             "{text}"
         );
     }
+
+    #[test]
+    fn connector_mistakes_are_config_errors_with_their_keys() {
+        let err = parse(
+            r#"
+[notify]
+mode = "eventually"
+concurrency = 0
+presign_ttl = "30d"
+[notify.create]
+url = "https://api.example.com/{{ unclosed"
+object = true
+[[notify.steps]]
+method = "FETCH ME"
+url = "https://api.example.com/x"
+json = "{}"
+form = { a = "b" }
+[[notify.steps]]
+url = "https://api.example.com/y"
+key = "nope"
+rules = [ { status = "2x9", outcome = "delivered" }, { body = "(", outcome = "retry" }, { outcome = "maybe" } ]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "notify.mode",
+            "notify.concurrency",
+            "notify.presign_ttl",
+            "notify.create.url",
+            "notify.create (",
+            "notify.steps[0].method",
+            "notify.steps[0] (",
+            "notify.steps[1].key",
+            "notify.steps[1].rules[0].status",
+            "notify.steps[1].rules[1].body",
+            "notify.steps[1].rules[2].outcome",
+        ] {
+            assert!(text_has(&err, key), "{key} missing in:\n{err}");
+        }
+    }
+
+    fn text_has(text: &str, key: &str) -> bool {
+        let key = key.trim_end_matches(" (");
+        text.lines().any(|l| {
+            l.trim_start_matches("  - ")
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with(':'))
+        })
+    }
+
+    #[test]
+    fn a_connector_without_url_is_enabled_by_its_steps() {
+        let c = parse("[notify]\n[[notify.steps]]\nurl = \"https://a.example/{{ id }}\"\n")
+            .expect("valid");
+        assert!(c.notify.enabled());
+        assert_eq!(c.notify.steps[0].name, "complete");
+        assert!(matches!(c.notify.steps[0].body, StepBody::Completion));
+        assert_eq!(c.notify.concurrency, 8);
+        assert_eq!(c.notify.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(c.notify.mode, DeliveryMode::Async);
+    }
 }

@@ -7,13 +7,16 @@ use super::Inner;
 use super::connector::{StepOutcome, StoredObject};
 use super::http::backoff;
 use super::outbox::{PendingEntry, State, now_ms};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Longest sleep between two looks at the outbox (other processes may change it).
 const POLL: Duration = Duration::from_secs(1);
+
+/// Due entries read from the outbox at once; each is re-checked when its delivery starts.
+const PREFETCH: usize = 256;
 
 /// Runs until the notifier stops.
 pub(super) async fn run(inner: Arc<Inner>) {
@@ -22,6 +25,8 @@ pub(super) async fn run(inner: Arc<Inner>) {
     };
     let slots = Arc::new(Semaphore::new(delivery.concurrency));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut queue: VecDeque<PendingEntry> = VecDeque::new();
+    let mut queued_at = Instant::now();
     let mut gauges_at = Instant::now() - POLL;
     loop {
         if inner.stop.is_cancelled() {
@@ -31,12 +36,13 @@ pub(super) async fn run(inner: Arc<Inner>) {
             inner.refresh_gauges().await;
             gauges_at = Instant::now();
         }
-        let free = slots.available_permits();
-        let mut started = 0;
-        if free > 0 {
-            let busy = in_flight.lock().map(|s| s.len()).unwrap_or(0);
-            let due = match delivery.outbox.due(now_ms(), busy + free).await {
-                Ok(due) => due,
+        // Refill when empty, or when stale so that new and retried entries are not starved.
+        if slots.available_permits() > 0 && (queue.is_empty() || queued_at.elapsed() >= POLL) {
+            match delivery.outbox.due(now_ms(), PREFETCH).await {
+                Ok(due) => {
+                    queue = due.into();
+                    queued_at = Instant::now();
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read due completions from the outbox");
                     tokio::select! {
@@ -44,44 +50,56 @@ pub(super) async fn run(inner: Arc<Inner>) {
                         () = inner.stop.cancelled() => return,
                     }
                 }
-            };
-            for entry in due {
-                let Ok(mut running) = in_flight.lock() else {
-                    return;
-                };
-                if running.contains(&entry.id) {
-                    continue;
-                }
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                running.insert(entry.id.clone());
-                drop(running);
-                started += 1;
-                let (inner, in_flight) = (inner.clone(), in_flight.clone());
-                tokio::spawn(async move {
-                    let id = entry.id.clone();
-                    tokio::select! {
-                        () = deliver(&inner, entry) => {}
-                        // Still pending in the outbox: the next run resumes it.
-                        () = inner.stop.cancelled() => {}
-                    }
-                    if let Ok(mut running) = in_flight.lock() {
-                        running.remove(&id);
-                    }
-                    drop(slot);
-                    inner.wake.notify_one();
-                });
             }
         }
-        if started > 0 {
-            continue;
+        let mut started = 0;
+        while slots.available_permits() > 0 {
+            let Some(entry) = queue.pop_front() else {
+                break;
+            };
+            let Ok(mut running) = in_flight.lock() else {
+                return;
+            };
+            if running.contains(&entry.id) {
+                continue;
+            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                queue.push_front(entry);
+                break;
+            };
+            running.insert(entry.id.clone());
+            drop(running);
+            started += 1;
+            let (inner, in_flight) = (inner.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let id = entry.id.clone();
+                tokio::select! {
+                    () = deliver(&inner, entry) => {}
+                    // Still pending in the outbox: the next run resumes it.
+                    () = inner.stop.cancelled() => {}
+                }
+                if let Ok(mut running) = in_flight.lock() {
+                    running.remove(&id);
+                }
+                drop(slot);
+                inner.wake.notify_one();
+            });
         }
-        let wait = match delivery.outbox.next_due().await {
-            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
-            _ => POLL,
+        if started > 0 && queue.is_empty() {
+            continue; // slots left: look for more at once
         }
-        .clamp(Duration::from_millis(5), POLL);
+        // Wait for a free slot, a new entry, or the next due time. Entries in flight are
+        // due too, so with deliveries running only a wake or the poll interval helps.
+        let busy = in_flight.lock().map(|s| !s.is_empty()).unwrap_or(false);
+        let wait = if busy || slots.available_permits() == 0 {
+            POLL
+        } else {
+            match delivery.outbox.next_due().await {
+                Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+                _ => POLL,
+            }
+            .clamp(Duration::from_millis(5), POLL)
+        };
         tokio::select! {
             () = inner.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}

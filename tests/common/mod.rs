@@ -96,6 +96,8 @@ pub struct FakeApi {
     /// Requests being answered now, and the most ever at once.
     pub concurrent: Arc<std::sync::atomic::AtomicUsize>,
     pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
+    /// Nanoseconds spent answering, all requests together (the API's own latency).
+    pub busy_nanos: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Picks an answer from a request.
@@ -115,6 +117,7 @@ impl FakeApi {
             delay: Arc::default(),
             concurrent: Arc::default(),
             max_concurrent: Arc::default(),
+            busy_nanos: Arc::default(),
         };
         let shared = api.clone();
         tokio::spawn(async move {
@@ -126,6 +129,7 @@ impl FakeApi {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let api = api.clone();
                     async move {
+                        let began = std::time::Instant::now();
                         let now = api.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
                         api.max_concurrent.fetch_max(now, Ordering::SeqCst);
                         let headers = req
@@ -175,6 +179,8 @@ impl FakeApi {
                                 .insert(name, value.parse().expect("header value"));
                         }
                         api.concurrent.fetch_sub(1, Ordering::SeqCst);
+                        api.busy_nanos
+                            .fetch_add(began.elapsed().as_nanos() as u64, Ordering::SeqCst);
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
