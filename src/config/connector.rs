@@ -381,10 +381,15 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn user_notify(&mut self, key: &str, raw: RawUserNotify) -> UserNotifyConfig {
+    /// Headers sent as written (after `${ENV}`): checked to be valid HTTP.
+    pub(super) fn literal_headers(
+        &mut self,
+        key: &str,
+        raw: BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
         let mut headers = BTreeMap::new();
-        for (name, value) in raw.headers {
-            let at = format!("{key}.headers.{name}");
+        for (name, value) in raw {
+            let at = format!("{key}.{name}");
             let value = self.env(&at, value, None);
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || reqwest::header::HeaderValue::from_str(&value).is_err()
@@ -393,6 +398,11 @@ impl Validator<'_> {
             }
             headers.insert(name, value);
         }
+        headers
+    }
+
+    pub(super) fn user_notify(&mut self, key: &str, raw: RawUserNotify) -> UserNotifyConfig {
+        let headers = self.literal_headers(&format!("{key}.headers"), raw.headers);
         let vars = raw
             .vars
             .into_iter()

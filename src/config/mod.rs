@@ -696,25 +696,7 @@ impl Validator<'_> {
                 }
             }
         };
-        let headers: BTreeMap<String, String> = raw
-            .headers
-            .into_iter()
-            .map(|(name, value)| {
-                let value = self.env(&format!("notify.headers.{name}"), value, None);
-                (name, value)
-            })
-            .collect();
-        for (name, value) in &headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(value).is_err()
-            {
-                self.problem(
-                    &format!("notify.headers.{name}"),
-                    None,
-                    "not a valid HTTP header name or value",
-                );
-            }
-        }
+        let headers = self.literal_headers("notify.headers", raw.headers);
         let (secret, secret_at) = Self::text(raw.signing_secret, "");
         let secret = self.env("notify.signing_secret", secret, secret_at.as_ref());
         let signing_secret = if secret.is_empty() {

@@ -75,6 +75,18 @@ pub struct StoredObject<'a> {
     pub content_type: &'a str,
 }
 
+/// One step about to run: what its templates and body are made from.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    step: &'a StepConfig,
+    /// Names its templates: "create" or "steps<index>".
+    prefix: &'a str,
+    ctx: &'a Map<String, Value>,
+    idempotency: &'a str,
+    completion_body: &'a [u8],
+    object: Option<&'a StoredObject<'a>>,
+}
+
 /// The configured connector.
 pub struct Connector {
     env: Environment<'static>,
@@ -104,15 +116,7 @@ impl Connector {
             .user_agent(concat!("ingest-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &cfg.headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            }
-        }
+        let headers = header_map(&cfg.headers);
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         // HTTP Basic credentials (Mux) are base64 of "id:secret".
@@ -271,7 +275,14 @@ impl Connector {
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
             }
             let outcome = self
-                .run(step, "create", &ctx, &idempotency, b"", None)
+                .run(Call {
+                    step,
+                    prefix: "create",
+                    ctx: &ctx,
+                    idempotency: &idempotency,
+                    completion_body: b"",
+                    object: None,
+                })
                 .await;
             match outcome {
                 StepOutcome::Done { fields, .. } => {
@@ -313,14 +324,14 @@ impl Connector {
         } else {
             format!("{id}.{}", step.name)
         };
-        self.run(
+        self.run(Call {
             step,
-            &format!("steps{index}"),
+            prefix: &format!("steps{index}"),
             ctx,
-            &idempotency,
+            idempotency: &idempotency,
             completion_body,
-            Some(object),
-        )
+            object: Some(object),
+        })
         .await
     }
 
@@ -371,18 +382,10 @@ impl Connector {
     }
 
     fn user_headers(&self, username: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Some(user) = self.users.get(username) {
-            for (name, value) in &user.headers {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) {
-                    headers.insert(n, v);
-                }
-            }
-        }
-        headers
+        self.users
+            .get(username)
+            .map(|u| header_map(&u.headers))
+            .unwrap_or_default()
     }
 
     fn render(&self, name: &str, ctx: &Map<String, Value>) -> Result<String, String> {
@@ -396,33 +399,22 @@ impl Connector {
     }
 
     /// Renders, sends and classifies one configured step.
-    async fn run(
-        &self,
-        step: &StepConfig,
-        prefix: &str,
-        ctx: &Map<String, Value>,
-        idempotency: &str,
-        completion_body: &[u8],
-        object: Option<&StoredObject<'_>>,
-    ) -> StepOutcome {
-        match self
-            .build(step, prefix, ctx, idempotency, completion_body, object)
-            .await
-        {
-            Ok(request) => self.send(request, step).await,
+    async fn run(&self, call: Call<'_>) -> StepOutcome {
+        match self.build(call).await {
+            Ok(request) => self.send(request, call.step).await,
             Err(outcome) => outcome,
         }
     }
 
-    async fn build(
-        &self,
-        step: &StepConfig,
-        prefix: &str,
-        ctx: &Map<String, Value>,
-        idempotency: &str,
-        completion_body: &[u8],
-        object: Option<&StoredObject<'_>>,
-    ) -> Result<reqwest::RequestBuilder, StepOutcome> {
+    async fn build(&self, call: Call<'_>) -> Result<reqwest::RequestBuilder, StepOutcome> {
+        let Call {
+            step,
+            prefix,
+            ctx,
+            idempotency,
+            completion_body,
+            object,
+        } = call;
         let refused = |message: String| StepOutcome::Refused { message };
         let render = |name: String| self.render(&name, ctx).map_err(refused);
         let url = render(format!("{prefix}.url"))?;
@@ -615,6 +607,19 @@ impl Connector {
             RuleOutcome::Permanent => StepOutcome::Refused { message: message() },
         }
     }
+}
+
+/// Literal headers (validated with the config) as a `HeaderMap`.
+fn header_map(headers: &std::collections::BTreeMap<String, String>) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
