@@ -35,7 +35,7 @@ enum Command {
     /// Inspect and repair the completion outbox (works while `serve` runs).
     Outbox {
         /// Configuration file (the outbox lives in its server.data_dir).
-        #[arg(long, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, global = true, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[command(subcommand)]
         action: OutboxAction,

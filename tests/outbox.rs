@@ -81,6 +81,22 @@ async fn a_refused_completion_is_dead_in_the_outbox() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What an operator sees.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-bridge"))
+        .args(["outbox", "list", "--state", "dead", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .expect("outbox list");
+    assert!(listed.status.success(), "{listed:?}");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+    assert!(
+        row.contains("\tdead\t") && row.contains("alice/refused.bin") && row.contains("HTTP 400"),
+        "{row}"
+    );
 }
 
 /// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
