@@ -255,6 +255,7 @@ impl Bridge {
                         ("listeners", listeners),
                         ("s3", bucket),
                         ("event_log", notifier.check_writable().await),
+                        ("outbox", notifier.check_outbox().await),
                     ]
                 })
             })

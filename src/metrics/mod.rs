@@ -76,6 +76,10 @@ pub struct Metrics {
     pub upload_bytes_total: IntCounterVec,
     /// `upload_duration_seconds{protocol}`
     pub upload_duration_seconds: HistogramVec,
+    /// `upload_size_bytes{protocol}`: sizes of completed uploads.
+    pub upload_size_bytes: HistogramVec,
+    /// `upload_bytes_in_flight{protocol}`: received from clients, not yet in S3.
+    pub upload_bytes_in_flight: IntGaugeVec,
     /// `s3_requests_total{operation,result}`
     pub s3_requests_total: IntCounterVec,
     /// `s3_request_duration_seconds{operation}`
@@ -159,6 +163,18 @@ impl Metrics {
                 "Time from the first byte of an upload to its completion.",
                 &["protocol"],
                 upload_buckets,
+            ),
+            upload_size_bytes: histogram_vec(
+                "upload_size_bytes",
+                "Sizes of completed uploads.",
+                &["protocol"],
+                // 1 KiB to 1 TiB, ×4 per bucket.
+                (0..=15).map(|k| 1024.0 * 4f64.powi(k)).collect(),
+            ),
+            upload_bytes_in_flight: gauge_vec(
+                "upload_bytes_in_flight",
+                "Bytes received from clients and not yet acknowledged by S3.",
+                &["protocol"],
             ),
             s3_requests_total: counter_vec(
                 "s3_requests_total",

@@ -250,6 +250,14 @@ impl Notifier {
     pub async fn check_writable(&self) -> Result<(), String> {
         self.inner.log.check().await.map_err(|e| e.to_string())
     }
+
+    /// Whether the outbox takes new entries (`Ok` when there is no outbox).
+    pub async fn check_outbox(&self) -> Result<(), String> {
+        match &self.inner.delivery {
+            Some(d) => d.outbox.check_writable().await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Inner {

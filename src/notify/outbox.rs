@@ -381,6 +381,12 @@ impl Outbox {
         .await
     }
 
+    /// Takes the write lock and lets it go: can new entries be committed?
+    pub async fn check_writable(&self) -> Result<(), NotifyError> {
+        self.with(true, |c| c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;"))
+            .await
+    }
+
     /// Deletes delivered entries last updated before `before_ms`. Returns how many.
     pub async fn purge_delivered(&self, before_ms: i64) -> Result<usize, NotifyError> {
         self.with(true, move |c| {

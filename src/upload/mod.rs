@@ -316,6 +316,34 @@ struct Buffer {
     /// The small first buffer, before the upload is known to need parts.
     probe: bool,
     reservation: Reservation,
+    /// Counts `data` in `upload_bytes_in_flight` until S3 has it (or it is dropped).
+    in_flight: InFlight,
+}
+
+/// Bytes counted in `upload_bytes_in_flight` for as long as this lives.
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    bytes: i64,
+}
+
+impl InFlight {
+    fn new(gauge: prometheus::IntGauge, bytes: usize) -> InFlight {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        gauge.add(bytes);
+        InFlight { gauge, bytes }
+    }
+
+    fn add(&mut self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(0);
+        self.bytes += bytes;
+        self.gauge.add(bytes);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
 }
 
 /// An S3 multipart upload in progress.
@@ -375,6 +403,7 @@ impl Upload {
             self.accept(chunk)?;
             if let Some(buffer) = self.buffer.as_mut() {
                 buffer.data.extend_from_slice(chunk);
+                buffer.in_flight.add(chunk.len());
             }
             data = rest;
         }
@@ -412,8 +441,9 @@ impl Upload {
                 size,
                 ..
             } = self;
-            if let Some(buffer) = buffer.as_ref() {
+            if let Some(buffer) = buffer.as_mut() {
                 hasher.update(&buffer.data[before..before + n]);
+                buffer.in_flight.add(n);
             }
             *size += n as u64;
             self.check_size()?;
@@ -423,6 +453,13 @@ impl Upload {
                 .with_label_values(&[self.req.protocol.as_str()])
                 .inc_by(n as u64);
         }
+    }
+
+    fn in_flight_gauge(&self) -> prometheus::IntGauge {
+        self.pipeline
+            .metrics
+            .upload_bytes_in_flight
+            .with_label_values(&[self.req.protocol.as_str()])
     }
 
     /// Counts and hashes bytes about to enter the buffer.
@@ -458,12 +495,15 @@ impl Upload {
                     let capacity = reservation.bytes().min(first) as usize;
                     let mut data = self.pipeline.buffers.take(capacity);
                     data.extend_from_slice(&b.data);
-                    // The probe's reservation is returned as the old buffer drops.
+                    // The probe's reservation (and its in-flight count, taken over by the
+                    // new buffer) is returned as the old buffer drops.
+                    let in_flight = InFlight::new(self.in_flight_gauge(), b.data.len());
                     self.buffer = Some(Buffer {
                         data,
                         capacity,
                         probe: false,
                         reservation,
+                        in_flight,
                     });
                 }
                 Some(_) => self.send_part().await?,
@@ -499,6 +539,7 @@ impl Upload {
                         capacity,
                         probe,
                         reservation,
+                        in_flight: InFlight::new(self.in_flight_gauge(), 0),
                     });
                 }
             }
@@ -552,7 +593,10 @@ impl Upload {
         let key = self.key.clone();
         let upload_id = mp.upload_id.clone();
         let Buffer {
-            data, reservation, ..
+            data,
+            reservation,
+            in_flight,
+            ..
         } = buffer;
         mp.in_flight.spawn(async move {
             let body = data.freeze();
@@ -567,6 +611,7 @@ impl Upload {
             }
             // The budget is returned only once S3 has the part (or the part failed).
             drop(reservation);
+            drop(in_flight);
             result
         });
         Ok(())
@@ -585,6 +630,9 @@ impl Upload {
                 m.upload_duration_seconds
                     .with_label_values(&[protocol])
                     .observe(self.started.elapsed().as_secs_f64());
+                m.upload_size_bytes
+                    .with_label_values(&[protocol])
+                    .observe(completion.size as f64);
                 tracing::info!(
                     user = %completion.username, protocol, path = %completion.path, key = %completion.key,
                     size = completion.size, sha256 = %completion.sha256, id = %completion.id,
@@ -605,7 +653,10 @@ impl Upload {
         }
         let storage = self.pipeline.storage.clone();
         let (etag, content_type) = if self.multipart.is_none() {
-            let body = self.buffer.take().map(|b| (b.data.freeze(), b.reservation));
+            let body = self
+                .buffer
+                .take()
+                .map(|b| (b.data.freeze(), (b.reservation, b.in_flight)));
             let (bytes, reservation) = match body {
                 Some((bytes, r)) => (bytes, Some(r)),
                 None => (bytes::Bytes::new(), None),

@@ -1,0 +1,278 @@
+//! What an operator watches: metric values after real traffic, and `/readyz` following the
+//! S3 store down and back up.
+
+mod common;
+
+use common::{FakeApi, Harness, Options, data, metric};
+use ingest_bridge::storage::embedded::EmbeddedStore;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One GET: status code and body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_uploads_sizes_failures_logins_and_deliveries() {
+    let api = FakeApi::start().await;
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    h.upload("alice", "small.bin", &data(2000, 1)).await;
+    h.upload("alice", "large.bin", &data(6 * 1024 * 1024, 2))
+        .await;
+    // A refused login, and an upload refused for lack of permission.
+    let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(h.ftp)
+        .await
+        .expect("connect");
+    assert!(ftp.login("alice", "wrong").await.is_err());
+    let mut reader = h.login("reader").await;
+    let mut bytes = std::io::Cursor::new(b"no".to_vec());
+    assert!(reader.put_file("nope.bin", &mut bytes).await.is_err());
+    api.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, text) = get(h.bridge().metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    let ftp_completed = [("protocol", "ftp"), ("outcome", "completed")];
+    assert_eq!(m("ingest_bridge_uploads_total", &ftp_completed), 2.0);
+    assert_eq!(
+        m(
+            "ingest_bridge_uploads_total",
+            &[("protocol", "ftp"), ("outcome", "rejected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m("ingest_bridge_upload_bytes_total", &[("protocol", "ftp")]),
+        (2000 + 6 * 1024 * 1024) as f64
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_size_bytes_count",
+            &[("protocol", "ftp")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_size_bytes_sum",
+            &[("protocol", "ftp")]
+        ),
+        (2000 + 6 * 1024 * 1024) as f64
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_size_bytes_bucket",
+            &[("protocol", "ftp"), ("le", "4096")]
+        ),
+        1.0,
+        "2,000 bytes in the 4 KiB bucket"
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_size_bytes_bucket",
+            &[("protocol", "ftp"), ("le", "1099511627776")]
+        ),
+        2.0,
+        "the last bucket is 1 TiB"
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_duration_seconds_count",
+            &[("protocol", "ftp")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_upload_bytes_in_flight",
+            &[("protocol", "ftp")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m("ingest_bridge_uploads_active", &[("protocol", "ftp")]),
+        0.0
+    );
+    assert_eq!(m("ingest_bridge_buffer_bytes_in_use", &[]), 0.0);
+    assert_eq!(
+        m(
+            "ingest_bridge_logins_total",
+            &[("protocol", "ftp"), ("result", "failure")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_logins_total",
+            &[("protocol", "ftp"), ("result", "success")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_notifications_total",
+            &[("outcome", "delivered")]
+        ),
+        2.0
+    );
+    assert_eq!(m("ingest_bridge_notifications_pending", &[]), 0.0);
+    assert_eq!(
+        m("ingest_bridge_notification_duration_seconds_count", &[]),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_s3_requests_total",
+            &[("operation", "PutObject"), ("result", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_s3_requests_total",
+            &[
+                ("operation", "CompleteMultipartUpload"),
+                ("result", "success")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "ingest_bridge_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(m("ingest_bridge_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(m("ingest_bridge_process_open_fds", &[]) > 0.0);
+    // Every sample line is `name{labels} value`, and no label carries a user, path or address.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        assert!(
+            !series.contains("alice")
+                && !series.contains("small.bin")
+                && !series.contains("127.0.0.1"),
+            "{line}"
+        );
+    }
+
+    // While an upload runs, its bytes are in flight.
+    let mut ftp = h.login("alice").await;
+    let mut stream = ftp.put_with_stream("slow.bin").await.expect("STOR");
+    stream.write_all(&data(100_000, 3)).await.expect("write");
+    stream.flush().await.expect("flush");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = get(h.bridge().metrics_addr, "/metrics").await;
+        let in_flight = metric(
+            &text,
+            "ingest_bridge_upload_bytes_in_flight",
+            &[("protocol", "ftp")],
+        );
+        if in_flight == 100_000.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight: {in_flight}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.finish().await.expect("226");
+    let (_, text) = get(h.bridge().metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "ingest_bridge_upload_bytes_in_flight",
+            &[("protocol", "ftp")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_follows_the_store_down_and_back() {
+    let api = FakeApi::start().await;
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let addr = h.bridge().metrics_addr;
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("json");
+    for check in ["listeners", "s3", "event_log", "outbox"] {
+        assert_eq!(ready["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    h.store.stop();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let not_ready: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(not_ready["checks"]["s3"]["ok"], false, "{body}");
+    assert!(
+        not_ready["checks"]["s3"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(not_ready["checks"]["outbox"]["ok"], true);
+    assert_eq!(get(addr, "/healthz").await.0, 200, "alive all the same");
+
+    let listen: std::net::SocketAddr = h
+        .store
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let _back = EmbeddedStore::start_on(
+        &h.store_root(),
+        "ingest",
+        listen,
+        (h.store.access_key.clone(), h.store.secret_key.clone()),
+    )
+    .await
+    .expect("store back on the same port");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(addr, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
