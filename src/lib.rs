@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ftp;

@@ -1,7 +1,7 @@
 //! The `ingest-bridge` command line.
 
 use clap::{Parser, Subcommand};
-use ingest_bridge::config::{Config, DEFAULT_CONFIG_PATH};
+use ingest_bridge::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use ingest_bridge::server::Bridge;
 use ingest_bridge::storage::embedded::EmbeddedStore;
 use std::io::Read;
@@ -258,7 +258,7 @@ fn embedded_store(
     bucket: String,
     keys: (String, String),
 ) -> ExitCode {
-    init_logging();
+    init_logging("info", LogFormat::Text);
     block_on(async move {
         let store = match EmbeddedStore::start_on(&root, &bucket, listen, keys).await {
             Ok(s) => s,
@@ -286,16 +286,20 @@ fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr: `RUST_LOG` if set, else `level` (with noisy libraries quietened).
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,libunftp=warn,s3s=off,aws_config=warn,aws_smithy_runtime=warn",
-        )
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},libunftp=warn,s3s=off,aws_config=warn,aws_smithy_runtime=warn"
+        ))
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 fn serve(path: PathBuf) -> ExitCode {
@@ -303,7 +307,7 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    init_logging();
+    init_logging(&config.log.level, config.log.format);
     block_on(async move {
         let bridge = match Bridge::start(config).await {
             Ok(b) => b,

@@ -36,6 +36,16 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// `log.audit_file` unusable.
+    #[error(
+        "cannot open log.audit_file {path}: {source}. Check the directory and its permissions, or set audit_file = \"\" to only log audit records."
+    )]
+    AuditFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A listener could not bind.
     #[error(
         "cannot listen on {addr} ({key}): {source}. Is another process using the port? Change {key} or stop it."
@@ -111,7 +121,14 @@ impl Bridge {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let metrics = Metrics::new();
+        let mut metrics = Metrics::new();
+        if let Some(path) = &config.log.audit_file {
+            metrics.audit =
+                crate::audit::Audit::open(path).map_err(|source| StartError::AuditFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
 
         let (embedded, connection) = match config.storage.endpoint {
             Endpoint::Embedded => {

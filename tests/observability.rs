@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FakeApi, Harness, Options, data, metric};
+use common::{FakeApi, Harness, Login, Options, PASSWORD, data, metric, sftp_login};
 use ingest_bridge::storage::embedded::EmbeddedStore;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -275,4 +275,108 @@ async fn readyz_follows_the_store_down_and_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The audit file's records of one kind.
+fn audit_records(h: &Harness, kind: &str) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(h.config.server.data_dir.join("audit.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object per line"))
+        .filter(|r| r["record"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_trail_has_one_record_per_transfer_and_login() {
+    let h = Harness::start(Options::default()).await;
+    let bytes = data(3000, 4);
+    h.upload("alice", "audited.bin", &bytes).await;
+    let mut reader = h.login("reader").await;
+    let mut refused = std::io::Cursor::new(b"no".to_vec());
+    assert!(reader.put_file("refused.bin", &mut refused).await.is_err());
+    let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(h.ftp)
+        .await
+        .expect("connect");
+    assert!(ftp.login("alice", "not-the-password").await.is_err());
+
+    // Aborted: the SFTP session ends before the file is closed.
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let mut file = c.sftp.create("/cut.bin").await.expect("open");
+    file.write_all(&data(100_000, 5)).await.expect("write");
+    file.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(file);
+    let _ = c
+        .ssh
+        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+        .await;
+    drop(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while audit_records(&h, "transfer").len() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let transfers = audit_records(&h, "transfer");
+    assert_eq!(transfers.len(), 3, "{transfers:#?}");
+    let by_path = |p: &str| {
+        transfers
+            .iter()
+            .find(|t| t["path"] == p)
+            .unwrap_or_else(|| panic!("no record for {p}: {transfers:#?}"))
+    };
+    let done = by_path("/audited.bin");
+    assert_eq!(done["outcome"], "completed");
+    assert_eq!(done["protocol"], "ftp");
+    assert_eq!(done["user"], "alice");
+    assert_eq!(done["key"], "alice/audited.bin");
+    assert_eq!(done["size"], 3000);
+    assert_eq!(done["sha256"], common::sha256_hex(&bytes));
+    assert!(done["duration_ms"].is_u64());
+    assert!(
+        done["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    assert!(done["session"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(done.get("error").is_none());
+    let no = by_path("/refused.bin");
+    assert_eq!(no["outcome"], "rejected");
+    assert_eq!(no["user"], "reader");
+    assert!(
+        no["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("permission"))
+    );
+    let cut = by_path("/cut.bin");
+    assert_eq!(cut["outcome"], "aborted");
+    assert_eq!(cut["protocol"], "sftp");
+    assert_eq!(cut["size"], 100_000);
+    assert!(cut.get("sha256").is_none());
+    assert!(cut["error"].as_str().is_some_and(|e| !e.is_empty()));
+
+    let logins = audit_records(&h, "login");
+    let failed: Vec<_> = logins.iter().filter(|l| l["success"] == false).collect();
+    assert_eq!(failed.len(), 1, "{logins:#?}");
+    assert_eq!(failed[0]["user"], "alice");
+    assert_eq!(failed[0]["method"], "password");
+    assert!(
+        logins
+            .iter()
+            .any(|l| l["protocol"] == "sftp" && l["success"] == true)
+    );
+    let text =
+        std::fs::read_to_string(h.config.server.data_dir.join("audit.jsonl")).expect("audit");
+    assert!(
+        !text.contains("not-the-password") && !text.contains(PASSWORD),
+        "no secrets"
+    );
+    // The FTP upload's session is the one its login was recorded under.
+    assert!(
+        logins
+            .iter()
+            .any(|l| l["session"] == done["session"] && l["success"] == true)
+    );
 }

@@ -64,6 +64,7 @@ fn request(s: &Setup, path: &str) -> UploadRequest {
         protocol: Protocol::Sftp,
         path: VirtualPath::parse(path).expect("path"),
         remote_addr: "127.0.0.1:1".parse().expect("addr"),
+        session_id: "test".into(),
     }
 }
 

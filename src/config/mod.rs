@@ -45,8 +45,30 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
+}
+
+/// `[log]`: what the process writes about itself.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `info,ingest_bridge::sftp=debug`…
+    pub level: String,
+    /// Human-readable lines or one JSON object per line.
+    pub format: LogFormat,
+    /// Where audit records are appended; `None`: only logged.
+    pub audit_file: Option<PathBuf>,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server]`: process-wide settings.
@@ -510,6 +532,7 @@ impl Validator<'_> {
         let metrics = MetricsConfig {
             listen: self.socket("metrics.listen", raw.metrics.listen, "127.0.0.1:9100"),
         };
+        let log = self.log(raw.log, &server.data_dir);
         let users = self.users(raw.users);
         self.listeners_distinct(&ftp, &sftp, &metrics);
         Config {
@@ -519,7 +542,42 @@ impl Validator<'_> {
             storage,
             notify,
             metrics,
+            log,
             users,
+        }
+    }
+
+    fn log(&mut self, raw: raw::RawLog, data_dir: &Path) -> LogConfig {
+        let (level, level_at) = Self::text(raw.level, "info");
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.problem(
+                "log.level",
+                level_at.as_ref(),
+                format!("{level:?} is not a log filter; write e.g. \"info\", \"debug\" or \"info,ingest_bridge::sftp=debug\""),
+            );
+        }
+        let (format, format_at) = Self::text(raw.format, "text");
+        let format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.problem(
+                    "log.format",
+                    format_at.as_ref(),
+                    format!("{other:?}: write \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let audit_file = match raw.audit_file.map(Text::into_inner) {
+            None => Some(data_dir.join("audit.jsonl")),
+            Some(path) if path.is_empty() => None,
+            Some(path) => Some(data_dir.join(path)),
+        };
+        LogConfig {
+            level,
+            format,
+            audit_file,
         }
     }
 
@@ -1144,5 +1202,28 @@ rules = [ { status = "2x9", outcome = "delivered" }, { body = "(", outcome = "re
         assert_eq!(c.notify.concurrency, 8);
         assert_eq!(c.notify.max_age, Duration::from_secs(72 * 3600));
         assert_eq!(c.notify.mode, DeliveryMode::Async);
+    }
+
+    #[test]
+    fn log_settings_are_checked_and_the_audit_file_lives_in_data_dir() {
+        let c = parse("[server]\ndata_dir = \"/srv/bridge\"\n").expect("valid");
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(
+            c.log.audit_file,
+            Some(PathBuf::from("/srv/bridge/audit.jsonl"))
+        );
+        let c =
+            parse("[log]\nformat = \"json\"\naudit_file = \"\"\nlevel = \"debug,libunftp=info\"\n")
+                .expect("valid");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.audit_file, None);
+        let err = parse("[log]\nformat = \"xml\"\nlevel = \"info,=\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log.format") && err.contains("log.level"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,17 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub notify: RawNotify,
     pub metrics: RawMetrics,
+    pub log: RawLog,
     pub users: Vec<RawUser>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Text>,
+    pub format: Option<Text>,
+    pub audit_file: Option<Text>,
 }
 
 /// `[server]`

@@ -213,6 +213,7 @@ impl StorageBackend<FtpUser> for S3Backend {
             protocol: self.session.protocol(),
             path,
             remote_addr: self.session.remote_addr,
+            session_id: self.session.id.clone(),
         };
         let mut upload = self
             .shared

@@ -18,6 +18,8 @@ use unftp_core::auth::{
 pub struct Session {
     /// The client's address and port.
     pub remote_addr: SocketAddr,
+    /// Names this connection in the audit trail.
+    pub id: String,
     tls: AtomicBool,
 }
 
@@ -26,6 +28,7 @@ impl Session {
     pub fn new(remote_addr: SocketAddr) -> Arc<Session> {
         Arc::new(Session {
             remote_addr,
+            id: crate::audit::new_session_id(),
             tls: AtomicBool::new(false),
         })
     }
@@ -83,7 +86,16 @@ impl Authenticator for SessionAuthenticator {
         let tls = creds.command_channel_security == ChannelEncryptionState::Tls;
         let protocol = if tls { Protocol::Ftps } else { Protocol::Ftp };
         let password = creds.password.as_deref().unwrap_or("");
-        match self.users.authenticate_password(username, password).await {
+        let result = self.users.authenticate_password(username, password).await;
+        self.metrics.0.audit.login(&crate::audit::LoginRecord {
+            session: &self.session.id,
+            protocol,
+            user: username,
+            remote_addr: self.session.remote_addr,
+            method: "password",
+            success: result.is_ok(),
+        });
+        match result {
             Ok(user) => {
                 self.session.tls.store(tls, Ordering::Release);
                 self.metrics.0.login(protocol, true);

@@ -59,11 +59,13 @@ impl UploadOutcome {
     }
 }
 
-/// Every metric the bridge exports.
+/// Every metric the bridge exports, and the audit trail (the same places record both).
 #[derive(Clone)]
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// Login and transfer records.
+    pub audit: crate::audit::Audit,
     /// `sessions_active{protocol}`
     pub sessions_active: IntGaugeVec,
     /// `logins_total{protocol,result}`
@@ -137,6 +139,7 @@ impl Metrics {
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
         ];
         let metrics = Metrics {
+            audit: crate::audit::Audit::default(),
             sessions_active: gauge_vec(
                 "sessions_active",
                 "Connected client sessions.",

@@ -89,6 +89,7 @@ pub struct SftpFiles {
     shared: Arc<SftpShared>,
     user: Arc<User>,
     remote_addr: SocketAddr,
+    session_id: String,
     open: HashMap<String, OpenFile>,
     next_handle: u64,
     initialised: bool,
@@ -192,11 +193,17 @@ impl WriteFile {
 
 impl SftpFiles {
     /// A session of `user`.
-    pub fn new(shared: Arc<SftpShared>, user: Arc<User>, remote_addr: SocketAddr) -> SftpFiles {
+    pub fn new(
+        shared: Arc<SftpShared>,
+        user: Arc<User>,
+        remote_addr: SocketAddr,
+        session_id: String,
+    ) -> SftpFiles {
         SftpFiles {
             shared,
             user,
             remote_addr,
+            session_id,
             open: HashMap::new(),
             next_handle: 0,
             initialised: false,
@@ -242,6 +249,7 @@ impl SftpFiles {
             protocol: Protocol::Sftp,
             path,
             remote_addr: self.remote_addr,
+            session_id: self.session_id.clone(),
         };
         let upload = self
             .shared

@@ -7,6 +7,7 @@ mod keys;
 pub use files::SftpShared;
 pub use keys::{fingerprint, load_or_generate};
 
+use crate::audit::LoginRecord;
 use crate::auth::{User, UserDirectory};
 use crate::config::SftpConfig;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
@@ -100,6 +101,7 @@ pub async fn serve(
             users: users.clone(),
             metrics: metrics.clone(),
             remote_addr,
+            session_id: crate::audit::new_session_id(),
             user: None,
             channels: HashMap::new(),
             _active: GaugeGuard::new(
@@ -130,6 +132,8 @@ struct SshConnection {
     users: Arc<UserDirectory>,
     metrics: Metrics,
     remote_addr: SocketAddr,
+    /// Names this connection in the audit trail.
+    session_id: String,
     user: Option<Arc<User>>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     _active: GaugeGuard,
@@ -154,6 +158,14 @@ impl SshConnection {
     fn login(&mut self, user: Option<Arc<User>>, method: &str, username: &str) -> Auth {
         let success = user.is_some();
         self.metrics.login(Protocol::Sftp, success);
+        self.metrics.audit.login(&LoginRecord {
+            session: &self.session_id,
+            protocol: Protocol::Sftp,
+            user: username,
+            remote_addr: self.remote_addr,
+            method,
+            success,
+        });
         if success {
             tracing::info!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login");
             self.user = user;
@@ -252,7 +264,12 @@ impl russh::server::Handler for SshConnection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let files = SftpFiles::new(self.shared.clone(), user, self.remote_addr);
+        let files = SftpFiles::new(
+            self.shared.clone(),
+            user,
+            self.remote_addr,
+            self.session_id.clone(),
+        );
         let config = russh_sftp::server::Config {
             max_client_packet_len: files::MAX_MESSAGE,
         };

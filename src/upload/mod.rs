@@ -20,6 +20,7 @@ mod part_size;
 pub use budget::{MemoryBudget, PROBE_SIZE, Reservation};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 
+use crate::audit::TransferRecord;
 use crate::auth::{User, VirtualPath};
 use crate::config::{Permission, StorageConfig, format_size};
 use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
@@ -108,6 +109,8 @@ pub struct UploadRequest {
     pub path: VirtualPath,
     /// The client's address.
     pub remote_addr: SocketAddr,
+    /// The connection, as the audit trail names it.
+    pub session_id: String,
 }
 
 /// Starts uploads; shared by every front-end.
@@ -191,6 +194,19 @@ impl Pipeline {
                 .with_label_values(&[protocol.as_str(), e.outcome().as_str()])
                 .inc();
             tracing::warn!(user = %req.user.name, path = %req.path, error = %e, "upload refused");
+            self.inner.metrics.audit.transfer(&TransferRecord {
+                session: &req.session_id,
+                protocol,
+                user: &req.user.name,
+                remote_addr: req.remote_addr,
+                path: &req.path.to_string(),
+                key: &req.user.key_of(&req.path),
+                size: 0,
+                sha256: None,
+                duration: Duration::ZERO,
+                outcome: e.outcome().as_str(),
+                error: Some(e.to_string()),
+            });
             Err(e)
         };
         if !req.user.may(Permission::Upload) {
@@ -633,6 +649,7 @@ impl Upload {
                 m.upload_size_bytes
                     .with_label_values(&[protocol])
                     .observe(completion.size as f64);
+                self.audit(UploadOutcome::Completed, Some(&completion.sha256), None);
                 tracing::info!(
                     user = %completion.username, protocol, path = %completion.path, key = %completion.key,
                     size = completion.size, sha256 = %completion.sha256, id = %completion.id,
@@ -729,6 +746,22 @@ impl Upload {
         Ok(completion)
     }
 
+    fn audit(&self, outcome: UploadOutcome, sha256: Option<&str>, error: Option<String>) {
+        self.pipeline.metrics.audit.transfer(&TransferRecord {
+            session: &self.req.session_id,
+            protocol: self.req.protocol,
+            user: &self.req.user.name,
+            remote_addr: self.req.remote_addr,
+            path: &self.req.path.to_string(),
+            key: &self.key,
+            size: self.size,
+            sha256,
+            duration: self.started.elapsed(),
+            outcome: outcome.as_str(),
+            error,
+        });
+    }
+
     /// Aborts: stops parts in flight, aborts the multipart upload, releases the budget.
     pub async fn abort(mut self, reason: &UploadError) {
         self.abort_with(reason).await;
@@ -752,6 +785,7 @@ impl Upload {
         }
         self.open = false;
         self.buffer = None;
+        self.audit(outcome, None, Some(reason.to_string()));
         let protocol = self.req.protocol.as_str();
         self.pipeline
             .metrics
