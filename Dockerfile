@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bench ./bench
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin ingest-bridge
 
 FROM debian:bookworm-slim

@@ -380,3 +380,75 @@ async fn the_audit_trail_has_one_record_per_transfer_and_login() {
             .any(|l| l["session"] == done["session"] && l["success"] == true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_and_alerts_name_only_metrics_the_bridge_exports() {
+    let api = FakeApi::start().await;
+    let h = Harness::start(Options {
+        notify_url: Some(api.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    h.upload("alice", "seen.bin", b"traffic so every series exists")
+        .await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    drop(c);
+    api.wait_for(1, Duration::from_secs(10)).await;
+    let _ = get(h.bridge().metrics_addr, "/metrics").await; // sets ingest_bridge_ready
+    let (_, exposition) = get(h.bridge().metrics_addr, "/metrics").await;
+    let exported: std::collections::HashSet<&str> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let name = regex::Regex::new(r"ingest_bridge_[a-z0-9_]+").expect("regex");
+    let root = env!("CARGO_MANIFEST_DIR");
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/ingest-bridge.json"))
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut queries = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queries += 1;
+            let names: Vec<&str> = name.find_iter(expr).map(|m| m.as_str()).collect();
+            assert!(!names.is_empty(), "{expr}");
+            for n in names {
+                assert!(
+                    exported.contains(n),
+                    "panel {:?} queries {n}, not exported",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queries >= 15);
+
+    let alerts =
+        std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).expect("alerts");
+    let mut named = 0;
+    for n in name.find_iter(&alerts).map(|m| m.as_str()) {
+        named += 1;
+        assert!(exported.contains(n), "an alert uses {n}, not exported");
+    }
+    assert!(named >= 5);
+    for alert in [
+        "NotificationBacklogOld",
+        "UploadFailureRatio",
+        "S3Errors",
+        "NotReady",
+        "MemoryBudgetSaturated",
+    ] {
+        assert!(
+            alerts.contains(&format!("alert: IngestBridge{alert}")),
+            "{alert}"
+        );
+    }
+}

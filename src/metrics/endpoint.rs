@@ -58,11 +58,20 @@ async fn route(
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            // Readiness as a metric too, so alerts need no probe of /readyz.
+            for (name, result) in readiness().await {
+                metrics
+                    .ready
+                    .with_label_values(&[name])
+                    .set(i64::from(result.is_ok()));
+            }
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.render(),
+            )
+        }
         "/healthz" => respond(
             StatusCode::OK,
             "application/json",

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub s3_request_duration_seconds: HistogramVec,
     /// `buffer_bytes_in_use`
     pub buffer_bytes_in_use: IntGauge,
+    /// `buffer_bytes_limit`: `storage.memory_limit`.
+    pub buffer_bytes_limit: IntGauge,
+    /// `ready{check}`: 1 when the readiness check passed at the last scrape.
+    pub ready: IntGaugeVec,
     /// `notifications_total{outcome}`
     pub notifications_total: IntCounterVec,
     /// `notifications_pending`
@@ -199,6 +203,20 @@ impl Metrics {
                 reg(Box::new(g.clone()));
                 g
             },
+            buffer_bytes_limit: {
+                let g = IntGauge::with_opts(opts(
+                    "buffer_bytes_limit",
+                    "The memory budget for upload buffers (storage.memory_limit).",
+                ))
+                .expect("valid metric definition");
+                reg(Box::new(g.clone()));
+                g
+            },
+            ready: gauge_vec(
+                "ready",
+                "1 when the readiness check passed at the last scrape (listeners, s3, event_log, outbox).",
+                &["check"],
+            ),
             notifications_total: counter_vec(
                 "notifications_total",
                 "Completion call attempts by outcome.",

@@ -140,6 +140,9 @@ impl Pipeline {
         notifier: Notifier,
         metrics: Metrics,
     ) -> Pipeline {
+        metrics
+            .buffer_bytes_limit
+            .set(i64::try_from(cfg.memory_limit).unwrap_or(i64::MAX));
         let budget = MemoryBudget::new(cfg.memory_limit, metrics.buffer_bytes_in_use.clone());
         let sizes = PartSizes::new(
             cfg.part_size.min(budget.max_part()),

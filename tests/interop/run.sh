@@ -199,6 +199,22 @@ if [ ! -e "$WORK/data/store/ingest/escape.bin" ]; then ok "path escaping home re
 METRICS=$(curl -sS "http://127.0.0.1:$METRICS_PORT/metrics")
 if grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}' <<<"$METRICS" && grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="sftp"}' <<<"$METRICS"; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
 
+# promtool (Debian's prometheus package) lints the exposition and checks the alert rules.
+if ! command -v promtool >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  # Install without starting the packaged Prometheus service.
+  POLICY_ADDED=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; POLICY_ADDED=1; fi
+  apt-get install -y -qq prometheus >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq prometheus >/dev/null 2>&1)
+  [ -n "$POLICY_ADDED" ] && rm -f /usr/sbin/policy-rc.d
+fi
+if command -v promtool >/dev/null; then
+  if LINT=$(promtool check metrics <<<"$METRICS" 2>&1); then ok "promtool check metrics"; else ko "promtool check metrics"; echo "$LINT"; fi
+  if RULES=$(promtool check rules "$HERE/../../deploy/prometheus/alerts.yml" 2>&1); then ok "promtool check rules (alerts)"; else ko "promtool check rules"; echo "$RULES"; fi
+else
+  ko "promtool could not be installed"
+fi
+
 kill -TERM "$BRIDGE"
 for _ in $(seq 1 100); do kill -0 "$BRIDGE" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$BRIDGE" 2>/dev/null; then ko "SIGTERM stops the bridge"; else wait "$BRIDGE"; rc=$?; [ $rc -eq 0 ] && ok "SIGTERM stops the bridge cleanly" || ko "exit code $rc after SIGTERM"; fi
