@@ -379,6 +379,10 @@ async fn s3_failing_mid_upload_fails_the_transfer_without_completion() {
     let s3 = common::s3_client(&revived).await;
     assert!(s3.head("alice/doomed.bin").await.expect("head").is_none());
     let m = h.metrics_text().await;
+    assert!(
+        metric(&m, "ingest_bridge_s3_retries_total", &[]) >= 1.0,
+        "the SDK's retries against the dead store are counted"
+    );
     assert_eq!(
         metric(&m, "ingest_bridge_uploads_total", &[("outcome", "failed")]),
         1.0

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub upload_bytes_in_flight: IntGaugeVec,
     /// `s3_requests_total{operation,result}`
     pub s3_requests_total: IntCounterVec,
+    /// `s3_retries_total{operation}`: attempts after the first.
+    pub s3_retries_total: IntCounterVec,
     /// `s3_request_duration_seconds{operation}`
     pub s3_request_duration_seconds: HistogramVec,
     /// `buffer_bytes_in_use`
@@ -187,6 +189,11 @@ impl Metrics {
                 "s3_requests_total",
                 "S3 requests by operation and result.",
                 &["operation", "result"],
+            ),
+            s3_retries_total: counter_vec(
+                "s3_retries_total",
+                "S3 request attempts the SDK retried, by operation.",
+                &["operation"],
             ),
             s3_request_duration_seconds: histogram_vec(
                 "s3_request_duration_seconds",

@@ -94,6 +94,34 @@ impl Connection {
     }
 }
 
+/// Counts the SDK's retries per operation (`s3_retries_total`): every attempt after the first.
+#[derive(Debug)]
+struct RetryCounter(prometheus::IntCounterVec);
+
+impl aws_sdk_s3::config::Intercept for RetryCounter {
+    fn name(&self) -> &'static str {
+        "ingest-bridge retry counter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        use aws_smithy_runtime_api::client::orchestrator::Metadata;
+        use aws_smithy_runtime_api::client::retries::RequestAttempts;
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1)
+        {
+            let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
+            self.0.with_label_values(&[operation]).inc();
+        }
+        Ok(())
+    }
+}
+
 impl Storage {
     /// Builds the client; does not contact the store (see [`Storage::check_bucket`]).
     pub async fn connect(cfg: &StorageConfig, conn: &Connection, metrics: Metrics) -> Storage {
@@ -121,6 +149,7 @@ impl Storage {
         if let Some(url) = &conn.endpoint_url {
             builder = builder.endpoint_url(url.clone());
         }
+        builder = builder.interceptor(RetryCounter(metrics.s3_retries_total.clone()));
         Storage {
             client: Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
