@@ -301,21 +301,7 @@ async fn the_audit_trail_has_one_record_per_transfer_and_login() {
     assert!(ftp.login("alice", "not-the-password").await.is_err());
 
     // Aborted: the SFTP session ends before the file is closed.
-    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
-        .await
-        .expect("login");
-    let mut file = c.sftp.create("/cut.bin").await.expect("open");
-    file.write_all(&data(100_000, 5)).await.expect("write");
-    file.flush().await.expect("flush");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Dropping a russh-sftp File sends CLOSE (which completes the upload); a client that
-    // vanishes sends nothing.
-    std::mem::forget(file);
-    let _ = c
-        .ssh
-        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
-        .await;
-    drop(c);
+    common::vanish_mid_sftp_upload(h.sftp, "/cut.bin", &data(100_000, 5)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while audit_records(&h, "transfer").len() < 3 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

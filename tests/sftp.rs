@@ -171,23 +171,7 @@ async fn a_dropped_session_publishes_nothing() {
         ..Options::default()
     })
     .await;
-    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
-        .await
-        .expect("login");
-    let mut file = c.sftp.create("/cut.bin").await.expect("open");
-    file.write_all(&data(12 * 1024 * 1024, 3))
-        .await
-        .expect("write");
-    file.flush().await.expect("flush");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Dropping a russh-sftp File sends CLOSE (which completes the upload); a client that
-    // vanishes sends nothing.
-    std::mem::forget(file);
-    let _ = c
-        .ssh
-        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
-        .await;
-    drop(c);
+    common::vanish_mid_sftp_upload(h.sftp, "/cut.bin", &data(12 * 1024 * 1024, 3)).await;
     // Settled means: no multipart left open and every buffer returned (under load the
     // upload task may still be creating the multipart upload when the session ends).
     let settled =

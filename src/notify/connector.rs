@@ -317,7 +317,7 @@ impl Connector {
     ) -> StepOutcome {
         let last = index + 1 >= self.step_count();
         let Some(step) = self.steps.get(index) else {
-            return self.run_default(id, completion_body).await;
+            return self.run_default(ctx, id, completion_body).await;
         };
         let idempotency = if last {
             id.to_string()
@@ -336,7 +336,7 @@ impl Connector {
     }
 
     /// The contract's call: POST the completion JSON to `notify.url`.
-    async fn run_default(&self, id: &str, body: &[u8]) -> StepOutcome {
+    async fn run_default(&self, ctx: &Map<String, Value>, id: &str, body: &[u8]) -> StepOutcome {
         let Some(url) = &self.default_url else {
             return StepOutcome::Refused {
                 message: "no notify.url configured".into(),
@@ -349,15 +349,8 @@ impl Connector {
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", id);
         let request = self.signed(request, id, body).body(body.to_vec());
-        let user_headers = serde_json::from_slice::<Map<String, Value>>(body)
-            .ok()
-            .and_then(|m| {
-                m.get("username")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .map(|u| self.user_headers(&u))
-            .unwrap_or_default();
+        let username = ctx.get("username").and_then(Value::as_str).unwrap_or("");
+        let user_headers = self.user_headers(username);
         self.send(request.headers(user_headers), &self.default_step)
             .await
     }

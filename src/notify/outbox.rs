@@ -202,16 +202,17 @@ impl Outbox {
         .await
     }
 
-    /// Pending entries due by `now_ms`, soonest first, at most `limit`.
-    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<PendingEntry>, NotifyError> {
+    /// Ids of pending entries due by `now_ms`, soonest first, at most `limit`. The rows
+    /// themselves are read by [`Outbox::claim`] when their delivery starts.
+    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, NotifyError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(false, move |c| {
-            let mut statement = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM outbox
+            let mut statement = c.prepare_cached(
+                "SELECT id FROM outbox
                  WHERE state = 'pending' AND next_attempt_ms <= ?1
-                 ORDER BY next_attempt_ms LIMIT ?2"
-            ))?;
-            let rows = statement.query_map(params![now_ms, limit], entry_of_row)?;
+                 ORDER BY next_attempt_ms LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![now_ms, limit], |row| row.get(0))?;
             rows.collect()
         })
         .await

@@ -25,7 +25,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
     };
     let slots = Arc::new(Semaphore::new(delivery.concurrency));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut queue: VecDeque<PendingEntry> = VecDeque::new();
+    let mut queue: VecDeque<String> = VecDeque::new();
     let mut queued_at = Instant::now();
     let mut gauges_at = Instant::now() - POLL;
     loop {
@@ -54,27 +54,26 @@ pub(super) async fn run(inner: Arc<Inner>) {
         }
         let mut started = 0;
         while slots.available_permits() > 0 {
-            let Some(entry) = queue.pop_front() else {
+            let Some(id) = queue.pop_front() else {
                 break;
             };
             let Ok(mut running) = in_flight.lock() else {
                 return;
             };
-            if running.contains(&entry.id) {
+            if running.contains(&id) {
                 continue;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                queue.push_front(entry);
+                queue.push_front(id);
                 break;
             };
-            running.insert(entry.id.clone());
+            running.insert(id.clone());
             drop(running);
             started += 1;
             let (inner, in_flight) = (inner.clone(), in_flight.clone());
             tokio::spawn(async move {
-                let id = entry.id.clone();
                 tokio::select! {
-                    () = deliver(&inner, entry) => {}
+                    () = deliver(&inner, &id) => {}
                     // Still pending in the outbox: the next run resumes it.
                     () = inner.stop.cancelled() => {}
                 }
@@ -109,15 +108,15 @@ pub(super) async fn run(inner: Arc<Inner>) {
 }
 
 /// Runs an entry's remaining steps; records where it got to.
-async fn deliver(inner: &Inner, entry: PendingEntry) {
+async fn deliver(inner: &Inner, id: &str) {
     let Some(delivery) = inner.delivery.as_ref() else {
         return;
     };
-    let mut entry = match delivery.outbox.claim(&entry.id, now_ms()).await {
+    let mut entry: PendingEntry = match delivery.outbox.claim(id, now_ms()).await {
         Ok(Some(current)) => current,
         Ok(None) => return, // delivered, rescheduled or retried meanwhile
         Err(e) => {
-            tracing::error!(id = %entry.id, error = %e, "cannot read the outbox");
+            tracing::error!(id, error = %e, "cannot read the outbox");
             return;
         }
     };

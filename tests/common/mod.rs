@@ -570,3 +570,23 @@ pub async fn sftp_login(addr: SocketAddr, user: &str, login: Login) -> Result<Sf
         .map_err(|e| e.to_string())?;
     Ok(SftpClient { ssh, sftp })
 }
+
+/// Alice opens `path` over SFTP, writes `bytes`, and vanishes: the SSH connection ends
+/// without a CLOSE, as when a client crashes or the network drops.
+pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let c = sftp_login(addr, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let mut file = c.sftp.create(path).await.expect("open");
+    file.write_all(bytes).await.expect("write");
+    file.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dropping a russh-sftp File sends CLOSE (which completes the upload); a client that
+    // vanishes sends nothing.
+    std::mem::forget(file);
+    let _ = c
+        .ssh
+        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+        .await;
+}
