@@ -10,7 +10,7 @@ use crate::notify::{Notifier, NotifyError};
 use crate::sftp::{self, SftpShared};
 use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
 use crate::storage::{Connection, Storage};
-use crate::upload::Pipeline;
+use crate::upload::{PartialStore, Pipeline};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub enum StartError {
     /// The embedded store failed.
     #[error("{0}")]
     Embedded(#[from] EmbeddedError),
+    /// The record of cut uploads (`data_dir/uploads.sqlite3`) cannot be opened.
+    #[error("{0}. Check server.data_dir and its permissions.")]
+    Partials(#[from] crate::upload::partials::StoreError),
     /// The bucket is unreachable.
     #[error(
         "cannot reach bucket {bucket:?} at {endpoint} (storage.endpoint / storage.bucket): {message}. Check the endpoint URL, that the bucket exists, and the credentials (storage.access_key_id or the AWS default chain)."
@@ -174,13 +177,18 @@ impl Bridge {
             metrics.clone(),
         )
         .await?;
+        let partials = PartialStore::open(&data_dir)?;
         let pipeline = Pipeline::new(
             &config.storage,
+            &config.upload,
+            partials.clone(),
             storage.clone(),
             notifier.clone(),
             metrics.clone(),
         );
-        let namespace = Arc::new(Namespace::new(storage.clone()));
+        // Reconciles kept uploads with S3, then expires them after storage.resume_window.
+        pipeline.maintain();
+        let namespace = Arc::new(Namespace::new(storage.clone(), partials));
         let users = Arc::new(UserDirectory::new(&config.users));
 
         let metrics_listener = bind("metrics.listen", config.metrics.listen).await?;

@@ -7,6 +7,9 @@ use common::{FakeApi, Harness, Options, data, metric, sha256_hex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// Cut uploads are aborted at once instead of kept for a resume (see tests/resume.rs).
+const RESUME_OFF: &str = "resume_window = \"0s\"";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_multipart_and_empty_files_land_whole_with_one_completion_each() {
     let api = FakeApi::start().await;
@@ -230,10 +233,11 @@ async fn conflict_counts_as_delivered_and_4xx_is_kept_for_an_operator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_reset_mid_transfer_leaves_nothing() {
+async fn client_reset_mid_transfer_leaves_nothing_with_resuming_off() {
     let api = FakeApi::start().await;
     let h = Harness::start(Options {
         notify_url: Some(api.url.clone()),
+        extra_storage: RESUME_OFF,
         ..Options::default()
     })
     .await;
@@ -279,8 +283,12 @@ async fn client_reset_mid_transfer_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn multipart_abort_is_confirmed_by_list_parts() {
-    let h = Harness::start(Options::default()).await;
+async fn multipart_abort_is_confirmed_by_list_parts_with_resuming_off() {
+    let h = Harness::start(Options {
+        extra_storage: RESUME_OFF,
+        ..Options::default()
+    })
+    .await;
     let mut ftp = h.login("alice").await;
     let mut stream = ftp
         .put_with_stream("gone.bin")
@@ -319,9 +327,10 @@ async fn multipart_abort_is_confirmed_by_list_parts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn stalled_data_connection_times_out_and_aborts() {
+async fn stalled_data_connection_times_out_and_aborts_with_resuming_off() {
     let h = Harness::start(Options {
         data_timeout: "1s",
+        extra_storage: RESUME_OFF,
         ..Options::default()
     })
     .await;

@@ -10,7 +10,7 @@ use ingest_bridge::metrics::{Metrics, Protocol};
 use ingest_bridge::notify::Notifier;
 use ingest_bridge::storage::embedded::EmbeddedStore;
 use ingest_bridge::storage::{Connection, Storage};
-use ingest_bridge::upload::{Pipeline, UploadError, UploadRequest};
+use ingest_bridge::upload::{PartialStore, Pipeline, UploadError, UploadRequest};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +23,16 @@ struct Setup {
 }
 
 async fn setup(memory_limit: &str) -> Setup {
+    setup_with(memory_limit, "").await
+}
+
+async fn setup_with(memory_limit: &str, storage_extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::start(&dir.path().join("store"), "ingest", 0)
         .await
         .expect("store");
     let text = format!(
-        "[server]\ndata_dir = \"{}\"\n[storage]\npart_size = \"5MiB\"\nmemory_limit = \"{memory_limit}\"\nupload_concurrency = 2\n\
+        "[server]\ndata_dir = \"{}\"\n[storage]\npart_size = \"5MiB\"\nmemory_limit = \"{memory_limit}\"\nupload_concurrency = 2\n{storage_extra}\n\
          [[users]]\nusername = \"u\"\npassword_hash = \"{}\"\nhome = \"u/\"\n",
         dir.path().join("data").display(),
         common::password_hash()
@@ -49,7 +53,16 @@ async fn setup(memory_limit: &str) -> Setup {
     )
     .await
     .expect("notifier");
-    let pipeline = Pipeline::new(&config.storage, storage, notifier, metrics);
+    std::fs::create_dir_all(&config.server.data_dir).expect("data dir");
+    let partials = PartialStore::open(&config.server.data_dir).expect("partials");
+    let pipeline = Pipeline::new(
+        &config.storage,
+        &config.upload,
+        partials,
+        storage,
+        notifier,
+        metrics,
+    );
     Setup {
         _dir: dir,
         store,
@@ -123,8 +136,8 @@ async fn a_hundred_concurrent_uploads_finish_under_a_budget_of_a_few_parts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dropped_upload_is_aborted_and_releases_its_budget() {
-    let s = setup("64MiB").await;
+async fn a_dropped_upload_is_aborted_and_releases_its_budget_when_resuming_is_off() {
+    let s = setup_with("64MiB", "resume_window = \"0s\"").await;
     let mut up = s
         .pipeline
         .begin(request(&s, "/dropped.bin"))
@@ -180,4 +193,72 @@ async fn shutdown_after_the_grace_period_aborts_running_uploads() {
     );
     let s3 = s3_client(&s.store).await;
     assert!(s3.head("u/slow.bin").await.expect("head").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_upload_keeps_its_whole_parts_and_resumes_to_the_whole_hash() {
+    let s = setup("64MiB").await;
+    let source = data(13 * 1024 * 1024, 3);
+    let mut up = s
+        .pipeline
+        .begin(request(&s, "/kept.bin"))
+        .await
+        .expect("begin");
+    up.write(&source[..12 * 1024 * 1024]).await.expect("write");
+    drop(up);
+    // Two whole 5 MiB parts are kept; the 2 MiB after them are dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let record = s
+            .pipeline
+            .partials()
+            .get("u/kept.bin".into())
+            .await
+            .expect("store");
+        if let Some(r) = record.filter(|r| !r.active) {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never suspended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(kept.durable_bytes, 10 * 1024 * 1024);
+    assert_eq!(s.pipeline.budget().in_use(), 0);
+    // A wrong offset is refused with the right one in the message.
+    let err = s
+        .pipeline
+        .resume(request(&s, "/kept.bin"), 12 * 1024 * 1024)
+        .await
+        .err()
+        .expect("wrong offset refused");
+    assert!(
+        err.to_string().contains("10485760 bytes are stored"),
+        "{err}"
+    );
+    let mut up = s
+        .pipeline
+        .resume(request(&s, "/kept.bin"), 10 * 1024 * 1024)
+        .await
+        .expect("resume");
+    up.write(&source[10 * 1024 * 1024..]).await.expect("write");
+    let done = up.finish().await.expect("finish");
+    assert_eq!(done.size, source.len() as u64);
+    assert_eq!(done.sha256, sha256_hex(&source));
+    let s3 = s3_client(&s.store).await;
+    let body = s3
+        .get("u/kept.bin", 0)
+        .await
+        .expect("object")
+        .collect()
+        .await
+        .expect("body");
+    assert!(body.into_bytes().as_ref() == source.as_slice());
+    assert!(
+        s.pipeline
+            .partials()
+            .get("u/kept.bin".into())
+            .await
+            .expect("store")
+            .is_none(),
+        "record forgotten once complete"
+    );
 }

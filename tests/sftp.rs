@@ -78,8 +78,14 @@ async fn upload_download_list_rename_remove_over_sftp() {
     assert_eq!(h.object("alice/notes.txt").await, None);
     assert!(sftp.remove_dir("/shows").await.is_err(), "not empty");
 
-    let received = api.wait_for(2, Duration::from_secs(10)).await;
-    assert_eq!(received.len(), 2);
+    // Two uploads, and the rename to a new final name (`upload.notify_on_rename`).
+    let received = api.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 3);
+    let renamed = received
+        .iter()
+        .find(|r| r.body["key"] == "alice/shows/final.mp4")
+        .expect("completion for the new key");
+    assert_eq!(renamed.body["sha256"], sha256_hex(&big));
     let ep1 = received
         .iter()
         .find(|r| r.body["key"] == "alice/shows/ep1.mp4")
@@ -164,10 +170,11 @@ async fn password_and_key_logins_and_refusals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dropped_session_publishes_nothing() {
+async fn a_dropped_session_publishes_nothing_with_resuming_off() {
     let api = FakeApi::start().await;
     let h = Harness::start(Options {
         notify_url: Some(api.url.clone()),
+        extra_storage: "resume_window = \"0s\"",
         ..Options::default()
     })
     .await;

@@ -47,8 +47,65 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[upload]`
+    pub upload: UploadConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
+}
+
+/// File names clients upload under before renaming them to the final name (WinSCP,
+/// FileZilla, browsers, rsync-style tools).
+pub const DEFAULT_TEMP_PATTERNS: &[&str] =
+    &["*.filepart", "*.part", "*.tmp", ".~*", "*.crdownload"];
+
+/// `[upload]`: how uploads behave beyond the byte stream.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    /// Glob patterns (matched against the file name) of uploads that are not final: they
+    /// produce no completion until renamed to a name that matches none.
+    pub temp_patterns: Vec<String>,
+    /// The compiled `temp_patterns`.
+    pub temp_matcher: globset::GlobSet,
+    /// Whether an upload may replace an existing object.
+    pub overwrite: bool,
+    /// Whether renaming a final file produces a completion for its new key.
+    pub notify_on_rename: bool,
+}
+
+impl UploadConfig {
+    /// Whether `file_name` marks a temporary upload.
+    pub fn is_temp(&self, file_name: &str) -> bool {
+        self.temp_matcher.is_match(file_name)
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> UploadConfig {
+        let temp_patterns: Vec<String> = DEFAULT_TEMP_PATTERNS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        UploadConfig {
+            temp_matcher: compile_globs(&temp_patterns)
+                .unwrap_or_else(|_| globset::GlobSet::empty()),
+            temp_patterns,
+            overwrite: true,
+            notify_on_rename: true,
+        }
+    }
+}
+
+/// Compiles file-name globs; `*` never crosses a `/`.
+fn compile_globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("{p:?} is not a glob pattern: {e}"))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| e.to_string())
 }
 
 /// `[log]`: what the process writes about itself.
@@ -182,6 +239,14 @@ pub struct StorageConfig {
     pub upload_concurrency: usize,
     /// All upload buffers together.
     pub memory_limit: u64,
+    /// How long a cut upload's stored parts wait for the client to resume; zero aborts
+    /// cut uploads at once.
+    pub resume_window: Duration,
+    /// Range size of each UploadPartCopy when a rename copies a large object.
+    pub copy_part_size: u64,
+    /// Objects above this are copied in parallel UploadPartCopy ranges instead of one
+    /// CopyObject (S3 allows CopyObject up to 5 GiB).
+    pub multipart_copy_threshold: u64,
 }
 
 /// `[notify]`: the upload-complete API.
@@ -533,6 +598,7 @@ impl Validator<'_> {
             listen: self.socket("metrics.listen", raw.metrics.listen, "127.0.0.1:9100"),
         };
         let log = self.log(raw.log, &server.data_dir);
+        let upload = self.upload(raw.upload);
         let users = self.users(raw.users);
         self.listeners_distinct(&ftp, &sftp, &metrics);
         Config {
@@ -543,7 +609,39 @@ impl Validator<'_> {
             notify,
             metrics,
             log,
+            upload,
             users,
+        }
+    }
+
+    fn upload(&mut self, raw: raw::RawUpload) -> UploadConfig {
+        let defaults = UploadConfig::default();
+        let temp_patterns = match raw.temp_patterns {
+            None => defaults.temp_patterns,
+            Some(list) => {
+                let mut patterns = Vec::new();
+                for p in list {
+                    if p.get_ref().is_empty() || p.get_ref().contains('/') {
+                        self.problem(
+                            "upload.temp_patterns",
+                            Some(&p),
+                            format!("{:?} must be a non-empty file-name pattern without '/', e.g. \"*.part\"", p.get_ref()),
+                        );
+                    } else if let Err(e) = compile_globs(std::slice::from_ref(p.get_ref())) {
+                        self.problem("upload.temp_patterns", Some(&p), e);
+                    } else {
+                        patterns.push(p.into_inner());
+                    }
+                }
+                patterns
+            }
+        };
+        UploadConfig {
+            temp_matcher: compile_globs(&temp_patterns)
+                .unwrap_or_else(|_| globset::GlobSet::empty()),
+            temp_patterns,
+            overwrite: raw.overwrite.unwrap_or(true),
+            notify_on_rename: raw.notify_on_rename.unwrap_or(true),
         }
     }
 
@@ -721,7 +819,37 @@ impl Validator<'_> {
                 "set both access_key_id and secret_access_key, or neither (to use the AWS default credential chain)",
             );
         }
+        let resume_window = self.duration(
+            "storage.resume_window",
+            raw.resume_window,
+            Duration::from_secs(24 * 3600),
+        );
+        let copy_at = raw.copy_part_size.clone();
+        let copy_part_size = self.size("storage.copy_part_size", raw.copy_part_size, 512 << 20);
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&copy_part_size) {
+            self.problem(
+                "storage.copy_part_size",
+                copy_at.as_ref(),
+                "copy ranges are parts: between 5MiB and 5GiB",
+            );
+        }
+        let threshold_at = raw.multipart_copy_threshold.clone();
+        let multipart_copy_threshold = self.size(
+            "storage.multipart_copy_threshold",
+            raw.multipart_copy_threshold,
+            S3_MAX_PART_SIZE,
+        );
+        if multipart_copy_threshold > S3_MAX_PART_SIZE {
+            self.problem(
+                "storage.multipart_copy_threshold",
+                threshold_at.as_ref(),
+                "S3's CopyObject stops at 5GiB: write at most \"5GiB\"",
+            );
+        }
         StorageConfig {
+            resume_window,
+            copy_part_size,
+            multipart_copy_threshold,
             endpoint,
             bucket,
             region: Self::text(raw.region, "us-east-1").0,

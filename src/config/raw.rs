@@ -21,7 +21,17 @@ pub struct RawConfig {
     pub notify: RawNotify,
     pub metrics: RawMetrics,
     pub log: RawLog,
+    pub upload: RawUpload,
     pub users: Vec<RawUser>,
+}
+
+/// `[upload]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpload {
+    pub temp_patterns: Option<Vec<Text>>,
+    pub overwrite: Option<bool>,
+    pub notify_on_rename: Option<bool>,
 }
 
 /// `[log]`
@@ -89,6 +99,9 @@ pub struct RawStorage {
     pub max_part_size: Option<Text>,
     pub upload_concurrency: Option<Spanned<i64>>,
     pub memory_limit: Option<Text>,
+    pub resume_window: Option<Text>,
+    pub copy_part_size: Option<Text>,
+    pub multipart_copy_threshold: Option<Text>,
 }
 
 /// `[notify]`

@@ -4,7 +4,7 @@
 use super::session::{FtpUser, Session};
 use crate::auth::{PathError, VirtualPath};
 use crate::namespace::{Entry, FsError, Namespace};
-use crate::upload::{Pipeline, UploadError, UploadRequest};
+use crate::upload::{Pipeline, RenameRequest, UploadError, UploadRequest};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -97,10 +97,11 @@ fn fs_error(e: FsError) -> Error {
         FsError::NotFound(_) | FsError::IsDirectory(_) | FsError::Unsupported(_) => {
             ErrorKind::PermanentFileNotAvailable
         }
-        FsError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+        // PermissionDenied replies 550 with the message (our libunftp patch).
+        FsError::PermissionDenied(_) | FsError::Exists(_) => ErrorKind::PermissionDenied,
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
-        FsError::Storage(_) => ErrorKind::LocalError,
+        FsError::Storage(_) | FsError::Failed(_) => ErrorKind::LocalError,
     };
     tracing::debug!(error = %e, "ftp request refused");
     Error::new(kind, e)
@@ -108,7 +109,10 @@ fn fs_error(e: FsError) -> Error {
 
 fn upload_error(e: UploadError) -> Error {
     let kind = match &e {
-        UploadError::PermissionDenied | UploadError::Refused(_) => ErrorKind::PermissionDenied,
+        UploadError::PermissionDenied
+        | UploadError::Refused(_)
+        | UploadError::Resume(_)
+        | UploadError::Exists(_) => ErrorKind::PermissionDenied,
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
         UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
@@ -139,6 +143,11 @@ impl StorageBackend<FtpUser> for S3Backend {
 
     fn name(&self) -> &str {
         "s3"
+    }
+
+    fn supported_features(&self) -> u32 {
+        // REST + STOR (and APPE) continue a cut upload at the bytes kept.
+        unftp_core::storage::FEATURE_RESTART
     }
 
     async fn metadata<P: AsRef<Path> + Send + Debug>(
@@ -201,12 +210,6 @@ impl StorageBackend<FtpUser> for S3Backend {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
-        if start_pos > 0 {
-            return Err(Error::new(
-                ErrorKind::CommandNotImplemented,
-                "resuming or appending to an existing file is not supported; upload the whole file",
-            ));
-        }
         let path = virtual_path(path.as_ref())?;
         let request = UploadRequest {
             user: user.0.clone(),
@@ -215,12 +218,15 @@ impl StorageBackend<FtpUser> for S3Backend {
             remote_addr: self.session.remote_addr,
             session_id: self.session.id.clone(),
         };
+        // REST n + STOR, and APPE (libunftp passes SIZE's answer), continue a cut upload.
         let mut upload = self
             .shared
             .pipeline
-            .begin(request)
+            .resume(request, start_pos)
             .await
             .map_err(upload_error)?;
+        let session = self.session.clone();
+        upload.set_commit_check(Arc::new(move || session.control_alive()));
         if let Err(e) = upload.fill_from(&mut input, self.shared.data_timeout).await {
             upload.abort(&e).await;
             return Err(upload_error(e));
@@ -233,8 +239,8 @@ impl StorageBackend<FtpUser> for S3Backend {
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(path.as_ref())?;
         self.shared
-            .namespace
-            .remove(&user.0, &path)
+            .pipeline
+            .delete(&self.shared.namespace, &user.0, &path)
             .await
             .map_err(fs_error)
     }
@@ -254,11 +260,16 @@ impl StorageBackend<FtpUser> for S3Backend {
         from: P,
         to: P,
     ) -> Result<()> {
-        let from = virtual_path(from.as_ref())?;
-        let to = virtual_path(to.as_ref())?;
+        let request = RenameRequest {
+            user: user.0.clone(),
+            protocol: self.session.protocol(),
+            remote_addr: self.session.remote_addr,
+            from: virtual_path(from.as_ref())?,
+            to: virtual_path(to.as_ref())?,
+        };
         self.shared
-            .namespace
-            .rename(&user.0, &from, &to)
+            .pipeline
+            .rename(&self.shared.namespace, request)
             .await
             .map_err(fs_error)
     }

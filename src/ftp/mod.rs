@@ -49,8 +49,16 @@ pub async fn serve(
         };
         while sessions.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let session = Session::new(remote_addr);
-        let server = match build_server(&cfg, &shared, &users, &metrics, session) {
+        let control = {
+            use std::os::fd::AsFd;
+            stream
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::net::TcpStream::from)
+                .ok()
+        };
+        let session = Session::new(remote_addr, control);
+        let server = match build_server(&cfg, &shared, &users, &metrics, session.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "ftp: cannot set up session");
@@ -66,6 +74,7 @@ pub async fn serve(
             if let Err(e) = server.service(stream).await {
                 tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
             }
+            session.control_closed();
             tracing::debug!(remote = %remote_addr, "ftp session closed");
         });
     }

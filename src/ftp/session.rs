@@ -21,16 +21,51 @@ pub struct Session {
     /// Names this connection in the audit trail.
     pub id: String,
     tls: AtomicBool,
+    /// A second handle on the control socket, to see whether the client is still there
+    /// before an upload is committed; dropped when the control loop ends.
+    control: std::sync::Mutex<Option<std::net::TcpStream>>,
 }
 
 impl Session {
-    /// A new, not yet logged-in session.
-    pub fn new(remote_addr: SocketAddr) -> Arc<Session> {
+    /// A new, not yet logged-in session on `control` (a duplicate of the control socket).
+    pub fn new(remote_addr: SocketAddr, control: Option<std::net::TcpStream>) -> Arc<Session> {
         Arc::new(Session {
             remote_addr,
             id: crate::audit::new_session_id(),
             tls: AtomicBool::new(false),
+            control: std::sync::Mutex::new(control),
         })
+    }
+
+    /// The control loop has ended: the client is gone.
+    pub fn control_closed(&self) {
+        if let Ok(mut control) = self.control.lock() {
+            *control = None;
+        }
+    }
+
+    /// Whether the control connection still stands: not closed by the control loop, no
+    /// end-of-stream or reset waiting on the socket. In FTP stream mode the end of an
+    /// upload is the data connection closing, which a client that died mid-transfer does
+    /// too; its control connection closes alongside, which is what this sees.
+    pub fn control_alive(&self) -> Result<(), String> {
+        let gone = || {
+            Err("the control connection closed before the upload was confirmed; the transfer is treated as cut".to_string())
+        };
+        let Ok(control) = self.control.lock() else {
+            return gone();
+        };
+        let Some(socket) = control.as_ref() else {
+            return gone();
+        };
+        let mut byte = [0u8; 1];
+        // The socket is non-blocking (tokio set it so for the shared file description).
+        match socket.peek(&mut byte) {
+            Ok(0) => gone(),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => gone(),
+        }
     }
 
     /// `ftps` once the client logged in over TLS, else `ftp`.

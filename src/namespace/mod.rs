@@ -4,10 +4,15 @@
 //! S3 has no empty directories, yet clients (curl `--ftp-create-dirs`, GUI clients) make a
 //! directory and enter it at once. Directories made here are remembered in memory until
 //! files appear under them, so they can be entered, listed and removed meanwhile.
+//!
+//! An upload that was cut and can be resumed shows to its owner as a file of the length
+//! that is safely stored (SIZE, LIST, stat), so resuming clients continue from there.
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
 use crate::storage::{Listing, ObjectInfo, Storage, StorageError};
+use crate::upload::PartialStore;
+use crate::upload::partials::PartialRecord;
 use aws_sdk_s3::primitives::ByteStream;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -41,6 +46,9 @@ pub enum FsError {
     /// RMD of a directory with files.
     #[error("directory not empty: {0}")]
     NotEmpty(String),
+    /// The target exists and `upload.overwrite` is false.
+    #[error("{0} exists and this server does not replace files (upload.overwrite = false)")]
+    Exists(String),
     /// A file operation on a directory, or the reverse.
     #[error("{0} is a directory")]
     IsDirectory(String),
@@ -50,12 +58,17 @@ pub enum FsError {
     /// S3 failed.
     #[error("{0}")]
     Storage(#[from] StorageError),
+    /// Something else failed; the message says what.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Files and directories on S3, for every front-end.
 #[derive(Debug)]
 pub struct Namespace {
     storage: Storage,
+    /// Cut uploads, shown to their owners.
+    partials: PartialStore,
     /// Keys ("home/dir/") of directories created by clients that hold no object yet.
     made_dirs: Mutex<HashSet<String>>,
 }
@@ -69,10 +82,11 @@ fn require(user: &User, permission: Permission) -> Result<(), FsError> {
 }
 
 impl Namespace {
-    /// A namespace over `storage`.
-    pub fn new(storage: Storage) -> Namespace {
+    /// A namespace over `storage`, showing the cut uploads kept in `partials`.
+    pub fn new(storage: Storage, partials: PartialStore) -> Namespace {
         Namespace {
             storage,
+            partials,
             made_dirs: Mutex::new(HashSet::new()),
         }
     }
@@ -109,10 +123,28 @@ impl Namespace {
         Ok(self.storage.has_objects_under(&prefix).await?)
     }
 
-    /// STAT: a file or a directory.
+    /// The cut upload of `path` its owner may resume, if one is kept.
+    pub async fn cut_upload(&self, user: &User, path: &VirtualPath) -> Option<PartialRecord> {
+        if path.is_root() {
+            return None;
+        }
+        match self.partials.get(user.key_of(path)).await {
+            Ok(Some(r)) if !r.active && r.username == user.name => Some(r),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up kept uploads");
+                None
+            }
+        }
+    }
+
+    /// STAT: a file or a directory; a cut upload shows its owner the bytes kept.
     pub async fn stat(&self, user: &User, path: &VirtualPath) -> Result<Entry, FsError> {
         if path.is_root() {
             return Ok(dir_entry(""));
+        }
+        if let Some(cut) = self.cut_upload(user, path).await {
+            return Ok(cut_entry(path.file_name(), &cut));
         }
         // Asked together: some stores fail HeadObject on a key that is also a prefix.
         let key = user.key_of(path);
@@ -166,6 +198,17 @@ impl Namespace {
         let mut first: Vec<Entry> = made.iter().map(|d| dir_entry(d)).collect();
         let made: HashSet<String> = made.into_iter().collect();
         first.extend(page_entries(listing, &made));
+        // Cut uploads are listed once, in the first page, with the bytes kept.
+        let cut = self
+            .partials
+            .cut_under(prefix.clone(), user.name.clone())
+            .await
+            .unwrap_or_default();
+        for record in &cut {
+            let name = record.key[prefix.len()..].to_string();
+            first.retain(|e| e.is_dir || e.name != name);
+            first.push(cut_entry(&name, record));
+        }
         first.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DirPages {
             storage: self.storage.clone(),
@@ -226,10 +269,14 @@ impl Namespace {
         }
     }
 
-    /// DELE: a file.
+    /// DELE: a file. Deleting a cut upload's file is done by the pipeline
+    /// ([`crate::upload::Pipeline::delete_cut`]).
     pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
         require(user, Permission::Delete)?;
         let key = user.key_of(path);
+        if let Err(e) = self.partials.remove_temp(key.clone()).await {
+            tracing::warn!(key, error = %e, "cannot forget a temporary upload");
+        }
         if path.is_root() || self.storage.head(&key).await?.is_none() {
             return Err(FsError::NotFound(path.to_string()));
         }
@@ -237,13 +284,15 @@ impl Namespace {
         Ok(())
     }
 
-    /// RNFR/RNTO: server-side copy, then delete of the source. Files only.
+    /// RNFR/RNTO: server-side copy, then delete of the source. Files only. With
+    /// `overwrite` false an existing target is refused. Returns the new object.
     pub async fn rename(
         &self,
         user: &User,
         from: &VirtualPath,
         to: &VirtualPath,
-    ) -> Result<(), FsError> {
+        overwrite: bool,
+    ) -> Result<Renamed, FsError> {
         require(user, Permission::Rename)?;
         let (from_key, to_key) = (user.key_of(from), user.key_of(to));
         let Some(info) = self.storage.head(&from_key).await? else {
@@ -258,12 +307,24 @@ impl Namespace {
         if to.is_root() || self.is_dir(user, to).await? {
             return Err(FsError::IsDirectory(to.to_string()));
         }
+        let renamed = |etag: String| Renamed {
+            from_key: from_key.clone(),
+            to_key: to_key.clone(),
+            size: info.size,
+            etag,
+        };
         if from_key == to_key {
-            return Ok(());
+            return Ok(renamed(String::new()));
         }
-        self.storage.copy(&from_key, &to_key, info.size).await?;
+        if !overwrite && self.storage.head(&to_key).await?.is_some() {
+            return Err(FsError::Exists(to.to_string()));
+        }
+        let etag = self
+            .storage
+            .copy(&from_key, &to_key, info.size, None)
+            .await?;
         self.storage.delete(&from_key).await?;
-        Ok(())
+        Ok(renamed(etag))
     }
 
     /// RETR: the object's bytes from `offset`.
@@ -295,6 +356,19 @@ impl Namespace {
             dirs.retain(|d| !key.starts_with(d.as_str()));
         }
     }
+}
+
+/// What a rename did.
+#[derive(Debug, Clone)]
+pub struct Renamed {
+    /// The old key.
+    pub from_key: String,
+    /// The new key.
+    pub to_key: String,
+    /// Bytes.
+    pub size: u64,
+    /// The new object's ETag (empty when nothing moved).
+    pub etag: String,
 }
 
 /// A page's entries in name order, leaving out directories already shown as made ones.
@@ -344,6 +418,16 @@ fn file_entry(name: &str, info: &ObjectInfo) -> Entry {
         is_dir: false,
         size: info.size,
         modified: info.modified,
+    }
+}
+
+fn cut_entry(name: &str, record: &PartialRecord) -> Entry {
+    Entry {
+        name: name.to_string(),
+        is_dir: false,
+        size: record.durable_bytes,
+        modified: std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(record.updated_ms.max(0) as u64),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::auth::{PathError, User, VirtualPath};
 use crate::metrics::Protocol;
 use crate::namespace::{DirPages, Entry, FsError, Namespace};
 use crate::notify::CompletedUpload;
-use crate::upload::{Pipeline, Reservation, Upload, UploadError, UploadRequest};
+use crate::upload::{Pipeline, RenameRequest, Reservation, Upload, UploadError, UploadRequest};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
     StatusCode, Version,
@@ -63,6 +63,18 @@ struct WriteFile {
     ahead_bytes: u64,
     /// Why the upload failed, once it has.
     failed: Option<String>,
+    /// Opened with APPEND onto `base` kept bytes: whether the client's offsets count from
+    /// the file's start or (as APPEND allows) from `base`, decided by its first write.
+    append: Option<Append>,
+}
+
+/// See `WriteFile::append`.
+#[derive(Clone, Copy)]
+enum Append {
+    /// No write yet; `base` bytes are kept.
+    Undecided { base: u64 },
+    /// Offsets are shifted by this much.
+    Shift(u64),
 }
 
 struct ReadFile {
@@ -121,6 +133,7 @@ fn fs_reply(e: FsError) -> StatusReply {
         FsError::PermissionDenied(_) => StatusCode::PermissionDenied.with_message(e.to_string()),
         FsError::Path(p) => path_reply(p),
         FsError::Unsupported(_) => StatusCode::OpUnsupported.with_message(e.to_string()),
+        FsError::Exists(_) => StatusCode::PermissionDenied.with_message(e.to_string()),
         _ => failure(e.to_string()),
     }
 }
@@ -154,9 +167,24 @@ fn attributes(entry: &Entry) -> FileAttributes {
     }
 }
 
-/// Feeds queued chunks into the upload; finishes on `Finish`, aborts when the queue closes.
+/// Feeds queued chunks into the upload; finishes on `Finish`, ends it (keeping whole parts
+/// for a resume) when the queue closes or a resume from another session takes it over.
 async fn drive(mut upload: Upload, mut queue: mpsc::Receiver<Chunk>) {
-    while let Some(chunk) = queue.recv().await {
+    let preempted = upload.preempted();
+    tokio::pin!(preempted);
+    loop {
+        let chunk = tokio::select! {
+            chunk = queue.recv() => chunk,
+            () = &mut preempted => {
+                let reason = UploadError::Client(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "another session resumed this upload",
+                ));
+                upload.abort(&reason).await;
+                return;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         match chunk {
             Chunk::Data(bytes) => {
                 if let Err(e) = upload.write(&bytes).await {
@@ -221,27 +249,30 @@ impl SftpFiles {
         failure(format!("invalid handle {handle:?}"))
     }
 
+    /// OPEN for writing. With TRUNCATE a fresh upload; without it (OpenSSH `reput`, rclone,
+    /// WinSCP resuming) a cut upload continues at the bytes kept, which stat showed.
     async fn open_write(
         &mut self,
         path: VirtualPath,
         flags: OpenFlags,
     ) -> Result<String, StatusReply> {
-        if flags.contains(OpenFlags::APPEND) {
-            return Err(StatusCode::OpUnsupported
-                .with_message("appending to a file is not supported; upload the whole file"));
-        }
+        let mut offset = 0;
         if !flags.contains(OpenFlags::TRUNCATE) {
-            let exists = self
-                .shared
-                .namespace
-                .stat(&self.user, &path)
-                .await
-                .map(|e| !e.is_dir)
-                .unwrap_or(false);
-            if exists {
-                return Err(StatusCode::OpUnsupported.with_message(
-                    "resuming into an existing file is not supported yet; upload the whole file",
-                ));
+            if let Some(cut) = self.shared.namespace.cut_upload(&self.user, &path).await {
+                offset = cut.durable_bytes;
+            } else {
+                let exists = self
+                    .shared
+                    .namespace
+                    .stat(&self.user, &path)
+                    .await
+                    .map(|e| !e.is_dir)
+                    .unwrap_or(false);
+                if exists {
+                    return Err(StatusCode::OpUnsupported.with_message(
+                        "this file is complete and S3 objects cannot be changed in place; open it with truncate to replace it",
+                    ));
+                }
             }
         }
         let request = UploadRequest {
@@ -254,17 +285,20 @@ impl SftpFiles {
         let upload = self
             .shared
             .pipeline
-            .begin(request)
+            .resume(request, offset)
             .await
             .map_err(|e| upload_reply(&e))?;
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(drive(upload, receiver));
+        let append = (flags.contains(OpenFlags::APPEND) && offset > 0)
+            .then_some(Append::Undecided { base: offset });
         Ok(self.add(OpenFile::Write(WriteFile {
             queue,
-            written: 0,
+            written: offset,
             ahead: BTreeMap::new(),
             ahead_bytes: 0,
             failed: None,
+            append,
         })))
     }
 
@@ -410,6 +444,15 @@ impl russh_sftp::server::Handler for SftpFiles {
         if let Some(why) = &file.failed {
             return Err(failure(why.clone()));
         }
+        let offset = match file.append {
+            Some(Append::Undecided { base }) => {
+                let shift = if offset == base { 0 } else { base };
+                file.append = Some(Append::Shift(shift));
+                offset + shift
+            }
+            Some(Append::Shift(shift)) => offset + shift,
+            None => offset,
+        };
         let len = data.len() as u64;
         if offset == file.written {
             file.push(data).await?;
@@ -437,8 +480,8 @@ impl russh_sftp::server::Handler for SftpFiles {
             Ok(status(id))
         } else {
             Err(failure(format!(
-                "rewriting bytes already written (offset {offset} < {}) is not supported: S3 objects are written once, in order",
-                file.written
+                "rewriting bytes already written or kept (offset {offset} < {}) is not supported: S3 objects are written once, in order; resume from {} or open with truncate to start over",
+                file.written, file.written
             )))
         }
     }
@@ -594,8 +637,8 @@ impl russh_sftp::server::Handler for SftpFiles {
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
         let path = parse(&filename)?;
         self.shared
-            .namespace
-            .remove(&self.user, &path)
+            .pipeline
+            .delete(&self.shared.namespace, &self.user, &path)
             .await
             .map_err(fs_reply)?;
         Ok(status(id))
@@ -640,10 +683,16 @@ impl russh_sftp::server::Handler for SftpFiles {
         oldpath: String,
         newpath: String,
     ) -> Result<Status, Self::Error> {
-        let (from, to) = (parse(&oldpath)?, parse(&newpath)?);
+        let request = RenameRequest {
+            user: self.user.clone(),
+            protocol: Protocol::Sftp,
+            remote_addr: self.remote_addr,
+            from: parse(&oldpath)?,
+            to: parse(&newpath)?,
+        };
         self.shared
-            .namespace
-            .rename(&self.user, &from, &to)
+            .pipeline
+            .rename(&self.shared.namespace, request)
             .await
             .map_err(fs_reply)?;
         Ok(status(id))

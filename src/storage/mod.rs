@@ -4,7 +4,7 @@
 
 pub mod embedded;
 
-use crate::config::{Endpoint, S3_MAX_PART_SIZE, StorageConfig};
+use crate::config::{Endpoint, StorageConfig};
 use crate::metrics::Metrics;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -14,9 +14,6 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Size of each ranged copy when a rename copies an object above 5 GiB.
-const COPY_PART_SIZE: u64 = 512 * 1024 * 1024;
 
 /// What went wrong with an S3 request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +54,10 @@ pub struct Storage {
     bucket: String,
     /// See `StorageConfig::sign_payload`.
     sign_payload: bool,
+    /// See `StorageConfig::copy_part_size`.
+    copy_part_size: u64,
+    /// See `StorageConfig::multipart_copy_threshold`.
+    multipart_copy_threshold: u64,
     metrics: MetricsHandle,
 }
 
@@ -154,6 +155,8 @@ impl Storage {
             client: Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
             sign_payload: cfg.sign_payload,
+            copy_part_size: cfg.copy_part_size.max(1),
+            multipart_copy_threshold: cfg.multipart_copy_threshold,
             metrics: MetricsHandle(metrics),
         }
     }
@@ -349,11 +352,18 @@ impl Storage {
     }
 
     /// Server-side copy of a whole object: CopyObject, or UploadPartCopy in parallel ranges
-    /// above S3's 5 GiB single-copy limit.
-    pub async fn copy(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+    /// above `multipart_copy_threshold` (S3's single copy stops at 5 GiB). Returns the new
+    /// object's ETag.
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        content_type: Option<&str>,
+    ) -> Result<String, StorageError> {
         let source = format!("{}/{}", self.bucket, encode_key(from));
-        if size <= S3_MAX_PART_SIZE {
-            return self
+        if size <= self.multipart_copy_threshold {
+            let out = self
                 .call(
                     "CopyObject",
                     self.client
@@ -363,15 +373,20 @@ impl Storage {
                         .copy_source(source)
                         .send(),
                 )
-                .await
-                .map(|_| ());
+                .await?;
+            return Ok(out
+                .copy_object_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or_default()
+                .to_string());
         }
-        let upload_id = self.create_multipart(to, None).await?;
+        let upload_id = self.create_multipart(to, content_type).await?;
         let result = async {
-            let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(COPY_PART_SIZE))
+            let step = self.copy_part_size;
+            let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(step))
                 .map(|i| {
-                    let start = i * COPY_PART_SIZE;
-                    let end = (start + COPY_PART_SIZE).min(size) - 1;
+                    let start = i * step;
+                    let end = (start + step).min(size) - 1;
                     (i as i32 + 1, start, end)
                 })
                 .collect();
@@ -414,7 +429,7 @@ impl Storage {
         if result.is_err() {
             let _ = self.abort_multipart(to, &upload_id).await;
         }
-        result.map(|_| ())
+        result
     }
 
     /// PutObject of a whole small file; returns the ETag.
@@ -536,20 +551,50 @@ impl Storage {
         .map(|_| ())
     }
 
-    /// ListParts: the part numbers S3 holds for an upload (tests and diagnostics).
-    pub async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<i32>, StorageError> {
-        let out = self
-            .call(
-                "ListParts",
-                self.client
-                    .list_parts()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .send(),
-            )
-            .await?;
-        Ok(out.parts().iter().filter_map(|p| p.part_number()).collect())
+    /// ListParts, every page: the parts S3 holds for an upload, in number order, each
+    /// ready for CompleteMultipartUpload together with its size.
+    pub async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<(CompletedPart, u64)>, StorageError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .call(
+                    "ListParts",
+                    self.client
+                        .list_parts()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .set_part_number_marker(marker.take())
+                        .send(),
+                )
+                .await?;
+            for p in out.parts() {
+                let Some(number) = p.part_number() else {
+                    continue;
+                };
+                let part = CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(p.e_tag().map(str::to_string))
+                    .set_checksum_crc32(p.checksum_crc32().map(str::to_string))
+                    .set_checksum_crc32_c(p.checksum_crc32_c().map(str::to_string))
+                    .set_checksum_crc64_nvme(p.checksum_crc64_nvme().map(str::to_string))
+                    .build();
+                parts.push((part, p.size().unwrap_or(0).max(0) as u64));
+            }
+            match (out.is_truncated(), out.next_part_number_marker()) {
+                (Some(true), Some(next)) if !out.parts().is_empty() => {
+                    marker = Some(next.to_string())
+                }
+                _ => break,
+            }
+        }
+        parts.sort_by_key(|(p, _)| p.part_number());
+        Ok(parts)
     }
 }
 

@@ -6,23 +6,30 @@
 //!                 │ SHA-256 as bytes pass        (reserved from the MemoryBudget first)
 //!                 ▼
 //! finish() ─► PutObject (fits in one part) | CompleteMultipartUpload ─► Notifier::enqueue ─► Ok
-//! anything else (error, abort(), drop, shutdown) ─► AbortMultipartUpload, no completion
+//! client gone, stalled, shutdown ─► whole parts kept for resume (partials), the rest dropped
+//! refused, too large, S3 failure ─► AbortMultipartUpload, no completion
 //! ```
 //!
 //! Success is said last: `finish` returns only after the object is whole in S3 and its
-//! completion is durably queued.
+//! completion is durably queued. Uploads under temporary names (`upload.temp_patterns`)
+//! queue nothing: their completion comes with the rename to a final name (see `rename`).
 
 mod budget;
 mod buffers;
 mod content_type;
 mod part_size;
+pub mod partials;
+mod rename;
+mod resume;
 
 pub use budget::{MemoryBudget, PROBE_SIZE, Reservation};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
+pub use partials::PartialStore;
+pub use rename::RenameRequest;
 
 use crate::audit::TransferRecord;
 use crate::auth::{User, VirtualPath};
-use crate::config::{Permission, StorageConfig, format_size};
+use crate::config::{Permission, S3_MIN_PART_SIZE, StorageConfig, UploadConfig, format_size};
 use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
 use crate::notify::{
     CompletedUpload, CreateError, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id,
@@ -31,10 +38,12 @@ use crate::storage::{Storage, StorageError};
 use aws_sdk_s3::types::CompletedPart;
 use buffers::BufferPool;
 use bytes::{BufMut, BytesMut};
+use partials::{PartMark, PartialRecord, TempRecord, save_hash};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
@@ -75,6 +84,12 @@ pub enum UploadError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A resume cannot continue at the offset the client asked for.
+    #[error("{0}")]
+    Resume(String),
+    /// The file exists and `upload.overwrite` is false.
+    #[error("{0} exists and this server does not replace files (upload.overwrite = false)")]
+    Exists(String),
     /// An internal task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,6 +102,8 @@ impl UploadError {
             UploadError::PermissionDenied
             | UploadError::IsDirectory
             | UploadError::TooLarge { .. }
+            | UploadError::Resume(_)
+            | UploadError::Exists(_)
             | UploadError::Refused(_) => UploadOutcome::Rejected,
             UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
                 UploadOutcome::Aborted
@@ -96,7 +113,20 @@ impl UploadError {
             }
         }
     }
+
+    /// Whether the client may come back for the bytes already stored: the transfer was cut,
+    /// not refused.
+    fn keeps_partial(&self) -> bool {
+        matches!(
+            self,
+            UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown
+        )
+    }
 }
+
+/// A last check before an upload is committed, e.g. that the FTP control connection still
+/// stands (a client that died mid-STOR closes its data connection like a finished one).
+pub type CommitCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Who uploads what, from where.
 #[derive(Debug, Clone)]
@@ -130,12 +160,54 @@ struct Inner {
     active: AtomicUsize,
     idle: Notify,
     stop: CancellationToken,
+    /// Temp names, overwrite and rename behaviour.
+    upload: UploadConfig,
+    /// Cut uploads and finished temporary ones.
+    partials: PartialStore,
+    /// How long a cut upload stays resumable; zero turns resuming off.
+    resume_window: Duration,
+    /// Running uploads by key, so a resume can take over from a session that is gone but
+    /// not yet timed out.
+    running: Mutex<HashMap<String, Running>>,
+    next_serial: AtomicU64,
+}
+
+/// A running upload as the registry sees it.
+#[derive(Clone)]
+struct Running {
+    serial: u64,
+    preempt: CancellationToken,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// An upload's place in the registry; leaving it (drop) tells waiters the upload ended.
+struct Registration {
+    pipeline: Arc<Inner>,
+    key: String,
+    serial: u64,
+    preempt: CancellationToken,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.pipeline.running.lock()
+            && running
+                .get(&self.key)
+                .is_some_and(|r| r.serial == self.serial)
+        {
+            running.remove(&self.key);
+        }
+    }
 }
 
 impl Pipeline {
-    /// A pipeline writing to `storage` under the budget and part sizes of `cfg`.
+    /// A pipeline writing to `storage` under the budget and part sizes of `cfg`, keeping
+    /// cut uploads in `partials`.
     pub fn new(
         cfg: &StorageConfig,
+        upload: &UploadConfig,
+        partials: PartialStore,
         storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
@@ -162,8 +234,23 @@ impl Pipeline {
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
                 stop: CancellationToken::new(),
+                upload: upload.clone(),
+                partials,
+                resume_window: cfg.resume_window,
+                running: Mutex::new(HashMap::new()),
+                next_serial: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Cut uploads and finished temporary ones.
+    pub fn partials(&self) -> &PartialStore {
+        &self.inner.partials
+    }
+
+    /// `[upload]` settings.
+    pub fn upload_config(&self) -> &UploadConfig {
+        &self.inner.upload
     }
 
     /// The memory budget (for tests and diagnostics).
@@ -186,43 +273,64 @@ impl Pipeline {
         self.inner.active.load(Ordering::Acquire)
     }
 
-    /// Starts an upload after checking the user's permission and, with a connector that
-    /// has a `create` step, asking the API (which may choose the object's key).
-    pub async fn begin(&self, req: UploadRequest) -> Result<Upload, UploadError> {
+    /// Counts, logs and audits a refused upload.
+    fn refuse<T>(&self, req: &UploadRequest, e: UploadError) -> Result<T, UploadError> {
         let protocol = req.protocol;
-        let refuse = |e: UploadError| {
-            self.inner
-                .metrics
-                .uploads_total
-                .with_label_values(&[protocol.as_str(), e.outcome().as_str()])
-                .inc();
-            tracing::warn!(user = %req.user.name, path = %req.path, error = %e, "upload refused");
-            self.inner.metrics.audit.transfer(&TransferRecord {
-                session: &req.session_id,
-                protocol,
-                user: &req.user.name,
-                remote_addr: req.remote_addr,
-                path: &req.path.to_string(),
-                key: &req.user.key_of(&req.path),
-                size: 0,
-                sha256: None,
-                duration: Duration::ZERO,
-                outcome: e.outcome().as_str(),
-                error: Some(e.to_string()),
-            });
-            Err(e)
-        };
+        self.inner
+            .metrics
+            .uploads_total
+            .with_label_values(&[protocol.as_str(), e.outcome().as_str()])
+            .inc();
+        tracing::warn!(user = %req.user.name, path = %req.path, error = %e, "upload refused");
+        self.inner.metrics.audit.transfer(&TransferRecord {
+            session: &req.session_id,
+            protocol,
+            user: &req.user.name,
+            remote_addr: req.remote_addr,
+            path: &req.path.to_string(),
+            key: &req.user.key_of(&req.path),
+            size: 0,
+            sha256: None,
+            duration: Duration::ZERO,
+            outcome: e.outcome().as_str(),
+            error: Some(e.to_string()),
+        });
+        Err(e)
+    }
+
+    /// Checks that `req` may upload at all.
+    fn admit(&self, req: &UploadRequest) -> Result<(), UploadError> {
         if !req.user.may(Permission::Upload) {
-            return refuse(UploadError::PermissionDenied);
+            return Err(UploadError::PermissionDenied);
         }
         if req.path.is_root() {
-            return refuse(UploadError::IsDirectory);
+            return Err(UploadError::IsDirectory);
         }
         if self.inner.stop.is_cancelled() {
-            return refuse(UploadError::ShuttingDown);
+            return Err(UploadError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Starts an upload after checking the user's permission and, with a connector that
+    /// has a `create` step, asking the API (which may choose the object's key). A cut
+    /// upload of the same key is discarded: the new one starts from byte 0.
+    pub async fn begin(&self, req: UploadRequest) -> Result<Upload, UploadError> {
+        if let Err(e) = self.admit(&req) {
+            return self.refuse(&req, e);
         }
         let id = new_event_id();
         let mut key = req.user.key_of(&req.path);
+        if !self.inner.upload.overwrite {
+            match self.inner.storage.head(&key).await {
+                Ok(Some(_)) => {
+                    let path = req.path.to_string();
+                    return self.refuse(&req, UploadError::Exists(path));
+                }
+                Ok(None) => {}
+                Err(e) => return self.refuse(&req, e.into()),
+            }
+        }
         let mut fields = serde_json::Map::new();
         if self.inner.notifier.has_create() {
             let ctx = self.create_context(&req, &id, &key);
@@ -233,22 +341,47 @@ impl Pipeline {
                         match VirtualPath::parse(&path) {
                             Ok(p) if !p.is_root() => key = req.user.key_of(&p),
                             _ => {
-                                return refuse(UploadError::Refused(format!(
-                                    "the ingest API chose an unusable path {path:?}"
-                                )));
+                                return self.refuse(
+                                    &req,
+                                    UploadError::Refused(format!(
+                                        "the ingest API chose an unusable path {path:?}"
+                                    )),
+                                );
                             }
                         }
                     }
                 }
-                Err(CreateError::Refused(message)) => return refuse(UploadError::Refused(message)),
+                Err(CreateError::Refused(message)) => {
+                    return self.refuse(&req, UploadError::Refused(message));
+                }
                 Err(e @ CreateError::Unavailable(_)) => {
-                    return refuse(UploadError::Notify(NotifyError::Client(e.to_string())));
+                    return self.refuse(
+                        &req,
+                        UploadError::Notify(NotifyError::Client(e.to_string())),
+                    );
                 }
             }
         }
+        self.discard_cut(&key).await;
+        Ok(self.start(req, key, id, fields, None))
+    }
+
+    /// Registers and returns a new upload, fresh or continuing `resumed`.
+    fn start(
+        &self,
+        req: UploadRequest,
+        key: String,
+        id: String,
+        fields: serde_json::Map<String, serde_json::Value>,
+        resumed: Option<resume::Resumed>,
+    ) -> Upload {
+        let protocol = req.protocol;
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        tracing::debug!(user = %req.user.name, path = %req.path, key = %key, "upload started");
-        Ok(Upload {
+        let registration = self.register(&key);
+        let temp = self.inner.upload.is_temp(req.path.file_name());
+        tracing::debug!(user = %req.user.name, path = %req.path, key = %key,
+            resumed_from = resumed.as_ref().map_or(0, |r| r.offset), "upload started");
+        let mut upload = Upload {
             _active_gauge: GaugeGuard::new(
                 self.inner
                     .metrics
@@ -264,11 +397,48 @@ impl Pipeline {
             started: Instant::now(),
             hasher: Sha256::new(),
             size: 0,
+            resumed_from: 0,
             buffer: None,
             multipart: None,
             content_type: None,
             open: true,
-        })
+            temp,
+            commit_check: None,
+            registration: Some(registration),
+        };
+        if let Some(r) = resumed {
+            upload.started_at = r.started_at;
+            upload.hasher = r.hasher;
+            upload.size = r.offset;
+            upload.resumed_from = r.offset;
+            upload.content_type = Some(r.content_type);
+            upload.multipart = Some(r.multipart);
+        }
+        upload
+    }
+
+    /// Enters `key` in the registry of running uploads.
+    fn register(&self, key: &str) -> Registration {
+        let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        let preempt = CancellationToken::new();
+        let (done_tx, done_rx) = tokio::sync::watch::channel(());
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(
+                key.to_string(),
+                Running {
+                    serial,
+                    preempt: preempt.clone(),
+                    done: done_rx,
+                },
+            );
+        }
+        Registration {
+            pipeline: self.inner.clone(),
+            key: key.to_string(),
+            serial,
+            preempt,
+            _done: done_tx,
+        }
     }
 
     /// What `create` templates see: everything known before the first byte.
@@ -371,6 +541,84 @@ struct Multipart {
     next_number: u32,
     in_flight: JoinSet<Result<CompletedPart, StorageError>>,
     done: Vec<CompletedPart>,
+    /// Each sent part's end offset and hash state there (resumable uploads only).
+    marks: BTreeMap<u32, (u64, Vec<u8>)>,
+    /// Whether the partials store has a record of it.
+    recorded: bool,
+}
+
+impl Multipart {
+    fn new(upload_id: String) -> Multipart {
+        Multipart {
+            upload_id,
+            next_number: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            marks: BTreeMap::new(),
+            recorded: false,
+        }
+    }
+
+    /// Sends `buffer` as the next part in the background.
+    fn spawn_part(&mut self, pipeline: &Arc<Inner>, key: &str, buffer: Buffer) -> u32 {
+        let number = self.next_number;
+        self.next_number += 1;
+        let pipeline = pipeline.clone();
+        let key = key.to_string();
+        let upload_id = self.upload_id.clone();
+        let Buffer {
+            data,
+            reservation,
+            in_flight,
+            ..
+        } = buffer;
+        self.in_flight.spawn(async move {
+            let body = data.freeze();
+            let kept = body.clone();
+            let result = pipeline
+                .storage
+                .upload_part(&key, &upload_id, number as i32, body)
+                .await;
+            // The SDK has let go of the body: its memory serves the next part.
+            if let Ok(buffer) = kept.try_into_mut() {
+                pipeline.buffers.give(buffer);
+            }
+            // The budget is returned only once S3 has the part (or the part failed).
+            drop(reservation);
+            drop(in_flight);
+            result
+        });
+        number
+    }
+
+    /// The longest run of whole parts 1..=n that S3 acknowledged and that have marks:
+    /// `(n, end offset, hash state)`.
+    fn durable_prefix(&self) -> Option<(u32, u64, Vec<u8>)> {
+        let done: std::collections::HashSet<i32> =
+            self.done.iter().filter_map(|p| p.part_number()).collect();
+        let mut best = None;
+        let mut previous_end = 0;
+        for number in 1.. {
+            let Some((end, state)) = self.marks.get(&number) else {
+                break;
+            };
+            // A short part may only be the last: resuming after it would fail Complete.
+            if !done.contains(&(number as i32)) || end - previous_end < S3_MIN_PART_SIZE {
+                break;
+            }
+            best = Some((number, *end, state.clone()));
+            previous_end = *end;
+        }
+        best
+    }
+}
+
+/// How an upload that did not complete leaves S3.
+enum Ending {
+    /// Nothing is kept.
+    Abort(Multipart),
+    /// Whole parts are kept for a resume; a full buffer not yet sent goes first.
+    Suspend(Multipart, Option<(Buffer, u64, Vec<u8>)>),
 }
 
 /// One upload in progress. Finish it with [`Upload::finish`]; dropping it aborts.
@@ -386,10 +634,17 @@ pub struct Upload {
     started: Instant,
     hasher: Sha256,
     size: u64,
+    /// Where this session started (non-zero for a resume).
+    resumed_from: u64,
     buffer: Option<Buffer>,
     multipart: Option<Multipart>,
     content_type: Option<String>,
     open: bool,
+    /// Under a temporary name: no completion until renamed.
+    temp: bool,
+    commit_check: Option<CommitCheck>,
+    /// In the registry until the upload (and its cleanup) ends.
+    registration: Option<Registration>,
     /// Holds `uploads_active` up until the upload is dropped.
     _active_gauge: GaugeGuard,
 }
@@ -410,11 +665,47 @@ impl Upload {
         self.multipart.as_ref().map(|m| m.upload_id.as_str())
     }
 
+    /// The offset this session started at (non-zero when it resumed a cut upload).
+    pub fn resumed_from(&self) -> u64 {
+        self.resumed_from
+    }
+
+    /// Runs `check` right before the object is committed; an error there cuts the upload.
+    pub fn set_commit_check(&mut self, check: CommitCheck) {
+        self.commit_check = Some(check);
+    }
+
+    /// Resolves when a resume from another session takes this upload over.
+    pub fn preempted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let token = self
+            .registration
+            .as_ref()
+            .map(|r| r.preempt.clone())
+            .unwrap_or_default();
+        async move { token.cancelled().await }
+    }
+
+    fn taken_over() -> UploadError {
+        UploadError::Client(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "another session resumed this upload",
+        ))
+    }
+
+    fn is_preempted(&self) -> bool {
+        self.registration
+            .as_ref()
+            .is_some_and(|r| r.preempt.is_cancelled())
+    }
+
     /// Appends bytes; waits while the memory budget is spent or parts are in flight.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), UploadError> {
         while !data.is_empty() {
             if self.pipeline.stop.is_cancelled() {
                 return Err(UploadError::ShuttingDown);
+            }
+            if self.is_preempted() {
+                return Err(Self::taken_over());
             }
             let spare = self.writable_buffer().await?;
             let n = spare.min(data.len());
@@ -437,6 +728,8 @@ impl Upload {
         stall_timeout: Duration,
     ) -> Result<u64, UploadError> {
         let stop = self.pipeline.stop.clone();
+        let preempted = self.preempted();
+        tokio::pin!(preempted);
         loop {
             let spare = self.writable_buffer().await?;
             let Some(buffer) = self.buffer.as_mut() else {
@@ -447,6 +740,7 @@ impl Upload {
             let read = tokio::select! {
                 r = tokio::time::timeout(stall_timeout, reader.read_buf(&mut limited)) => r,
                 () = stop.cancelled() => return Err(UploadError::ShuttingDown),
+                () = &mut preempted => return Err(Self::taken_over()),
             };
             let n = match read {
                 Err(_) => return Err(UploadError::Stalled(stall_timeout)),
@@ -596,44 +890,65 @@ impl Upload {
                 .create_multipart(&self.key, Some(&content_type))
                 .await?;
             self.content_type = Some(content_type);
-            self.multipart = Some(Multipart {
-                upload_id,
-                next_number: 1,
-                in_flight: JoinSet::new(),
-                done: Vec::new(),
-            });
+            self.multipart = Some(Multipart::new(upload_id));
         }
+        self.record_mark().await;
         let Some(mp) = self.multipart.as_mut() else {
             return Err(UploadError::Internal("multipart state missing".into()));
         };
-        let number = mp.next_number;
-        mp.next_number += 1;
-        let pipeline = self.pipeline.clone();
-        let key = self.key.clone();
-        let upload_id = mp.upload_id.clone();
-        let Buffer {
-            data,
-            reservation,
-            in_flight,
-            ..
-        } = buffer;
-        mp.in_flight.spawn(async move {
-            let body = data.freeze();
-            let kept = body.clone();
-            let result = pipeline
-                .storage
-                .upload_part(&key, &upload_id, number as i32, body)
-                .await;
-            // The SDK has let go of the body: its memory serves the next part.
-            if let Ok(buffer) = kept.try_into_mut() {
-                pipeline.buffers.give(buffer);
-            }
-            // The budget is returned only once S3 has the part (or the part failed).
-            drop(reservation);
-            drop(in_flight);
-            result
-        });
+        mp.spawn_part(&self.pipeline, &self.key, buffer);
         Ok(())
+    }
+
+    /// For a resumable upload, writes the next part's mark (its end is everything received
+    /// so far), and the upload's record before its first part. A failure here only costs
+    /// resumability, never the upload.
+    async fn record_mark(&mut self) {
+        if self.pipeline.resume_window.is_zero() {
+            return;
+        }
+        let Some(mp) = self.multipart.as_mut() else {
+            return;
+        };
+        let store = &self.pipeline.partials;
+        if !mp.recorded {
+            let started_at_ms = self
+                .started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let record = PartialRecord {
+                key: self.key.clone(),
+                username: self.req.user.name.clone(),
+                path: self.req.path.to_string(),
+                upload_id: mp.upload_id.clone(),
+                content_type: self.content_type.clone().unwrap_or_default(),
+                id: self.id.clone(),
+                fields: self.fields.clone(),
+                started_at_ms,
+                updated_ms: 0,
+                durable_bytes: 0,
+                durable_parts: 0,
+                hash_state: None,
+                active: true,
+            };
+            match store.begin(record).await {
+                Ok(()) => mp.recorded = true,
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "cannot record the upload for resuming");
+                    return;
+                }
+            }
+        }
+        let state = save_hash(&self.hasher);
+        let mark = PartMark {
+            number: mp.next_number,
+            end: self.size,
+            hash_state: state.clone(),
+        };
+        mp.marks.insert(mp.next_number, (self.size, state));
+        if let Err(e) = store.mark(mp.upload_id.clone(), mark).await {
+            tracing::warn!(key = %self.key, error = %e, "cannot record a part for resuming");
+        }
     }
 
     /// Completes the object, queues its completion, and only then returns success.
@@ -671,6 +986,14 @@ impl Upload {
         if self.pipeline.stop.is_cancelled() {
             return Err(UploadError::ShuttingDown);
         }
+        if let Some(check) = &self.commit_check
+            && let Err(why) = check()
+        {
+            return Err(UploadError::Client(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                why,
+            )));
+        }
         let storage = self.pipeline.storage.clone();
         let (etag, content_type) = if self.multipart.is_none() {
             let body = self
@@ -702,8 +1025,17 @@ impl Upload {
             let etag = storage
                 .complete_multipart(&self.key, &mp.upload_id, parts)
                 .await?;
-            // Complete succeeded: there is no multipart upload left to abort.
-            self.multipart = None;
+            // Complete succeeded: there is no multipart upload left to abort or resume.
+            if let Some(mp) = self.multipart.take()
+                && mp.recorded
+                && let Err(e) = self
+                    .pipeline
+                    .partials
+                    .remove(self.key.clone(), mp.upload_id)
+                    .await
+            {
+                tracing::warn!(key = %self.key, error = %e, "cannot forget the completed upload's resume record");
+            }
             (
                 etag,
                 self.content_type
@@ -730,12 +1062,32 @@ impl Upload {
             metadata: self.req.user.metadata.clone(),
         };
         let fields = std::mem::take(&mut self.fields);
-        if let Err(e) = self
-            .pipeline
-            .notifier
-            .enqueue(completion.clone(), fields)
-            .await
-        {
+        let queued = if self.temp {
+            // Not final yet: the rename to a final name reports it.
+            self.pipeline
+                .partials
+                .put_temp(TempRecord {
+                    key: completion.key.clone(),
+                    username: completion.username.clone(),
+                    size: completion.size,
+                    sha256: completion.sha256.clone(),
+                    content_type: completion.content_type.clone(),
+                    id: completion.id.clone(),
+                    fields,
+                    started_at_ms: completion
+                        .started_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                })
+                .await
+                .map_err(|e| NotifyError::Client(e.to_string()))
+        } else {
+            self.pipeline
+                .notifier
+                .enqueue(completion.clone(), fields)
+                .await
+        };
+        if let Err(e) = queued {
             // The object is whole but its completion cannot be queued (or, in sync mode,
             // the API refused it): take it back so nothing is left half-published.
             if let Err(del) = storage.delete(&self.key).await {
@@ -765,29 +1117,38 @@ impl Upload {
         });
     }
 
-    /// Aborts: stops parts in flight, aborts the multipart upload, releases the budget.
+    /// Ends the upload without success: a cut transfer keeps its whole parts for a resume
+    /// (within `storage.resume_window`), anything else aborts the multipart upload.
     pub async fn abort(mut self, reason: &UploadError) {
         self.abort_with(reason).await;
     }
 
     async fn abort_with(&mut self, reason: &UploadError) {
-        if let Some(mp) = self.close(reason.outcome(), reason) {
-            abort_multipart(self.pipeline.storage.clone(), self.key.clone(), mp).await;
+        if let Some(ending) = self.close(reason.outcome(), reason, reason.keeps_partial()) {
+            let registration = self.registration.take();
+            end(
+                self.pipeline.clone(),
+                self.key.clone(),
+                ending,
+                registration,
+            )
+            .await;
         }
     }
 
-    /// Marks the upload as ended without success, counts and logs it, frees its buffer and
-    /// hands back the multipart upload that still needs aborting.
+    /// Marks the upload as ended without success, counts and logs it, and hands back what
+    /// S3 still holds: to abort, or (`keep`) to suspend for a resume.
     fn close(
         &mut self,
         outcome: UploadOutcome,
         reason: &dyn std::fmt::Display,
-    ) -> Option<Multipart> {
+        keep: bool,
+    ) -> Option<Ending> {
         if !self.open {
             return None;
         }
         self.open = false;
-        self.buffer = None;
+        let buffer = self.buffer.take();
         self.audit(outcome, None, Some(reason.to_string()));
         let protocol = self.req.protocol.as_str();
         self.pipeline
@@ -795,24 +1156,36 @@ impl Upload {
             .uploads_total
             .with_label_values(&[protocol, outcome.as_str()])
             .inc();
+        let mp = self.multipart.take()?;
+        if !keep || self.pipeline.resume_window.is_zero() || !mp.recorded {
+            tracing::warn!(user = %self.req.user.name, protocol, path = %self.req.path, key = %self.key,
+                size = self.size, error = %reason, "upload not completed");
+            return Some(Ending::Abort(mp));
+        }
         tracing::warn!(user = %self.req.user.name, protocol, path = %self.req.path, key = %self.key,
-            size = self.size, error = %reason, "upload not completed");
-        self.multipart.take()
+            size = self.size, error = %reason, "upload cut; whole parts are kept for a resume");
+        // A buffer that is exactly full is a whole part: keep it too.
+        let full = buffer
+            .filter(|b| !b.probe && b.data.len() == b.capacity)
+            .map(|b| (b, self.size, save_hash(&self.hasher)));
+        Some(Ending::Suspend(mp, full))
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         // Neither finished nor aborted: the session vanished. Clean up in the background.
-        if let Some(mp) = self.close(
+        if let Some(ending) = self.close(
             UploadOutcome::Aborted,
             &"the client session ended mid-upload",
+            true,
         ) && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            handle.spawn(abort_multipart(
-                self.pipeline.storage.clone(),
+            handle.spawn(end(
+                self.pipeline.clone(),
                 self.key.clone(),
-                mp,
+                ending,
+                self.registration.take(),
             ));
         }
         if self.pipeline.active.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -821,12 +1194,34 @@ impl Drop for Upload {
     }
 }
 
-/// Stops parts in flight first, so none lands after the abort.
-async fn abort_multipart(storage: Storage, key: String, mut mp: Multipart) {
+/// Aborts or suspends what an upload left in S3; the registration is released (telling a
+/// waiting resume to go on) only once that is settled.
+async fn end(
+    pipeline: Arc<Inner>,
+    key: String,
+    ending: Ending,
+    _registration: Option<Registration>,
+) {
+    match ending {
+        Ending::Abort(mp) => abort_multipart(&pipeline, &key, mp).await,
+        Ending::Suspend(mp, full) => resume::suspend(&pipeline, &key, mp, full).await,
+    }
+}
+
+/// Stops parts in flight first, so none lands after the abort, then forgets the record.
+async fn abort_multipart(pipeline: &Inner, key: &str, mut mp: Multipart) {
     mp.in_flight.abort_all();
     while mp.in_flight.join_next().await.is_some() {}
-    if let Err(e) = storage.abort_multipart(&key, &mp.upload_id).await {
+    if let Err(e) = pipeline.storage.abort_multipart(key, &mp.upload_id).await {
         tracing::warn!(key = %key, upload_id = %mp.upload_id, error = %e, "AbortMultipartUpload failed; a bucket lifecycle rule should clean it up");
+    }
+    if mp.recorded
+        && let Err(e) = pipeline
+            .partials
+            .remove(key.to_string(), mp.upload_id.clone())
+            .await
+    {
+        tracing::warn!(key = %key, error = %e, "cannot forget the aborted upload's resume record");
     }
 }
 

@@ -35,6 +35,8 @@ where
     pub logger: slog::Logger,
     pub data_cmd_rx: Option<Receiver<DataChanCmd>>,
     pub data_abort_rx: Option<Receiver<()>>,
+    // ingest-bridge patch: see `AnnouncedSizeReader`.
+    pub allo_size: Option<u64>,
 }
 
 use std::fmt;
@@ -112,8 +114,13 @@ where
         // TODO: Use configured timeout
         tokio::select! {
             Some(command) = data_cmd_rx.recv() => {
-                let session = session_arc.lock().await;
-                self.handle_incoming(DataChanMsg::ExternalCommand(command), session.start_pos).await;
+                // ingest-bridge patch: an ALLO applies to the one transfer that follows it.
+                let (start_pos, allo_size) = {
+                    let mut session = session_arc.lock().await;
+                    (session.start_pos, session.allo_size.take())
+                };
+                self.allo_size = allo_size;
+                self.handle_incoming(DataChanMsg::ExternalCommand(command), start_pos).await;
             },
             Some(_) = data_abort_rx.recv() => {
                 self.handle_incoming(DataChanMsg::Abort, 0).await;
@@ -269,7 +276,7 @@ where
             .storage
             .put(
                 (*self.user).as_ref().unwrap(),
-                Self::reader(self.socket, self.ftps_mode, "stor").await,
+                Self::announced(Self::reader(self.socket, self.ftps_mode, "stor").await, self.allo_size),
                 path.clone(),
                 start_pos,
             )
@@ -334,7 +341,7 @@ where
             .storage
             .put(
                 (*self.user).as_ref().unwrap(),
-                Self::reader(self.socket, self.ftps_mode, "appe").await,
+                Self::announced(Self::reader(self.socket, self.ftps_mode, "appe").await, self.allo_size),
                 path.clone(),
                 start_pos,
             )
@@ -594,6 +601,18 @@ where
         }
     }
 
+    // ingest-bridge patch: see `AnnouncedSizeReader`.
+    fn announced(reader: Box<dyn AsyncRead + Send + Unpin + Sync>, allo_size: Option<u64>) -> Box<dyn AsyncRead + Send + Unpin + Sync> {
+        match allo_size {
+            Some(announced) => Box::new(AnnouncedSizeReader {
+                inner: reader,
+                announced,
+                received: 0,
+            }),
+            None => reader,
+        }
+    }
+
     fn resolve_path(&self, path: Option<String>) -> PathBuf {
         match path {
             Some(path) => {
@@ -691,6 +710,7 @@ where
             logger,
             data_abort_rx: Some(data_abort_rx),
             data_cmd_rx: Some(data_cmd_rx),
+            allo_size: None,
         };
 
         // The control channel need to know if the data channel is busy so that it doesn't time out
@@ -825,5 +845,32 @@ impl ListCommand {
             ListCommand::List => "list",
             ListCommand::Nlst => "nlst",
         }
+    }
+}
+
+/// ingest-bridge patch: fails the upload when the data connection ends before (or after)
+/// the size announced by ALLO, so a client that died mid-transfer is not taken as done.
+struct AnnouncedSizeReader<R> {
+    inner: R,
+    announced: u64,
+    received: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AnnouncedSizeReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            let n = (buf.filled().len() - before) as u64;
+            this.received += n;
+            if this.received > this.announced || (n == 0 && this.received < this.announced) {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("ALLO announced {} bytes but the data connection carried {}", this.announced, this.received),
+                )));
+            }
+        }
+        result
     }
 }

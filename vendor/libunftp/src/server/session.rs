@@ -105,6 +105,8 @@ where
     // The starting byte for a STOR or RETR command. Set by the _Restart of Interrupted Transfer (REST)_
     // command to support resume functionality.
     pub start_pos: u64,
+    // ingest-bridge patch: the size announced by ALLO for the next upload.
+    pub allo_size: Option<u64>,
     // Tells if the data loop is running. The control channel need to know if the data channel is
     // busy so that it doesn't time out while the session is still in progress.
     pub data_busy: bool,
@@ -144,6 +146,7 @@ where
             data_tls: false,
             collect_metrics: false,
             start_pos: 0,
+            allo_size: None,
             data_busy: false,
             cert_chain: None,
             failed_logins: None,

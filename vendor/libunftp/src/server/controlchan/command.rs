@@ -101,8 +101,10 @@ pub enum Command {
         path: PathBuf,
     },
     Allo {
-        // The `ALLO` command can actually have an optional argument, but since we regard `ALLO`
-        // as noop, we won't even parse it.
+        // ingest-bridge patch: the announced size, checked against the bytes the next STOR
+        // receives (a client that dies mid-upload closes the data connection like one that
+        // finished).
+        size: Option<u64>,
     },
     Abor,
     Stou,

@@ -399,7 +399,11 @@ where
                 session.state = New; // According to RFC 959, a PASS command MUST precede a USER command
                 Ok(Reply::new(ReplyCode::NotLoggedIn, "Authentication failed"))
             }
-            StorageError(error_type) => match error_type.kind() {
+            StorageError(error_type) => {
+                // ingest-bridge patch: a REST offset applies to one transfer, failed or not;
+                // upstream kept it for the next STOR after an error.
+                self.session.lock().await.start_pos = 0;
+                match error_type.kind() {
                 ErrorKind::ExceededStorageAllocationError => Ok(Reply::new(ReplyCode::ExceededStorageAllocation, "Exceeded storage allocation")),
                 ErrorKind::FileNameNotAllowedError => Ok(Reply::new(ReplyCode::BadFileName, "File name not allowed")),
                 ErrorKind::InsufficientStorageSpaceError => Ok(Reply::new(ReplyCode::OutOfSpace, "Insufficient storage space")),
@@ -419,7 +423,8 @@ where
                 )),
                 ErrorKind::CommandNotImplemented => Ok(Reply::new(ReplyCode::CommandNotImplemented, "Command not implemented")),
                 ErrorKind::ConnectionClosed => Ok(Reply::new(ReplyCode::ConnectionClosed, "Connection closed")),
-            },
+                }
+            }
             CommandChannelReply(reply) => Ok(reply),
         }
     }

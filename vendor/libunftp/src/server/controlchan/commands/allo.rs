@@ -40,8 +40,18 @@ where
     Storage::Metadata: Metadata,
 {
     #[tracing_attributes::instrument]
-    async fn handle(&self, _args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        // ALLO is obsolete and we'll just ignore it.
-        Ok(Reply::new(ReplyCode::CommandOkayNotImplemented, "Ignored"))
+    async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
+        // ingest-bridge patch: remember the announced size for the next STOR/APPE, whose
+        // data must then be exactly that long.
+        let size = match args.parsed_command {
+            crate::server::controlchan::command::Command::Allo { size } => size,
+            _ => None,
+        };
+        let mut session = args.session.lock().await;
+        session.allo_size = size;
+        match size {
+            Some(n) => Ok(Reply::new_with_string(ReplyCode::CommandOkay, format!("ALLO {n}: the upload must be exactly {n} bytes"))),
+            None => Ok(Reply::new(ReplyCode::CommandOkayNotImplemented, "Ignored")),
+        }
     }
 }

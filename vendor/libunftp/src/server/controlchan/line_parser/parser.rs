@@ -258,7 +258,13 @@ where
             let path = path.into();
             Command::Mkd { path }
         }
-        "ALLO" => Command::Allo {},
+        "ALLO" => {
+            // ingest-bridge patch: keep the size (first argument; "ALLO n [R m]").
+            let params = parse_to_eol(cmd_params)?;
+            let text = String::from_utf8_lossy(&params).to_string();
+            let size = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+            Command::Allo { size }
+        }
         "ABOR" => {
             let params = parse_to_eol(cmd_params)?;
             if !params.is_empty() {

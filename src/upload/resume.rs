@@ -1,0 +1,346 @@
+//! Resuming cut uploads: suspending one when its client goes away, continuing it at the
+//! exact byte S3's whole parts end, expiring it after `storage.resume_window`, and
+//! reconciling the records with S3 when the bridge starts.
+
+use super::partials::{PartialRecord, load_hash};
+use super::{Buffer, Inner, Multipart, Pipeline, Upload, UploadError, UploadRequest};
+use aws_sdk_s3::types::CompletedPart;
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a resume waits for the session it takes over to let go.
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(30);
+
+/// What a resumed upload continues from.
+pub(super) struct Resumed {
+    pub offset: u64,
+    pub hasher: Sha256,
+    pub multipart: Multipart,
+    pub content_type: String,
+    pub started_at: SystemTime,
+}
+
+impl Pipeline {
+    /// Continues the cut upload of `req.path` at `offset` (FTP REST/APPE, an SFTP write past
+    /// the start). `offset` must equal the bytes kept, which SIZE, LIST and stat show;
+    /// 0 starts afresh. A session still holding the upload (gone but not yet timed out) is
+    /// taken over.
+    pub async fn resume(&self, req: UploadRequest, offset: u64) -> Result<Upload, UploadError> {
+        if offset == 0 {
+            return self.begin(req).await;
+        }
+        if let Err(e) = self.admit(&req) {
+            return self.refuse(&req, e);
+        }
+        match self.prepare_resume(&req, offset).await {
+            Ok((record, resumed)) => {
+                Ok(self.start(req, record.key, record.id, record.fields, Some(resumed)))
+            }
+            Err(e) => self.refuse(&req, e),
+        }
+    }
+
+    async fn prepare_resume(
+        &self,
+        req: &UploadRequest,
+        offset: u64,
+    ) -> Result<(PartialRecord, Resumed), UploadError> {
+        let key = req.user.key_of(&req.path);
+        self.take_over(&key).await?;
+        let store = &self.inner.partials;
+        let nothing = || {
+            UploadError::Resume(format!(
+                "cannot resume {} at byte {offset}: no interrupted upload of it is kept; upload the whole file",
+                req.path
+            ))
+        };
+        let record = store.get(key.clone()).await.map_err(internal)?;
+        let Some(record) = record.filter(|r| r.username == req.user.name) else {
+            return Err(nothing());
+        };
+        if record.active {
+            return Err(UploadError::Resume(format!(
+                "{} is being uploaded by another session; try again when it has ended",
+                req.path
+            )));
+        }
+        if offset != record.durable_bytes {
+            return Err(UploadError::Resume(format!(
+                "cannot resume {} at byte {offset}: {} bytes are stored, resume from there (or from 0 to start over)",
+                req.path, record.durable_bytes
+            )));
+        }
+        let parts = match self.inner.storage.list_parts(&key, &record.upload_id).await {
+            Ok(parts) => parts,
+            Err(e) if e.not_found => {
+                let _ = store.remove(key.clone(), record.upload_id.clone()).await;
+                return Err(nothing());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let kept: Vec<(CompletedPart, u64)> = parts
+            .into_iter()
+            .filter(|(p, _)| {
+                p.part_number()
+                    .is_some_and(|n| n as u32 <= record.durable_parts)
+            })
+            .collect();
+        let whole = kept.len() as u32 == record.durable_parts
+            && kept.iter().map(|(_, size)| size).sum::<u64>() == record.durable_bytes;
+        let hasher = record.hash_state.as_deref().and_then(load_hash);
+        let (true, Some(hasher)) = (whole, hasher) else {
+            tracing::warn!(key = %key, "a kept upload no longer matches S3; it is discarded");
+            discard(&self.inner, &record).await;
+            return Err(nothing());
+        };
+        if !store
+            .activate(key.clone(), record.upload_id.clone())
+            .await
+            .map_err(internal)?
+        {
+            return Err(UploadError::Resume(format!(
+                "{} is being resumed by another session",
+                req.path
+            )));
+        }
+        let marks = store
+            .marks(record.upload_id.clone())
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|m| m.number <= record.durable_parts)
+            .map(|m| (m.number, (m.end, m.hash_state)))
+            .collect();
+        let mut multipart = Multipart::new(record.upload_id.clone());
+        multipart.next_number = record.durable_parts + 1;
+        multipart.done = kept.into_iter().map(|(p, _)| p).collect();
+        multipart.marks = marks;
+        multipart.recorded = true;
+        tracing::info!(user = %req.user.name, path = %req.path, offset, "resuming an interrupted upload");
+        let resumed = Resumed {
+            offset,
+            hasher,
+            multipart,
+            content_type: record.content_type.clone(),
+            started_at: UNIX_EPOCH + Duration::from_millis(record.started_at_ms.max(0) as u64),
+        };
+        Ok((record, resumed))
+    }
+
+    /// Asks a running upload of `key` to stop (keeping its parts) and waits until it has.
+    async fn take_over(&self, key: &str) -> Result<(), UploadError> {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(key).cloned());
+        let Some(running) = running else {
+            return Ok(());
+        };
+        running.preempt.cancel();
+        let mut done = running.done;
+        tokio::time::timeout(TAKE_OVER_WAIT, async {
+            while done.changed().await.is_ok() {}
+        })
+        .await
+        .map_err(|_| {
+            UploadError::Resume(
+                "the file is still being uploaded by another session; try again later".into(),
+            )
+        })
+    }
+
+    /// Drops the cut upload of `key`, if one is kept, before a fresh upload replaces it.
+    pub(super) async fn discard_cut(&self, key: &str) {
+        if self.inner.resume_window.is_zero() {
+            return;
+        }
+        match self.inner.partials.get(key.to_string()).await {
+            Ok(Some(record)) if !record.active => discard(&self.inner, &record).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key, error = %e, "cannot look up a kept upload"),
+        }
+    }
+
+    /// Removes a kept upload: the client deleted the partial file.
+    pub async fn delete_cut(&self, record: &PartialRecord) {
+        discard(&self.inner, record).await;
+    }
+
+    /// Brings the records in line with S3 after a start (a crash leaves running uploads
+    /// recorded as running), then expires old ones every so often, until shutdown.
+    pub fn maintain(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if inner.resume_window.is_zero() {
+                return;
+            }
+            reconcile(&inner).await;
+            let every = (inner.resume_window / 4)
+                .clamp(Duration::from_millis(500), Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => expire(&inner).await,
+                    () = inner.stop.cancelled() => return,
+                }
+            }
+        })
+    }
+
+    /// Runs one reconciliation with S3 now (tests and start-up).
+    pub async fn reconcile(&self) {
+        reconcile(&self.inner).await;
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> UploadError {
+    UploadError::Internal(e.to_string())
+}
+
+/// Aborts a kept upload in S3 and forgets it.
+async fn discard(inner: &Inner, record: &PartialRecord) {
+    if let Err(e) = inner
+        .storage
+        .abort_multipart(&record.key, &record.upload_id)
+        .await
+        && !e.not_found
+    {
+        tracing::warn!(key = %record.key, error = %e, "AbortMultipartUpload of a kept upload failed; a bucket lifecycle rule should clean it up");
+    }
+    if let Err(e) = inner
+        .partials
+        .remove(record.key.clone(), record.upload_id.clone())
+        .await
+    {
+        tracing::warn!(key = %record.key, error = %e, "cannot forget a kept upload");
+    }
+}
+
+/// Keeps a cut upload's whole parts: sends a full last buffer, lets parts in flight land,
+/// and records how far the parts S3 holds reach. Nothing whole means nothing kept.
+pub(super) async fn suspend(
+    inner: &Arc<Inner>,
+    key: &str,
+    mut mp: Multipart,
+    full: Option<(Buffer, u64, Vec<u8>)>,
+) {
+    if let Some((buffer, end, state)) = full {
+        let mark = super::partials::PartMark {
+            number: mp.next_number,
+            end,
+            hash_state: state.clone(),
+        };
+        if inner
+            .partials
+            .mark(mp.upload_id.clone(), mark)
+            .await
+            .is_ok()
+        {
+            mp.marks.insert(mp.next_number, (end, state));
+            mp.spawn_part(inner, key, buffer);
+        }
+    }
+    while let Some(joined) = mp.in_flight.join_next().await {
+        if let Ok(Ok(part)) = joined {
+            mp.done.push(part);
+        }
+    }
+    let Some((parts, durable, state)) = mp.durable_prefix() else {
+        tracing::info!(
+            key,
+            "no whole part of the cut upload reached S3; nothing kept"
+        );
+        super::abort_multipart(inner, key, mp).await;
+        return;
+    };
+    match inner
+        .partials
+        .suspend(key.to_string(), mp.upload_id.clone(), durable, parts, state)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(key, durable, parts, "cut upload kept for a resume");
+        }
+        Ok(false) => {
+            // A newer upload of the same key owns the record: this one cannot be resumed.
+            mp.recorded = false;
+            super::abort_multipart(inner, key, mp).await;
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cannot record the cut upload; aborting it");
+            super::abort_multipart(inner, key, mp).await;
+        }
+    }
+}
+
+/// Start-up: every record is checked against ListParts; running ones (left by a crash)
+/// are suspended at the parts S3 holds, vanished ones forgotten.
+async fn reconcile(inner: &Arc<Inner>) {
+    let records = match inner.partials.all().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read kept uploads");
+            return;
+        }
+    };
+    for record in records {
+        let parts = match inner
+            .storage
+            .list_parts(&record.key, &record.upload_id)
+            .await
+        {
+            Ok(parts) => parts,
+            Err(e) if e.not_found => {
+                let _ = inner
+                    .partials
+                    .remove(record.key.clone(), record.upload_id.clone())
+                    .await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(key = %record.key, error = %e, "cannot check a kept upload; will retry at the next start");
+                continue;
+            }
+        };
+        if !record.active {
+            continue;
+        }
+        let marks = inner
+            .partials
+            .marks(record.upload_id.clone())
+            .await
+            .unwrap_or_default();
+        let mut mp = Multipart::new(record.upload_id.clone());
+        mp.recorded = true;
+        mp.marks = marks
+            .into_iter()
+            .map(|m| (m.number, (m.end, m.hash_state)))
+            .collect();
+        mp.done = parts.into_iter().map(|(p, _)| p).collect();
+        mp.next_number = mp.marks.keys().max().map_or(1, |n| n + 1);
+        tracing::info!(key = %record.key, "an upload was running when the bridge stopped; keeping its parts");
+        suspend(inner, &record.key, mp, None).await;
+    }
+}
+
+/// Aborts kept uploads older than the resume window, and forgets temporary uploads never
+/// renamed within a week.
+async fn expire(inner: &Arc<Inner>) {
+    let now = crate::notify::now_ms();
+    let window = i64::try_from(inner.resume_window.as_millis()).unwrap_or(i64::MAX);
+    match inner.partials.expired(now.saturating_sub(window)).await {
+        Ok(records) => {
+            for record in records {
+                tracing::info!(key = %record.key, durable = record.durable_bytes, "resume window over; aborting the kept upload");
+                discard(inner, &record).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read kept uploads"),
+    }
+    let week = 7 * 24 * 3600 * 1000;
+    if let Err(e) = inner.partials.prune_temp(now - week).await {
+        tracing::warn!(error = %e, "cannot prune temporary-upload records");
+    }
+}
