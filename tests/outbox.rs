@@ -99,32 +99,6 @@ async fn a_refused_completion_is_dead_in_the_outbox() {
     );
 }
 
-/// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
-fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-bridge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.strip_prefix("ftp listening on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("the bridge prints its FTP address");
-    // Keep reading so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_while_retrying_loses_nothing() {
     let api = FakeApi::start().await;
@@ -144,7 +118,7 @@ async fn kill_9_while_retrying_loses_nothing() {
     let config = dir.path().join("bridge.toml");
     std::fs::write(&config, common::config_text(dir.path(), &store, &opts)).expect("config");
 
-    let (mut first, ftp) = spawn_bridge(&config);
+    let (mut first, ftp) = common::spawn_bridge(&config);
     let mut client = suppaftp::tokio::AsyncFtpStream::connect(ftp)
         .await
         .expect("connect");
@@ -168,7 +142,7 @@ async fn kill_9_while_retrying_loses_nothing() {
 
     api.script.lock().unwrap().clear();
     let before = api.requests().len();
-    let (mut second, _) = spawn_bridge(&config);
+    let (mut second, _) = common::spawn_bridge(&config);
     let received = api.wait_for(before + 1, Duration::from_secs(10)).await;
     let _ = second.kill();
     let _ = second.wait();

@@ -156,6 +156,13 @@ async fn ftp_cut_inside_a_part_resumes_with_rest_and_stor() {
     assert_eq!(events[0]["size"], source.len() as u64);
     assert_eq!(events[0]["sha256"], sha256_hex(&source));
     assert!(h.open_multipart_ids().is_empty());
+    let m = h.metrics_text().await;
+    let resumed = common::metric(
+        &m,
+        "ingest_bridge_uploads_resumed_total",
+        &[("protocol", "ftp")],
+    );
+    assert_eq!(resumed, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -357,4 +364,102 @@ async fn renaming_a_final_file_reports_the_new_key_and_overwrite_can_be_refused(
     assert_eq!(keys, ["alice/a.mov", "alice/b.mov", "alice/c.mov"]);
     let renamed = &completions_for(&h, "alice/b.mov")[0];
     assert_eq!(renamed["sha256"], sha256_hex(&source));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ingest_bridge::storage::embedded::EmbeddedStore::start(
+        &dir.path().join("store"),
+        "ingest",
+        0,
+    )
+    .await
+    .expect("store");
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        common::config_text(dir.path(), &store, &Options::default()),
+    )
+    .expect("config");
+    let source = data(14 * MIB, 19);
+    let (mut first, ftp_addr) = common::spawn_bridge(&config);
+    let mut ftp = RawFtp::login(ftp_addr).await;
+    let mut data_conn = ftp.data().await;
+    let (code, _) = ftp.command("STOR crash.bin").await;
+    assert!(code == 150 || code == 125);
+    data_conn
+        .write_all(&source[..12 * MIB])
+        .await
+        .expect("send");
+    // Wait for two parts in the store, then crash: no chance to record anything more.
+    let parts_in_store = || {
+        std::fs::read_dir(&store.root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains(".part-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while parts_in_store() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "parts never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    drop(data_conn);
+    drop(ftp);
+
+    let (mut second, ftp_addr) = common::spawn_bridge(&config);
+    let result = async {
+        let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(ftp_addr)
+            .await
+            .expect("connect");
+        ftp.login("alice", PASSWORD).await.expect("login");
+        ftp.transfer_type(suppaftp::types::FileType::Binary)
+            .await
+            .expect("TYPE I");
+        // The start-up reconciliation runs beside the first requests: wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let kept = loop {
+            if let Ok(n) = ftp.size("crash.bin").await {
+                break n;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never shown");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(kept, 10 * MIB, "the two whole parts S3 holds");
+        ftp.resume_transfer(kept).await.expect("REST");
+        ftp.put_file(
+            "crash.bin",
+            &mut std::io::Cursor::new(source[kept..].to_vec()),
+        )
+        .await
+        .expect("resumed STOR");
+        let _ = ftp.quit().await;
+    }
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let () = result;
+    let s3 = common::s3_client(&store).await;
+    let body = s3
+        .get("alice/crash.bin", 0)
+        .await
+        .expect("object")
+        .collect()
+        .await
+        .expect("body");
+    assert!(body.into_bytes().as_ref() == source.as_slice());
+    let events: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("data").join("events.jsonl"))
+            .expect("event log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["sha256"], sha256_hex(&source));
 }

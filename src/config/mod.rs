@@ -1354,4 +1354,44 @@ rules = [ { status = "2x9", outcome = "delivered" }, { body = "(", outcome = "re
             "{err}"
         );
     }
+
+    #[test]
+    fn upload_defaults_match_temporary_names_by_file_name() {
+        let c = parse("").expect("valid");
+        assert!(c.upload.overwrite && c.upload.notify_on_rename);
+        assert_eq!(c.storage.resume_window, Duration::from_secs(24 * 3600));
+        for temp in [
+            "a.mp4.filepart",
+            "x.part",
+            "y.tmp",
+            ".~lock",
+            "clip.crdownload",
+        ] {
+            assert!(c.upload.is_temp(temp), "{temp}");
+        }
+        for final_name in ["a.mp4", "partial.mov", "tmp", "x.partx"] {
+            assert!(!c.upload.is_temp(final_name), "{final_name}");
+        }
+        let c = parse("[upload]\ntemp_patterns = [\"*.uploading\"]\noverwrite = false\n")
+            .expect("valid");
+        assert!(c.upload.is_temp("a.uploading") && !c.upload.is_temp("a.part"));
+        assert!(!c.upload.overwrite);
+    }
+
+    #[test]
+    fn bad_upload_and_copy_settings_name_their_keys() {
+        let err = parse(
+            "[upload]\ntemp_patterns = [\"dir/*.part\", \"[\"]\n[storage]\ncopy_part_size = \"1MiB\"\nmultipart_copy_threshold = \"6GiB\"\nresume_window = \"soon\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "upload.temp_patterns",
+            "storage.copy_part_size",
+            "storage.multipart_copy_threshold",
+            "storage.resume_window",
+        ] {
+            assert!(err.contains(key), "{key} missing in {err}");
+        }
+    }
 }

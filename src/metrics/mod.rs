@@ -92,6 +92,10 @@ pub struct Metrics {
     pub buffer_bytes_in_use: IntGauge,
     /// `buffer_bytes_limit`: `storage.memory_limit`.
     pub buffer_bytes_limit: IntGauge,
+    /// `uploads_resumed_total{protocol}`: cut uploads continued by a client.
+    pub uploads_resumed_total: IntCounterVec,
+    /// `uploads_kept`: cut uploads waiting for a resume (updated by the sweeper).
+    pub uploads_kept: IntGauge,
     /// `ready{check}`: 1 when the readiness check passed at the last scrape.
     pub ready: IntGaugeVec,
     /// `notifications_total{outcome}`
@@ -120,6 +124,11 @@ impl Metrics {
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric definition");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(opts(name, help)).expect("valid metric definition");
             reg(Box::new(g.clone()));
             g
         };
@@ -201,24 +210,23 @@ impl Metrics {
                 &["operation"],
                 request_buckets.clone(),
             ),
-            buffer_bytes_in_use: {
-                let g = IntGauge::with_opts(opts(
-                    "buffer_bytes_in_use",
-                    "Bytes of the upload memory budget reserved by part buffers.",
-                ))
-                .expect("valid metric definition");
-                reg(Box::new(g.clone()));
-                g
-            },
-            buffer_bytes_limit: {
-                let g = IntGauge::with_opts(opts(
-                    "buffer_bytes_limit",
-                    "The memory budget for upload buffers (storage.memory_limit).",
-                ))
-                .expect("valid metric definition");
-                reg(Box::new(g.clone()));
-                g
-            },
+            buffer_bytes_in_use: gauge(
+                "buffer_bytes_in_use",
+                "Bytes of the upload memory budget reserved by part buffers.",
+            ),
+            buffer_bytes_limit: gauge(
+                "buffer_bytes_limit",
+                "The memory budget for upload buffers (storage.memory_limit).",
+            ),
+            uploads_resumed_total: counter_vec(
+                "uploads_resumed_total",
+                "Cut uploads continued at their kept length (REST/APPE, SFTP writes).",
+                &["protocol"],
+            ),
+            uploads_kept: gauge(
+                "uploads_kept",
+                "Cut uploads whose parts are kept in S3 for a resume.",
+            ),
             ready: gauge_vec(
                 "ready",
                 "1 when the readiness check passed at the last scrape (listeners, s3, event_log, outbox).",
@@ -229,15 +237,10 @@ impl Metrics {
                 "Completion call attempts by outcome.",
                 &["outcome"],
             ),
-            notifications_pending: {
-                let g = IntGauge::with_opts(opts(
-                    "notifications_pending",
-                    "Completions queued and not yet delivered.",
-                ))
-                .expect("valid metric definition");
-                reg(Box::new(g.clone()));
-                g
-            },
+            notifications_pending: gauge(
+                "notifications_pending",
+                "Completions queued and not yet delivered.",
+            ),
             notification_oldest_pending_seconds: {
                 let g = Gauge::with_opts(opts(
                     "notification_oldest_pending_seconds",

@@ -374,6 +374,16 @@ impl PartialStore {
         .await
     }
 
+    /// How many cut uploads are kept.
+    pub async fn count_cut(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM partials WHERE active = 0", [], |r| {
+                r.get(0)
+            })
+        })
+        .await
+    }
+
     /// Cut uploads untouched since before `before_ms`.
     pub async fn expired(&self, before_ms: i64) -> Result<Vec<PartialRecord>, StoreError> {
         self.with(move |c| {

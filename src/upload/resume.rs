@@ -47,7 +47,6 @@ impl Pipeline {
         offset: u64,
     ) -> Result<(PartialRecord, Resumed), UploadError> {
         let key = req.user.key_of(&req.path);
-        self.take_over(&key).await?;
         let store = &self.inner.partials;
         let nothing = || {
             UploadError::Resume(format!(
@@ -55,10 +54,15 @@ impl Pipeline {
                 req.path
             ))
         };
-        let record = store.get(key.clone()).await.map_err(internal)?;
-        let Some(record) = record.filter(|r| r.username == req.user.name) else {
+        let own = |r: Option<PartialRecord>| r.filter(|r| r.username == req.user.name);
+        let Some(mut record) = own(store.get(key.clone()).await.map_err(internal)?) else {
             return Err(nothing());
         };
+        if record.active {
+            // The user's own session still holds it (gone but not yet timed out).
+            self.take_over(&key).await?;
+            record = own(store.get(key.clone()).await.map_err(internal)?).ok_or_else(nothing)?;
+        }
         if record.active {
             return Err(UploadError::Resume(format!(
                 "{} is being uploaded by another session; try again when it has ended",
@@ -118,6 +122,11 @@ impl Pipeline {
         multipart.marks = marks;
         multipart.recorded = true;
         tracing::info!(user = %req.user.name, path = %req.path, offset, "resuming an interrupted upload");
+        self.inner
+            .metrics
+            .uploads_resumed_total
+            .with_label_values(&[req.protocol.as_str()])
+            .inc();
         let resumed = Resumed {
             offset,
             hasher,
@@ -178,11 +187,15 @@ impl Pipeline {
                 return;
             }
             reconcile(&inner).await;
+            count_kept(&inner).await;
             let every = (inner.resume_window / 4)
                 .clamp(Duration::from_millis(500), Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(every) => expire(&inner).await,
+                    () = tokio::time::sleep(every) => {
+                        expire(&inner).await;
+                        count_kept(&inner).await;
+                    }
                     () = inner.stop.cancelled() => return,
                 }
             }
@@ -322,6 +335,13 @@ async fn reconcile(inner: &Arc<Inner>) {
         mp.next_number = mp.marks.keys().max().map_or(1, |n| n + 1);
         tracing::info!(key = %record.key, "an upload was running when the bridge stopped; keeping its parts");
         suspend(inner, &record.key, mp, None).await;
+    }
+}
+
+/// Sets `uploads_kept`.
+async fn count_kept(inner: &Inner) {
+    if let Ok(n) = inner.partials.count_cut().await {
+        inner.metrics.uploads_kept.set(n);
     }
 }
 

@@ -590,3 +590,29 @@ pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) 
         .disconnect(russh::Disconnect::ByApplication, "bye", "en")
         .await;
 }
+
+/// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
+pub fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-bridge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("ftp listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        })
+        .expect("the bridge prints its FTP address");
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}

@@ -191,6 +191,54 @@ else
   ko "rclone sftp: $(tail -5 "$WORK/rclone-sftp.out")"
 fi
 
+# Resuming: each client is killed mid-upload (rate-limited so that whole 5 MiB parts are in
+# S3), then resumes; the object must be whole, with one completion, and the server must have
+# continued the kept upload rather than taken the file again.
+# resumed PATH: the server continued PATH's kept upload; prints the byte it continued at.
+resumed() {
+  local at
+  at=$(cat "$WORK/serve.err" "$WORK/serve.out" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' \
+    | grep "resuming an interrupted upload.*$1" | grep -o 'offset=[0-9]*' | tail -1)
+  [ -n "$at" ] && echo "  (continued at ${at#offset=} of $(stat -c %s "$WORK/big.bin") bytes)"
+}
+timeout -s KILL 4 curl -sS --limit-rate 4M -T "$WORK/big.bin" "$URL/resume/curl.bin" --ftp-create-dirs >/dev/null 2>&1
+sleep 1
+if curl -sS -C - -T "$WORK/big.bin" "$URL/resume/curl.bin" 2>"$WORK/curl-resume.err"; then
+  check "curl -C - -T resumes a killed upload" "ci/resume/curl.bin" "$WORK/big.bin"
+  resumed "/resume/curl.bin" && ok "curl -C - continued the kept parts" || ko "curl -C - re-sent the whole file"
+else
+  ko "curl -C -: $(cat "$WORK/curl-resume.err")"
+fi
+
+LFTP_OPEN="set net:max-retries 1; set net:timeout 20; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1"
+timeout -s KILL 4 lftp -c "$LFTP_OPEN; set net:limit-rate 4000000; mkdir -p resume; put $WORK/big.bin -o resume/lftp.bin" >/dev/null 2>&1
+sleep 1
+if lftp -c "$LFTP_OPEN; put -c $WORK/big.bin -o resume/lftp.bin" >"$WORK/lftp-resume.out" 2>&1; then
+  check "lftp put -c resumes a killed upload" "ci/resume/lftp.bin" "$WORK/big.bin"
+  resumed "/resume/lftp.bin" && ok "lftp put -c continued the kept parts" || ko "lftp put -c re-sent the whole file"
+else
+  ko "lftp put -c: $(cat "$WORK/lftp-resume.out")"
+fi
+
+printf 'put %s resume/reput.bin\n' "$WORK/big.bin" >"$WORK/batch-put"
+printf 'reput %s resume/reput.bin\n' "$WORK/big.bin" >"$WORK/batch-reput"
+timeout -s KILL 4 sftp "${SSH_OPTS[@]}" -l 32000 -b "$WORK/batch-put" ci@127.0.0.1 >/dev/null 2>&1
+sleep 1
+if sftp "${SSH_OPTS[@]}" -b "$WORK/batch-reput" ci@127.0.0.1 >"$WORK/reput.out" 2>&1; then
+  check "OpenSSH sftp reput resumes a killed upload" "ci/resume/reput.bin" "$WORK/big.bin"
+  resumed "/resume/reput.bin" && ok "OpenSSH reput continued the kept parts" || ko "OpenSSH reput re-sent the whole file"
+else
+  ko "OpenSSH reput: $(cat "$WORK/reput.out")"
+fi
+
+if python3 "$HERE/paramiko_filepart.py" 127.0.0.1 "$SFTP_PORT" ci "$PASSWORD" "$WORK/big.bin" /resume/winscp.mov >"$WORK/filepart.out" 2>&1; then
+  check "paramiko .filepart then rename: one completion for the final name" "ci/resume/winscp.mov" "$WORK/big.bin"
+  grep -q "temp_gone=True" "$WORK/filepart.out" && [ ! -e "$STORE/ci/resume/winscp.mov.filepart" ] && ok "no .filepart object left" || ko "temp object left: $(cat "$WORK/filepart.out")"
+  if grep -q '"key": "ci/resume/winscp.mov.filepart"\|"key":"ci/resume/winscp.mov.filepart"' "$WORK/api.jsonl"; then ko "completion sent for the .filepart name"; else ok "no completion for the .filepart name"; fi
+else
+  ko "paramiko .filepart: $(tail -3 "$WORK/filepart.out")"
+fi
+
 # A refused login and a path that escapes home.
 if curl -sS -T "$WORK/small.bin" "ftp://ci:wrong@127.0.0.1:$FTP_PORT/x.bin" 2>/dev/null; then ko "wrong password accepted"; else ok "wrong password refused"; fi
 curl -sS -T "$WORK/small.bin" "$URL/%2E%2E/escape.bin" 2>/dev/null
