@@ -205,9 +205,11 @@ impl Namespace {
             .await
             .unwrap_or_default();
         for record in &cut {
-            let name = record.key[prefix.len()..].to_string();
+            let Some(name) = record.key.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
             first.retain(|e| e.is_dir || e.name != name);
-            first.push(cut_entry(&name, record));
+            first.push(cut_entry(name, record));
         }
         first.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DirPages {

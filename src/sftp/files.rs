@@ -176,11 +176,7 @@ async fn drive(mut upload: Upload, mut queue: mpsc::Receiver<Chunk>) {
         let chunk = tokio::select! {
             chunk = queue.recv() => chunk,
             () = &mut preempted => {
-                let reason = UploadError::Client(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "another session resumed this upload",
-                ));
-                upload.abort(&reason).await;
+                upload.abort(&Upload::taken_over()).await;
                 return;
             }
         };

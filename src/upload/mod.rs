@@ -248,11 +248,6 @@ impl Pipeline {
         &self.inner.partials
     }
 
-    /// `[upload]` settings.
-    pub fn upload_config(&self) -> &UploadConfig {
-        &self.inner.upload
-    }
-
     /// The memory budget (for tests and diagnostics).
     pub fn budget(&self) -> &MemoryBudget {
         &self.inner.budget
@@ -397,7 +392,6 @@ impl Pipeline {
             started: Instant::now(),
             hasher: Sha256::new(),
             size: 0,
-            resumed_from: 0,
             buffer: None,
             multipart: None,
             content_type: None,
@@ -410,7 +404,6 @@ impl Pipeline {
             upload.started_at = r.started_at;
             upload.hasher = r.hasher;
             upload.size = r.offset;
-            upload.resumed_from = r.offset;
             upload.content_type = Some(r.content_type);
             upload.multipart = Some(r.multipart);
         }
@@ -634,8 +627,6 @@ pub struct Upload {
     started: Instant,
     hasher: Sha256,
     size: u64,
-    /// Where this session started (non-zero for a resume).
-    resumed_from: u64,
     buffer: Option<Buffer>,
     multipart: Option<Multipart>,
     content_type: Option<String>,
@@ -665,11 +656,6 @@ impl Upload {
         self.multipart.as_ref().map(|m| m.upload_id.as_str())
     }
 
-    /// The offset this session started at (non-zero when it resumed a cut upload).
-    pub fn resumed_from(&self) -> u64 {
-        self.resumed_from
-    }
-
     /// Runs `check` right before the object is committed; an error there cuts the upload.
     pub fn set_commit_check(&mut self, check: CommitCheck) {
         self.commit_check = Some(check);
@@ -685,7 +671,8 @@ impl Upload {
         async move { token.cancelled().await }
     }
 
-    fn taken_over() -> UploadError {
+    /// The error an upload ends with when a resume from another session takes it over.
+    pub fn taken_over() -> UploadError {
         UploadError::Client(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "another session resumed this upload",
