@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod defender;
 pub mod ftp;
 pub mod metrics;
 pub mod namespace;

@@ -10,6 +10,7 @@ use crate::notify::{Notifier, NotifyError};
 use crate::sftp::{self, SftpShared};
 use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
 use crate::storage::{Connection, Storage};
+use crate::defender::Defender;
 use crate::upload::{PartialStore, Pipeline};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -213,6 +214,11 @@ impl Bridge {
 
         let stop_accepting = CancellationToken::new();
         let stop_metrics = CancellationToken::new();
+        let defender = Arc::new(Defender::new(
+            config.server.allowed_ips.clone(),
+            config.defender.clone(),
+            metrics.clone(),
+        ));
         let ftp_addr = match ftp_listener {
             Some(listener) => {
                 let addr = listener.local_addr().unwrap_or(config.ftp.listen);
@@ -220,6 +226,7 @@ impl Bridge {
                     pipeline: pipeline.clone(),
                     namespace: namespace.clone(),
                     data_timeout: config.ftp.data_timeout,
+                    defender: defender.clone(),
                 });
                 tokio::spawn(ftp::serve(
                     listener,
@@ -239,6 +246,7 @@ impl Bridge {
                 let shared = Arc::new(SftpShared {
                     pipeline: pipeline.clone(),
                     namespace: namespace.clone(),
+                    defender: defender.clone(),
                 });
                 tokio::spawn(sftp::serve(
                     listener,
@@ -256,7 +264,11 @@ impl Bridge {
             let storage = storage.clone();
             let notifier = notifier.clone();
             let accepting = stop_accepting.clone();
+            let defender = defender.clone();
+            let banned = metrics.defender_banned_addresses.clone();
             Arc::new(move || {
+                // Bans end by themselves: refresh the gauge whenever it is looked at.
+                banned.set(i64::try_from(defender.banned_now()).unwrap_or(i64::MAX));
                 let storage = storage.clone();
                 let notifier = notifier.clone();
                 let accepting = accepting.clone();

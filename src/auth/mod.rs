@@ -24,6 +24,8 @@ pub struct User {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// OpenSSH public keys.
     pub public_keys: Vec<String>,
+    /// Networks the user may log in from; empty: any.
+    pub allowed_ips: Vec<ipnet::IpNet>,
     password_hash: String,
 }
 
@@ -31,6 +33,11 @@ impl User {
     /// Whether the user holds `permission`.
     pub fn may(&self, permission: Permission) -> bool {
         self.permissions.contains(&permission)
+    }
+
+    /// Whether the user may log in from `ip` (`allowed_ips`).
+    pub fn may_connect_from(&self, ip: std::net::IpAddr) -> bool {
+        crate::defender::in_networks(&self.allowed_ips, ip)
     }
 
     /// The S3 key of a path inside the user's home.
@@ -45,6 +52,9 @@ pub enum AuthError {
     /// Unknown user or wrong password (indistinguishable to the client).
     #[error("invalid username or password")]
     BadCredentials,
+    /// Right credentials, from an address outside the user's `allowed_ips`.
+    #[error("the user may not log in from this address (allowed_ips)")]
+    AddressNotAllowed,
 }
 
 /// All configured users.
@@ -67,6 +77,7 @@ impl UserDirectory {
                     permissions: u.permissions.clone(),
                     metadata: u.metadata.clone(),
                     public_keys: u.public_keys.clone(),
+                    allowed_ips: u.allowed_ips.clone(),
                     password_hash: u.password_hash.clone(),
                 };
                 (u.username.clone(), Arc::new(user))
@@ -81,11 +92,13 @@ impl UserDirectory {
         self.users.get(username).cloned()
     }
 
-    /// Verifies a password (argon2, constant-time compare) off the async threads.
+    /// Verifies a password (argon2, constant-time compare) off the async threads, and that
+    /// the user may log in from `from`.
     pub async fn authenticate_password(
         &self,
         username: &str,
         password: &str,
+        from: std::net::IpAddr,
     ) -> Result<Arc<User>, AuthError> {
         let user = self.get(username);
         let hash = match &user {
@@ -97,7 +110,13 @@ impl UserDirectory {
             .await
             .unwrap_or(false);
         match user {
-            Some(u) if verified && !u.password_hash.is_empty() => Ok(u),
+            Some(u) if verified && !u.password_hash.is_empty() => {
+                if u.may_connect_from(from) {
+                    Ok(u)
+                } else {
+                    Err(AuthError::AddressNotAllowed)
+                }
+            }
             _ => Err(AuthError::BadCredentials),
         }
     }
@@ -136,15 +155,22 @@ mod tests {
             permissions: [Permission::Upload].into(),
             metadata: Default::default(),
             notify: Default::default(),
+            allowed_ips: vec!["10.0.0.0/8".parse().expect("net")],
         }])
     }
 
     #[tokio::test]
-    async fn passwords() {
+    async fn passwords_and_allowed_addresses() {
         let dir = directory();
-        assert!(dir.authenticate_password("alice", "secret").await.is_ok());
-        assert!(dir.authenticate_password("alice", "wrong").await.is_err());
-        assert!(dir.authenticate_password("bob", "secret").await.is_err());
+        let inside: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
+        let outside: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+        assert!(dir.authenticate_password("alice", "secret", inside).await.is_ok());
+        assert!(dir.authenticate_password("alice", "wrong", inside).await.is_err());
+        assert!(dir.authenticate_password("bob", "secret", inside).await.is_err());
+        assert!(matches!(
+            dir.authenticate_password("alice", "secret", outside).await,
+            Err(AuthError::AddressNotAllowed)
+        ));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[upload]`
     pub upload: UploadConfig,
+    /// `[defender]`
+    pub defender: DefenderConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
 }
@@ -135,6 +137,23 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// How long a stop waits for running uploads before aborting them.
     pub shutdown_timeout: Duration,
+    /// Client networks allowed to connect at all; empty allows every address.
+    pub allowed_ips: Vec<ipnet::IpNet>,
+}
+
+/// `[defender]`: bans addresses that keep failing to log in.
+#[derive(Debug, Clone)]
+pub struct DefenderConfig {
+    /// Whether failed logins lead to bans.
+    pub enabled: bool,
+    /// Failed logins from one address within `window` that trigger a ban.
+    pub max_failures: u32,
+    /// How far back failed logins count.
+    pub window: Duration,
+    /// The first ban's length; each further ban of the same address doubles it.
+    pub ban_time: Duration,
+    /// Networks never banned.
+    pub safelist: Vec<ipnet::IpNet>,
 }
 
 /// `[ftp]`: the FTP/FTPS listener.
@@ -360,6 +379,8 @@ pub struct UserConfig {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// This user's headers and template variables for the connector.
     pub notify: UserNotifyConfig,
+    /// Client networks this user may log in from; empty allows every address.
+    pub allowed_ips: Vec<ipnet::IpNet>,
 }
 
 /// One problem in a configuration file.
@@ -571,6 +592,7 @@ impl Validator<'_> {
                 raw.server.shutdown_timeout,
                 Duration::from_secs(300),
             ),
+            allowed_ips: self.networks("server.allowed_ips", raw.server.allowed_ips),
         };
         let ftp = self.ftp(raw.ftp);
         let sftp = SftpConfig {
@@ -599,6 +621,7 @@ impl Validator<'_> {
         };
         let log = self.log(raw.log, &server.data_dir);
         let upload = self.upload(raw.upload);
+        let defender = self.defender(raw.defender);
         let users = self.users(raw.users);
         self.listeners_distinct(&ftp, &sftp, &metrics);
         Config {
@@ -610,7 +633,51 @@ impl Validator<'_> {
             metrics,
             log,
             upload,
+            defender,
             users,
+        }
+    }
+
+    /// A list of CIDR networks (`"10.0.0.0/8"`, `"2001:db8::/32"`) or single addresses.
+    fn networks(&mut self, key: &str, raw: Option<Vec<Text>>) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::new();
+        for t in raw.unwrap_or_default() {
+            let text = t.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => self.problem(
+                    key,
+                    Some(&t),
+                    format!("{text:?} is not an address or network; write e.g. \"203.0.113.7\", \"10.0.0.0/8\" or \"2001:db8::/32\""),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn defender(&mut self, raw: raw::RawDefender) -> DefenderConfig {
+        let max_failures = match raw.max_failures {
+            None => 10,
+            Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                let line = self.line_of(n.span().start);
+                self.problems.push(Problem {
+                    key: "defender.max_failures".into(),
+                    line: Some(line),
+                    message: "must be between 1 and 1000000".into(),
+                });
+                10
+            }
+        };
+        DefenderConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            max_failures,
+            window: self.duration("defender.window", raw.window, Duration::from_secs(300)),
+            ban_time: self.duration("defender.ban_time", raw.ban_time, Duration::from_secs(900)),
+            safelist: self.networks("defender.safelist", raw.safelist),
         }
     }
 
@@ -1059,6 +1126,7 @@ impl Validator<'_> {
                 permissions,
                 metadata: u.metadata,
                 notify: self.user_notify(&key("notify"), u.notify),
+                allowed_ips: self.networks(&key("allowed_ips"), u.allowed_ips),
             });
         }
         users

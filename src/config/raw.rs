@@ -22,7 +22,19 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     pub log: RawLog,
     pub upload: RawUpload,
+    pub defender: RawDefender,
     pub users: Vec<RawUser>,
+}
+
+/// `[defender]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDefender {
+    pub enabled: Option<bool>,
+    pub max_failures: Option<Spanned<i64>>,
+    pub window: Option<Text>,
+    pub ban_time: Option<Text>,
+    pub safelist: Option<Vec<Text>>,
 }
 
 /// `[upload]`
@@ -49,6 +61,7 @@ pub struct RawLog {
 pub struct RawServer {
     pub data_dir: Option<Text>,
     pub shutdown_timeout: Option<Text>,
+    pub allowed_ips: Option<Vec<Text>>,
 }
 
 /// `[ftp]`
@@ -179,4 +192,5 @@ pub struct RawUser {
     pub permissions: Option<Vec<Text>>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub notify: RawUserNotify,
+    pub allowed_ips: Option<Vec<Text>>,
 }

@@ -24,6 +24,8 @@ pub struct FtpShared {
     pub namespace: Arc<Namespace>,
     /// A data connection silent this long fails its transfer.
     pub data_timeout: Duration,
+    /// The allowlist and the bans.
+    pub defender: Arc<crate::defender::Defender>,
 }
 
 /// One session's view of S3.

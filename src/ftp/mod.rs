@@ -14,9 +14,10 @@ use backend::S3Backend;
 use libunftp::ServerBuilder;
 use libunftp::options::{FtpsRequired, PassiveHost};
 use session::{FtpUser, MetricsRef, Session, SessionAuthenticator, UserProvider};
-use std::net::Ipv4Addr;
+use crate::defender::Admission;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,11 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         while sessions.try_join_next().is_some() {}
+        let admission = shared.defender.admit(remote_addr.ip());
+        if admission != Admission::Allowed {
+            refuse(stream, remote_addr, admission, &metrics);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let control = {
             use std::os::fd::AsFd;
@@ -80,6 +86,31 @@ pub async fn serve(
     }
     // Sessions are detached: their uploads finish or abort under the pipeline's drain.
     sessions.detach_all();
+}
+
+/// Answers a refused connection with `421` and closes it, without a session.
+fn refuse(stream: TcpStream, remote_addr: SocketAddr, admission: Admission, metrics: &Metrics) {
+    metrics
+        .connections_refused_total
+        .with_label_values(&[Protocol::Ftp.as_str(), admission.reason()])
+        .inc();
+    tracing::debug!(remote = %remote_addr, reason = admission.reason(), "ftp connection refused");
+    let reply = match admission {
+        Admission::Banned(left) => format!(
+            "421 Too many failed logins from your address; try again in {} s.\r\n",
+            left.as_secs().max(1)
+        ),
+        _ => "421 Connections from your address are not allowed.\r\n".to_string(),
+    };
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
 }
 
 /// Loads the FTPS certificate and key once, so a bad `[ftp.tls]` stops the start instead of
@@ -128,6 +159,7 @@ fn build_server(
         users: users.clone(),
         session,
         metrics: MetricsRef(metrics.clone()),
+        defender: shared.defender.clone(),
     }))
     .greeting(GREETING)
     .passive_ports(cfg.passive_ports.clone())

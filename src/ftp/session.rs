@@ -99,6 +99,8 @@ pub struct SessionAuthenticator {
     pub session: Arc<Session>,
     /// Login counters.
     pub metrics: MetricsRef,
+    /// Counts failed logins towards bans.
+    pub defender: Arc<crate::defender::Defender>,
 }
 
 /// `Metrics` behind a Debug-able handle.
@@ -121,7 +123,10 @@ impl Authenticator for SessionAuthenticator {
         let tls = creds.command_channel_security == ChannelEncryptionState::Tls;
         let protocol = if tls { Protocol::Ftps } else { Protocol::Ftp };
         let password = creds.password.as_deref().unwrap_or("");
-        let result = self.users.authenticate_password(username, password).await;
+        let result = self
+            .users
+            .authenticate_password(username, password, self.session.remote_addr.ip())
+            .await;
         self.metrics.0.audit.login(&crate::audit::LoginRecord {
             session: &self.session.id,
             protocol,
@@ -140,6 +145,7 @@ impl Authenticator for SessionAuthenticator {
                 })
             }
             Err(e) => {
+                self.defender.login_failed(self.session.remote_addr.ip());
                 self.metrics.0.login(protocol, false);
                 tracing::warn!(user = %username, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login failed: {e}");
                 Err(AuthenticationError::BadPassword)

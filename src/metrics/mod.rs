@@ -6,7 +6,7 @@ mod endpoint;
 pub use endpoint::{Readiness, serve as serve_endpoint};
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 use std::time::Instant;
@@ -96,6 +96,12 @@ pub struct Metrics {
     pub uploads_resumed_total: IntCounterVec,
     /// `uploads_kept`: cut uploads waiting for a resume (updated by the sweeper).
     pub uploads_kept: IntGauge,
+    /// `connections_refused_total{protocol,reason}`: closed at accept (`not_allowed`, `banned`).
+    pub connections_refused_total: IntCounterVec,
+    /// `defender_bans_total`: addresses banned for failed logins.
+    pub defender_bans_total: IntCounter,
+    /// `defender_banned_addresses`: addresses banned right now.
+    pub defender_banned_addresses: IntGauge,
     /// `ready{check}`: 1 when the readiness check passed at the last scrape.
     pub ready: IntGaugeVec,
     /// `notifications_total{outcome}`
@@ -222,6 +228,24 @@ impl Metrics {
                 "uploads_resumed_total",
                 "Cut uploads continued at their kept length (REST/APPE, SFTP writes).",
                 &["protocol"],
+            ),
+            connections_refused_total: counter_vec(
+                "connections_refused_total",
+                "Connections closed at accept: address outside server.allowed_ips, or banned.",
+                &["protocol", "reason"],
+            ),
+            defender_bans_total: {
+                let c = IntCounter::with_opts(opts(
+                    "defender_bans_total",
+                    "Addresses banned for repeated failed logins.",
+                ))
+                .expect("valid metric definition");
+                reg(Box::new(c.clone()));
+                c
+            },
+            defender_banned_addresses: gauge(
+                "defender_banned_addresses",
+                "Addresses banned right now.",
             ),
             uploads_kept: gauge(
                 "uploads_kept",

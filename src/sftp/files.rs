@@ -47,6 +47,8 @@ pub struct SftpShared {
     pub pipeline: Pipeline,
     /// Everything but uploads.
     pub namespace: Arc<Namespace>,
+    /// The allowlist and the bans.
+    pub defender: Arc<crate::defender::Defender>,
 }
 
 enum Chunk {

@@ -95,6 +95,17 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
+        let admission = shared.defender.admit(remote_addr.ip());
+        if admission != crate::defender::Admission::Allowed {
+            // SSH has no way to say why before the handshake: close at once.
+            metrics
+                .connections_refused_total
+                .with_label_values(&[Protocol::Sftp.as_str(), admission.reason()])
+                .inc();
+            tracing::debug!(remote = %remote_addr, reason = admission.reason(), "sftp connection refused");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let connection = SshConnection {
             shared: shared.clone(),
@@ -171,6 +182,7 @@ impl SshConnection {
             self.user = user;
             Auth::Accept
         } else {
+            self.shared.defender.login_failed(self.remote_addr.ip());
             tracing::warn!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login failed");
             Auth::reject()
         }
@@ -181,7 +193,11 @@ impl russh::server::Handler for SshConnection {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let found = self.users.authenticate_password(user, password).await.ok();
+        let found = self
+            .users
+            .authenticate_password(user, password, self.remote_addr.ip())
+            .await
+            .ok();
         Ok(self.login(found, "password", user))
     }
 
@@ -206,7 +222,8 @@ impl russh::server::Handler for SshConnection {
         let found = self
             .users
             .get(user)
-            .filter(|u| key_allowed(u, key.public_key));
+            .filter(|u| key_allowed(u, key.public_key))
+            .filter(|u| u.may_connect_from(self.remote_addr.ip()));
         Ok(self.login(found, "publickey", user))
     }
 

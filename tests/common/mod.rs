@@ -239,6 +239,8 @@ pub struct Options {
     pub notify_section: Option<String>,
     /// Appended to alice's `[[users]]` entry (e.g. a `[users.notify]` table).
     pub alice_extra: String,
+    /// Appended to `[server]`.
+    pub server_extra: &'static str,
 }
 
 impl Default for Options {
@@ -253,6 +255,7 @@ impl Default for Options {
             shutdown_timeout: "10s",
             notify_section: None,
             alice_extra: String::new(),
+            server_extra: "",
         }
     }
 }
@@ -285,6 +288,7 @@ pub fn config_text(dir: &Path, store: &EmbeddedStore, opts: &Options) -> String 
 [server]
 data_dir = "{data}"
 shutdown_timeout = "{shutdown}"
+{server_extra}
 [ftp]
 listen = "127.0.0.1:0"
 passive_ports = "{first}-{last}"
@@ -345,6 +349,7 @@ permissions = ["list", "download"]
         extra = opts.extra_storage,
         notify = notify,
         alice_extra = opts.alice_extra,
+        server_extra = opts.server_extra,
     )
 }
 

@@ -1,0 +1,230 @@
+//! Who may connect at all: the global address allowlist (`server.allowed_ips`) and bans of
+//! addresses that keep failing to log in (`[defender]`), checked when a connection is
+//! accepted, before FTP says hello or SSH exchanges keys — on both protocols alike.
+
+use crate::config::DefenderConfig;
+use crate::metrics::Metrics;
+use ipnet::IpNet;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest ban, however often an address comes back.
+const MAX_BAN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Addresses tracked before stale ones are dropped.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// Whether an address is in `networks` (an empty list allows every address). IPv4 clients
+/// reaching an IPv6 listener (`::ffff:a.b.c.d`) are matched as IPv4.
+pub fn in_networks(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    networks.is_empty() || networks.iter().any(|n| n.contains(&ip))
+}
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Serve it.
+    Allowed,
+    /// The address is outside `server.allowed_ips`.
+    NotAllowed,
+    /// The address is banned for this much longer.
+    Banned(Duration),
+}
+
+impl Admission {
+    /// The `connections_refused_total` reason, for refusals.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Admission::Allowed => "allowed",
+            Admission::NotAllowed => "not_allowed",
+            Admission::Banned(_) => "banned",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    /// Recent failed logins, oldest first.
+    failures: VecDeque<Instant>,
+    /// End of the current ban.
+    banned_until: Option<Instant>,
+    /// Bans so far: each one doubles the next.
+    bans: u32,
+}
+
+/// The allowlist and the ban list; one per bridge, shared by both front-ends.
+#[derive(Debug)]
+pub struct Defender {
+    cfg: DefenderConfig,
+    allowed: Vec<IpNet>,
+    records: Mutex<HashMap<IpAddr, Record>>,
+    metrics: MetricsHandle,
+}
+
+/// `Metrics` without a Debug bound.
+struct MetricsHandle(Metrics);
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Defender {
+    /// A defender admitting `allowed` networks (empty: all) and banning per `cfg`.
+    pub fn new(allowed: Vec<IpNet>, cfg: DefenderConfig, metrics: Metrics) -> Defender {
+        Defender {
+            cfg,
+            allowed,
+            records: Mutex::new(HashMap::new()),
+            metrics: MetricsHandle(metrics),
+        }
+    }
+
+    /// Decides on a new connection from `ip`.
+    pub fn admit(&self, ip: IpAddr) -> Admission {
+        let ip = ip.to_canonical();
+        if !in_networks(&self.allowed, ip) {
+            return Admission::NotAllowed;
+        }
+        let now = Instant::now();
+        let Ok(records) = self.records.lock() else {
+            return Admission::Allowed;
+        };
+        match records.get(&ip).and_then(|r| r.banned_until) {
+            Some(until) if until > now => Admission::Banned(until - now),
+            _ => Admission::Allowed,
+        }
+    }
+
+    /// Counts a failed login from `ip`; bans it once `max_failures` fall within `window`.
+    pub fn login_failed(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        if !self.cfg.enabled || in_networks_nonempty(&self.cfg.safelist, ip) {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut records) = self.records.lock() else {
+            return;
+        };
+        if records.len() > PRUNE_ABOVE {
+            let window = self.cfg.window;
+            records.retain(|_, r| {
+                r.banned_until.is_some_and(|u| u > now)
+                    || r.failures.back().is_some_and(|t| now - *t < window)
+                    || r.bans > 0 && r.failures.back().is_some_and(|t| now - *t < MAX_BAN)
+            });
+        }
+        let record = records.entry(ip).or_default();
+        if record.banned_until.is_some_and(|u| u > now) {
+            return;
+        }
+        record.failures.push_back(now);
+        while record
+            .failures
+            .front()
+            .is_some_and(|t| now - *t > self.cfg.window)
+        {
+            record.failures.pop_front();
+        }
+        if record.failures.len() >= self.cfg.max_failures as usize {
+            let factor = 1u32 << record.bans.min(20);
+            let ban = self.cfg.ban_time.saturating_mul(factor).min(MAX_BAN);
+            record.bans += 1;
+            record.banned_until = Some(now + ban);
+            record.failures.clear();
+            self.metrics.0.defender_bans_total.inc();
+            tracing::warn!(remote = %ip, ban_secs = ban.as_secs(), bans = record.bans,
+                "too many failed logins; address banned");
+        }
+        let banned = records
+            .values()
+            .filter(|r| r.banned_until.is_some_and(|u| u > now))
+            .count();
+        self.metrics
+            .0
+            .defender_banned_addresses
+            .set(i64::try_from(banned).unwrap_or(i64::MAX));
+    }
+
+    /// Addresses banned right now (for the gauge at scrape time).
+    pub fn banned_now(&self) -> usize {
+        let now = Instant::now();
+        self.records.lock().map_or(0, |r| {
+            r.values()
+                .filter(|r| r.banned_until.is_some_and(|u| u > now))
+                .count()
+        })
+    }
+}
+
+fn in_networks_nonempty(networks: &[IpNet], ip: IpAddr) -> bool {
+    !networks.is_empty() && in_networks(networks, ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: u32, ban_ms: u64) -> DefenderConfig {
+        DefenderConfig {
+            enabled: true,
+            max_failures: max,
+            window: Duration::from_secs(60),
+            ban_time: Duration::from_millis(ban_ms),
+            safelist: vec!["192.0.2.0/24".parse().expect("net")],
+        }
+    }
+
+    #[test]
+    fn networks_match_v4_v6_and_mapped_addresses() {
+        let nets: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().expect("net"),
+            "2001:db8::/32".parse().expect("net"),
+        ];
+        assert!(in_networks(&nets, "10.1.2.3".parse().expect("ip")));
+        assert!(in_networks(&nets, "::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(in_networks(&nets, "2001:db8::7".parse().expect("ip")));
+        assert!(!in_networks(&nets, "11.0.0.1".parse().expect("ip")));
+        assert!(in_networks(&[], "11.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn bans_after_max_failures_and_doubles_on_repeat_but_never_the_safelist() {
+        let d = Defender::new(Vec::new(), cfg(3, 40), Metrics::new());
+        let ip: IpAddr = "198.51.100.9".parse().expect("ip");
+        d.login_failed(ip);
+        d.login_failed(ip);
+        assert_eq!(d.admit(ip), Admission::Allowed);
+        d.login_failed(ip);
+        assert!(matches!(d.admit(ip), Admission::Banned(t) if t <= Duration::from_millis(40)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(d.admit(ip), Admission::Allowed);
+        for _ in 0..3 {
+            d.login_failed(ip);
+        }
+        assert!(matches!(d.admit(ip), Admission::Banned(t) if t > Duration::from_millis(40)));
+        let safe: IpAddr = "192.0.2.5".parse().expect("ip");
+        for _ in 0..10 {
+            d.login_failed(safe);
+        }
+        assert_eq!(d.admit(safe), Admission::Allowed);
+        assert_eq!(d.banned_now(), 1);
+    }
+
+    #[test]
+    fn the_allowlist_refuses_other_addresses() {
+        let d = Defender::new(
+            vec!["127.0.0.0/8".parse().expect("net")],
+            cfg(3, 40),
+            Metrics::new(),
+        );
+        assert_eq!(d.admit("127.0.0.1".parse().expect("ip")), Admission::Allowed);
+        assert_eq!(
+            d.admit("203.0.113.1".parse().expect("ip")),
+            Admission::NotAllowed
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Who may connect: the global address allowlist, per-user allowlists, and bans of
+//! addresses that keep failing to log in — on FTP and SFTP alike.
+
+mod common;
+
+use common::{Harness, Login, Options, PASSWORD, metric, sftp_login};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// The first line the FTP server sends on a new connection.
+async fn ftp_greeting(addr: std::net::SocketAddr) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    line.trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn addresses_outside_the_allowlist_are_refused_on_both_protocols() {
+    let h = Harness::start(Options {
+        server_extra: "allowed_ips = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+        ..Options::default()
+    })
+    .await;
+    let greeting = ftp_greeting(h.ftp).await;
+    assert!(
+        greeting.starts_with("421 ") && greeting.contains("not allowed"),
+        "{greeting}"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err()
+    );
+    let m = h.metrics_text().await;
+    for protocol in ["ftp", "sftp"] {
+        assert_eq!(
+            metric(
+                &m,
+                "ingest_bridge_connections_refused_total",
+                &[("protocol", protocol), ("reason", "not_allowed")]
+            ),
+            1.0,
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_allowlist_refuses_that_user_elsewhere_as_a_failed_login() {
+    let h = Harness::start(Options {
+        alice_extra: "allowed_ips = [\"192.0.2.0/24\"]".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(h.ftp)
+        .await
+        .expect("connect");
+    assert!(ftp.login("alice", PASSWORD).await.is_err(), "alice refused");
+    assert!(ftp.login("bob", PASSWORD).await.is_ok(), "bob unrestricted");
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err()
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Key(Box::new(common::client_key(1))))
+            .await
+            .is_err(),
+        "a right key from the wrong address is refused too"
+    );
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_logins_total",
+            &[("protocol", "ftp"), ("result", "failure")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_failed_logins_ban_the_address_on_both_protocols_until_the_ban_ends() {
+    let h = Harness::start(Options {
+        extra_storage: "[defender]\nmax_failures = 3\nban_time = \"2s\"",
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(h.ftp)
+            .await
+            .expect("connect");
+        assert!(ftp.login("alice", "wrong").await.is_err());
+    }
+    let greeting = ftp_greeting(h.ftp).await;
+    assert!(
+        greeting.starts_with("421 ") && greeting.contains("failed logins"),
+        "{greeting}"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err(),
+        "banned on SFTP too, even with the right password"
+    );
+    let m = h.metrics_text().await;
+    assert_eq!(metric(&m, "ingest_bridge_defender_bans_total", &[]), 1.0);
+    assert_eq!(metric(&m, "ingest_bridge_defender_banned_addresses", &[]), 1.0);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let mut ftp = h.login("alice").await;
+    let _ = ftp.quit().await;
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_ok()
+    );
+    let m = h.metrics_text().await;
+    assert_eq!(metric(&m, "ingest_bridge_defender_banned_addresses", &[]), 0.0);
+}
