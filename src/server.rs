@@ -3,6 +3,7 @@
 
 use crate::auth::UserDirectory;
 use crate::config::{Config, Endpoint};
+use crate::defender::Defender;
 use crate::ftp::{self, FtpShared};
 use crate::metrics::{self, Metrics};
 use crate::namespace::Namespace;
@@ -10,7 +11,6 @@ use crate::notify::{Notifier, NotifyError};
 use crate::sftp::{self, SftpShared};
 use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
 use crate::storage::{Connection, Storage};
-use crate::defender::Defender;
 use crate::upload::{PartialStore, Pipeline};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -107,7 +107,10 @@ async fn repeated_failed_logins_ban_the_address_on_both_protocols_until_the_ban_
     );
     let m = h.metrics_text().await;
     assert_eq!(metric(&m, "ingest_bridge_defender_bans_total", &[]), 1.0);
-    assert_eq!(metric(&m, "ingest_bridge_defender_banned_addresses", &[]), 1.0);
+    assert_eq!(
+        metric(&m, "ingest_bridge_defender_banned_addresses", &[]),
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let mut ftp = h.login("alice").await;
     let _ = ftp.quit().await;
@@ -117,5 +120,8 @@ async fn repeated_failed_logins_ban_the_address_on_both_protocols_until_the_ban_
             .is_ok()
     );
     let m = h.metrics_text().await;
-    assert_eq!(metric(&m, "ingest_bridge_defender_banned_addresses", &[]), 0.0);
+    assert_eq!(
+        metric(&m, "ingest_bridge_defender_banned_addresses", &[]),
+        0.0
+    );
 }

@@ -164,9 +164,21 @@ mod tests {
         let dir = directory();
         let inside: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
         let outside: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
-        assert!(dir.authenticate_password("alice", "secret", inside).await.is_ok());
-        assert!(dir.authenticate_password("alice", "wrong", inside).await.is_err());
-        assert!(dir.authenticate_password("bob", "secret", inside).await.is_err());
+        assert!(
+            dir.authenticate_password("alice", "secret", inside)
+                .await
+                .is_ok()
+        );
+        assert!(
+            dir.authenticate_password("alice", "wrong", inside)
+                .await
+                .is_err()
+        );
+        assert!(
+            dir.authenticate_password("bob", "secret", inside)
+                .await
+                .is_err()
+        );
         assert!(matches!(
             dir.authenticate_password("alice", "secret", outside).await,
             Err(AuthError::AddressNotAllowed)

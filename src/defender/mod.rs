@@ -221,7 +221,10 @@ mod tests {
             cfg(3, 40),
             Metrics::new(),
         );
-        assert_eq!(d.admit("127.0.0.1".parse().expect("ip")), Admission::Allowed);
+        assert_eq!(
+            d.admit("127.0.0.1".parse().expect("ip")),
+            Admission::Allowed
+        );
         assert_eq!(
             d.admit("203.0.113.1".parse().expect("ip")),
             Admission::NotAllowed

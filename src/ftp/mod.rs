@@ -9,12 +9,12 @@ pub use backend::FtpShared;
 
 use crate::auth::UserDirectory;
 use crate::config::FtpConfig;
+use crate::defender::Admission;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
 use backend::S3Backend;
 use libunftp::ServerBuilder;
 use libunftp::options::{FtpsRequired, PassiveHost};
 use session::{FtpUser, MetricsRef, Session, SessionAuthenticator, UserProvider};
-use crate::defender::Admission;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
