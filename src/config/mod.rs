@@ -557,6 +557,29 @@ impl Validator<'_> {
         }
     }
 
+    /// A whole number within `range` (the default when absent or out of range).
+    fn count(
+        &mut self,
+        key: &str,
+        value: Option<serde_spanned::Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        match value {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                let line = self.line_of(n.span().start);
+                self.problems.push(Problem {
+                    key: key.into(),
+                    line: Some(line),
+                    message: format!("must be between {} and {}", range.start(), range.end()),
+                });
+                default
+            }
+        }
+    }
+
     fn duration(&mut self, key: &str, value: Option<Text>, default: Duration) -> Duration {
         let Some(t) = value else { return default };
         match parse_duration(t.get_ref()) {
@@ -659,19 +682,8 @@ impl Validator<'_> {
     }
 
     fn defender(&mut self, raw: raw::RawDefender) -> DefenderConfig {
-        let max_failures = match raw.max_failures {
-            None => 10,
-            Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as u32,
-            Some(n) => {
-                let line = self.line_of(n.span().start);
-                self.problems.push(Problem {
-                    key: "defender.max_failures".into(),
-                    line: Some(line),
-                    message: "must be between 1 and 1000000".into(),
-                });
-                10
-            }
-        };
+        let max_failures =
+            self.count("defender.max_failures", raw.max_failures, 1..=1_000_000, 10) as u32;
         DefenderConfig {
             enabled: raw.enabled.unwrap_or(true),
             max_failures,
@@ -850,19 +862,12 @@ impl Validator<'_> {
                 ),
             );
         }
-        let upload_concurrency = match raw.upload_concurrency {
-            None => 4,
-            Some(n) if (1..=64).contains(n.get_ref()) => *n.get_ref() as usize,
-            Some(n) => {
-                let line = self.line_of(n.span().start);
-                self.problems.push(Problem {
-                    key: "storage.upload_concurrency".into(),
-                    line: Some(line),
-                    message: "must be between 1 and 64".into(),
-                });
-                4
-            }
-        };
+        let upload_concurrency = self.count(
+            "storage.upload_concurrency",
+            raw.upload_concurrency,
+            1..=64,
+            4,
+        ) as usize;
         let memory_at = raw.memory_limit.clone();
         let memory_limit = self.size("storage.memory_limit", raw.memory_limit, 1 << 30);
         if memory_limit < 2 * part_size {
@@ -967,19 +972,7 @@ impl Validator<'_> {
                 }
             }
         };
-        let concurrency = match raw.concurrency {
-            None => 8,
-            Some(n) if (1..=1024).contains(n.get_ref()) => *n.get_ref() as usize,
-            Some(n) => {
-                let line = self.line_of(n.span().start);
-                self.problems.push(Problem {
-                    key: "notify.concurrency".into(),
-                    line: Some(line),
-                    message: "must be between 1 and 1024".into(),
-                });
-                8
-            }
-        };
+        let concurrency = self.count("notify.concurrency", raw.concurrency, 1..=1024, 8) as usize;
         let (mode_text, mode_at) = Self::text(raw.mode, "async");
         let mode = match mode_text.as_str() {
             "async" => DeliveryMode::Async,
