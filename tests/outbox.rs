@@ -104,19 +104,11 @@ async fn kill_9_while_retrying_loses_nothing() {
     let api = FakeApi::start().await;
     api.script.lock().unwrap().extend([503; 50]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = ingest_bridge::storage::embedded::EmbeddedStore::start(
-        &dir.path().join("store"),
-        "ingest",
-        0,
-    )
-    .await
-    .expect("store");
     let opts = Options {
         notify_url: Some(api.url.clone()),
         ..Options::default()
     };
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, common::config_text(dir.path(), &store, &opts)).expect("config");
+    let (_store, config) = common::store_and_config_file(dir.path(), &opts).await;
 
     let (mut first, ftp) = common::spawn_bridge(&config);
     let mut client = suppaftp::tokio::AsyncFtpStream::connect(ftp)

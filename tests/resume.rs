@@ -369,19 +369,7 @@ async fn renaming_a_final_file_reports_the_new_key_and_overwrite_can_be_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = ingest_bridge::storage::embedded::EmbeddedStore::start(
-        &dir.path().join("store"),
-        "ingest",
-        0,
-    )
-    .await
-    .expect("store");
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        common::config_text(dir.path(), &store, &Options::default()),
-    )
-    .expect("config");
+    let (store, config) = common::store_and_config_file(dir.path(), &Options::default()).await;
     let source = data(14 * MIB, 19);
     let (mut first, ftp_addr) = common::spawn_bridge(&config);
     let mut ftp = RawFtp::login(ftp_addr).await;
@@ -446,14 +434,8 @@ async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
     let _ = second.wait();
     let () = result;
     let s3 = common::s3_client(&store).await;
-    let body = s3
-        .get("alice/crash.bin", 0)
-        .await
-        .expect("object")
-        .collect()
-        .await
-        .expect("body");
-    assert!(body.into_bytes().as_ref() == source.as_slice());
+    let body = common::object_bytes(&s3, "alice/crash.bin").await;
+    assert!(body.expect("object") == source);
     let events: Vec<serde_json::Value> =
         std::fs::read_to_string(dir.path().join("data").join("events.jsonl"))
             .expect("event log")

@@ -353,6 +353,26 @@ permissions = ["list", "download"]
     )
 }
 
+/// An object's bytes, `None` when it does not exist.
+pub async fn object_bytes(s3: &Storage, key: &str) -> Option<Vec<u8>> {
+    match s3.get(key, 0).await {
+        Ok(body) => Some(body.collect().await.expect("body").into_bytes().to_vec()),
+        Err(e) if e.not_found => None,
+        Err(e) => panic!("unexpected S3 error: {e}"),
+    }
+}
+
+/// An embedded store under `dir` and a config file for a bridge run as a process
+/// ([`spawn_bridge`]).
+pub async fn store_and_config_file(dir: &Path, opts: &Options) -> (EmbeddedStore, PathBuf) {
+    let store = EmbeddedStore::start(&dir.join("store"), "ingest", 0)
+        .await
+        .expect("store");
+    let config = dir.join("bridge.toml");
+    std::fs::write(&config, config_text(dir, &store, opts)).expect("config");
+    (store, config)
+}
+
 pub async fn s3_client(store: &EmbeddedStore) -> Storage {
     let cfg = Config::parse("", Path::new("x")).expect("defaults").storage;
     Storage::connect(
@@ -448,11 +468,7 @@ impl Harness {
     }
 
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        match self.s3.get(key, 0).await {
-            Ok(body) => Some(body.collect().await.expect("body").into_bytes().to_vec()),
-            Err(e) if e.not_found => None,
-            Err(e) => panic!("unexpected S3 error: {e}"),
-        }
+        object_bytes(&self.s3, key).await
     }
 
     pub async fn metrics_text(&self) -> String {
