@@ -125,3 +125,75 @@ async fn repeated_failed_logins_ban_the_address_on_both_protocols_until_the_ban_
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_file_size_cuts_the_upload_off_and_keeps_nothing() {
+    let h = Harness::start(Options {
+        alice_extra: "max_file_size = \"6MiB\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ftp = h.login("alice").await;
+    let err = ftp
+        .put_file(
+            "big.mov",
+            &mut std::io::Cursor::new(common::data(9 * 1024 * 1024, 1)),
+        )
+        .await
+        .expect_err("refused once above 6 MiB");
+    let _ = err;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.open_multipart_ids().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "multipart left open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.object("alice/big.mov").await.is_none());
+    let mut ftp = h.login("alice").await;
+    assert!(ftp.size("big.mov").await.is_err(), "nothing kept to resume");
+    ftp.put_file(
+        "small.mov",
+        &mut std::io::Cursor::new(common::data(1024 * 1024, 2)),
+    )
+    .await
+    .expect("under the limit");
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_limits_exceeded_total",
+            &[("limit", "max_file_size")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allowed_extensions_refuse_other_files_at_upload_and_at_rename() {
+    let h = Harness::start(Options {
+        alice_extra: "allowed_extensions = [\".mp4\", \"mxf\"]".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ftp = h.login("alice").await;
+    let mut raw = std::io::Cursor::new(b"notes".to_vec());
+    let err = ftp
+        .put_file("notes.txt", &mut raw)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("not accepted"), "{err}");
+    for ok in ["clip.MP4", "reel.mxf", "late.txt.filepart"] {
+        ftp.put_file(ok, &mut std::io::Cursor::new(b"x".to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let err = ftp
+        .rename("late.txt.filepart", "late.txt")
+        .await
+        .expect_err("the final name is checked too");
+    assert!(err.to_string().contains("not accepted"), "{err}");
+    let _ = ftp.quit().await;
+    assert!(h.object("alice/notes.txt").await.is_none());
+}

@@ -26,6 +26,10 @@ pub struct User {
     pub public_keys: Vec<String>,
     /// Networks the user may log in from; empty: any.
     pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Largest file the user may upload.
+    pub max_file_size: Option<u64>,
+    /// File name endings the user may upload (".mp4"); empty: any.
+    pub allowed_extensions: Vec<String>,
     password_hash: String,
 }
 
@@ -38,6 +42,16 @@ impl User {
     /// Whether the user may log in from `ip` (`allowed_ips`).
     pub fn may_connect_from(&self, ip: std::net::IpAddr) -> bool {
         crate::defender::in_networks(&self.allowed_ips, ip)
+    }
+
+    /// Whether the user may upload a file named `file_name` (`allowed_extensions`).
+    pub fn accepts_name(&self, file_name: &str) -> bool {
+        let name = file_name.to_lowercase();
+        self.allowed_extensions.is_empty()
+            || self
+                .allowed_extensions
+                .iter()
+                .any(|e| name.ends_with(e.as_str()))
     }
 
     /// The S3 key of a path inside the user's home.
@@ -78,6 +92,8 @@ impl UserDirectory {
                     metadata: u.metadata.clone(),
                     public_keys: u.public_keys.clone(),
                     allowed_ips: u.allowed_ips.clone(),
+                    max_file_size: u.max_file_size,
+                    allowed_extensions: u.allowed_extensions.clone(),
                     password_hash: u.password_hash.clone(),
                 };
                 (u.username.clone(), Arc::new(user))
@@ -156,6 +172,8 @@ mod tests {
             metadata: Default::default(),
             notify: Default::default(),
             allowed_ips: vec!["10.0.0.0/8".parse().expect("net")],
+            max_file_size: None,
+            allowed_extensions: vec![".mp4".into()],
         }])
     }
 

@@ -381,6 +381,10 @@ pub struct UserConfig {
     pub notify: UserNotifyConfig,
     /// Client networks this user may log in from; empty allows every address.
     pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Largest file this user may upload.
+    pub max_file_size: Option<u64>,
+    /// File name endings (lowercase, e.g. ".mp4") this user may upload; empty: any.
+    pub allowed_extensions: Vec<String>,
 }
 
 /// One problem in a configuration file.
@@ -1120,6 +1124,28 @@ impl Validator<'_> {
                 metadata: u.metadata,
                 notify: self.user_notify(&key("notify"), u.notify),
                 allowed_ips: self.networks(&key("allowed_ips"), u.allowed_ips),
+                max_file_size: u
+                    .max_file_size
+                    .map(|t| self.size(&key("max_file_size"), Some(t), u64::MAX)),
+                allowed_extensions: u
+                    .allowed_extensions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|t| {
+                        let ext = t.get_ref().trim().to_lowercase();
+                        let ext = ext.trim_start_matches('.');
+                        if ext.is_empty() || ext.contains('/') {
+                            self.problem(
+                                &key("allowed_extensions"),
+                                Some(&t),
+                                "write extensions like \".mp4\" or \"mxf\"",
+                            );
+                            None
+                        } else {
+                            Some(format!(".{ext}"))
+                        }
+                    })
+                    .collect(),
             });
         }
         users

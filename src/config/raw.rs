@@ -193,4 +193,6 @@ pub struct RawUser {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub notify: RawUserNotify,
     pub allowed_ips: Option<Vec<Text>>,
+    pub max_file_size: Option<Text>,
+    pub allowed_extensions: Option<Vec<Text>>,
 }

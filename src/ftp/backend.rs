@@ -100,7 +100,9 @@ fn fs_error(e: FsError) -> Error {
             ErrorKind::PermanentFileNotAvailable
         }
         // PermissionDenied replies 550 with the message (our libunftp patch).
-        FsError::PermissionDenied(_) | FsError::Exists(_) => ErrorKind::PermissionDenied,
+        FsError::PermissionDenied(_) | FsError::Exists(_) | FsError::Refused(_) => {
+            ErrorKind::PermissionDenied
+        }
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
         FsError::Storage(_) | FsError::Failed(_) => ErrorKind::LocalError,
@@ -114,7 +116,8 @@ fn upload_error(e: UploadError) -> Error {
         UploadError::PermissionDenied
         | UploadError::Refused(_)
         | UploadError::Resume(_)
-        | UploadError::Exists(_) => ErrorKind::PermissionDenied,
+        | UploadError::Exists(_)
+        | UploadError::NameNotAccepted { .. } => ErrorKind::PermissionDenied,
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
         UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,

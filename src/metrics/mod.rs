@@ -98,6 +98,8 @@ pub struct Metrics {
     pub uploads_kept: IntGauge,
     /// `connections_refused_total{protocol,reason}`: closed at accept (`not_allowed`, `banned`).
     pub connections_refused_total: IntCounterVec,
+    /// `limits_exceeded_total{limit}`: uploads or connections refused by a limit.
+    pub limits_exceeded_total: IntCounterVec,
     /// `defender_bans_total`: addresses banned for failed logins.
     pub defender_bans_total: IntCounter,
     /// `defender_banned_addresses`: addresses banned right now.
@@ -233,6 +235,11 @@ impl Metrics {
                 "connections_refused_total",
                 "Connections closed at accept: address outside server.allowed_ips, or banned.",
                 &["protocol", "reason"],
+            ),
+            limits_exceeded_total: counter_vec(
+                "limits_exceeded_total",
+                "Uploads or connections refused by a limit (max_file_size, allowed_extensions, max_connections, …).",
+                &["limit"],
             ),
             defender_bans_total: {
                 let c = IntCounter::with_opts(opts(

@@ -58,6 +58,9 @@ pub enum FsError {
     /// S3 failed.
     #[error("{0}")]
     Storage(#[from] StorageError),
+    /// A limit or policy refuses the operation; the message says which.
+    #[error("{0}")]
+    Refused(String),
     /// Something else failed; the message says what.
     #[error("{0}")]
     Failed(String),

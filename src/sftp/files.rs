@@ -135,7 +135,9 @@ fn fs_reply(e: FsError) -> StatusReply {
         FsError::PermissionDenied(_) => StatusCode::PermissionDenied.with_message(e.to_string()),
         FsError::Path(p) => path_reply(p),
         FsError::Unsupported(_) => StatusCode::OpUnsupported.with_message(e.to_string()),
-        FsError::Exists(_) => StatusCode::PermissionDenied.with_message(e.to_string()),
+        FsError::Exists(_) | FsError::Refused(_) => {
+            StatusCode::PermissionDenied.with_message(e.to_string())
+        }
         _ => failure(e.to_string()),
     }
 }

@@ -87,6 +87,14 @@ pub enum UploadError {
     /// A resume cannot continue at the offset the client asked for.
     #[error("{0}")]
     Resume(String),
+    /// The user may not upload files of this type (`allowed_extensions`).
+    #[error("{name}: files of this type are not accepted here (allowed: {allowed})")]
+    NameNotAccepted {
+        /// The file name.
+        name: String,
+        /// The allowed endings.
+        allowed: String,
+    },
     /// The file exists and `upload.overwrite` is false.
     #[error("{0} exists and this server does not replace files (upload.overwrite = false)")]
     Exists(String),
@@ -104,6 +112,7 @@ impl UploadError {
             | UploadError::TooLarge { .. }
             | UploadError::Resume(_)
             | UploadError::Exists(_)
+            | UploadError::NameNotAccepted { .. }
             | UploadError::Refused(_) => UploadOutcome::Rejected,
             UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
                 UploadOutcome::Aborted
@@ -303,6 +312,19 @@ impl Pipeline {
         }
         if self.inner.stop.is_cancelled() {
             return Err(UploadError::ShuttingDown);
+        }
+        // Temporary names are checked when they are renamed to their final name.
+        let name = req.path.file_name();
+        if !self.inner.upload.is_temp(name) && !req.user.accepts_name(name) {
+            self.inner
+                .metrics
+                .limits_exceeded_total
+                .with_label_values(&["allowed_extensions"])
+                .inc();
+            return Err(UploadError::NameNotAccepted {
+                name: name.to_string(),
+                allowed: req.user.allowed_extensions.join(", "),
+            });
         }
         Ok(())
     }
@@ -776,9 +798,22 @@ impl Upload {
     }
 
     fn check_size(&self) -> Result<(), UploadError> {
-        let limit = self.pipeline.sizes.max_object_size();
-        if self.size > limit {
-            return Err(UploadError::TooLarge { limit });
+        let object_limit = self.pipeline.sizes.max_object_size();
+        let user_limit = self.req.user.max_file_size.unwrap_or(u64::MAX);
+        if self.size > object_limit.min(user_limit) {
+            let which = if user_limit < object_limit {
+                "max_file_size"
+            } else {
+                "max_object_size"
+            };
+            self.pipeline
+                .metrics
+                .limits_exceeded_total
+                .with_label_values(&[which])
+                .inc();
+            return Err(UploadError::TooLarge {
+                limit: object_limit.min(user_limit),
+            });
         }
         Ok(())
     }
