@@ -333,11 +333,42 @@ fn serve(path: PathBuf) -> ExitCode {
             "metrics listening on http://{}/metrics",
             bridge.metrics_addr
         );
-        wait_for_signal().await;
+        reload_until_stopped(&bridge, &path).await;
         tracing::info!("stopping: no new connections; waiting for running uploads");
         bridge.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the config on every SIGHUP until SIGTERM or Ctrl-C. A config that does not load
+/// or apply is logged and the running one stays.
+async fn reload_until_stopped(bridge: &Bridge, path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            wait_for_signal().await;
+            return;
+        };
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = hangup.recv() => {
+                    match bridge.reload(path) {
+                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded (users, allowed_ips, FTPS certificate)"),
+                        Err(e) => tracing::error!(config = %path.display(), error = %e, "reload refused; the running configuration stays"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        wait_for_signal().await;
+    }
 }
 
 async fn wait_for_signal() {

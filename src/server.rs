@@ -106,6 +106,9 @@ pub struct Bridge {
     pub notifier: Notifier,
     /// The metric registry.
     pub metrics: Metrics,
+    users: Arc<UserDirectory>,
+    defender: Arc<Defender>,
+    certificates: Option<Arc<ftp::Certificates>>,
     stop_accepting: CancellationToken,
     stop_metrics: CancellationToken,
     shutdown_timeout: Duration,
@@ -196,9 +199,16 @@ impl Bridge {
         let metrics_addr = metrics_listener
             .local_addr()
             .unwrap_or(config.metrics.listen);
-        if config.ftp.enabled {
-            ftp::check_tls(&config.ftp).map_err(StartError::Tls)?;
-        }
+        let certificates = match &config.ftp.tls {
+            Some(tls) if config.ftp.enabled => {
+                Some(ftp::Certificates::load(tls).map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
+        let ftp_tls = match &certificates {
+            Some(c) => Some(c.server_config().map_err(StartError::Tls)?),
+            None => None,
+        };
         let ftp_listener = if config.ftp.enabled {
             Some(bind("ftp.listen", config.ftp.listen).await?)
         } else {
@@ -217,6 +227,10 @@ impl Bridge {
         let defender = Arc::new(Defender::new(
             config.server.allowed_ips.clone(),
             config.defender.clone(),
+            crate::defender::ConnectionLimits {
+                total: config.server.max_connections,
+                per_ip: config.server.max_connections_per_ip,
+            },
             metrics.clone(),
         ));
         let ftp_addr = match ftp_listener {
@@ -227,6 +241,7 @@ impl Bridge {
                     namespace: namespace.clone(),
                     data_timeout: config.ftp.data_timeout,
                     defender: defender.clone(),
+                    tls: ftp_tls,
                 });
                 tokio::spawn(ftp::serve(
                     listener,
@@ -313,10 +328,39 @@ impl Bridge {
             pipeline,
             notifier,
             metrics,
+            users,
+            defender,
+            certificates,
             stop_accepting,
             stop_metrics,
             shutdown_timeout: config.server.shutdown_timeout,
         })
+    }
+
+    /// Reads the config file again (SIGHUP) and applies it without dropping sessions: users
+    /// (passwords, keys, homes, permissions, limits, notify settings), `server.allowed_ips`
+    /// and the FTPS certificate. All or nothing: a file that does not load, or an unusable
+    /// certificate, keeps the whole running config. Other keys take effect at the next start.
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        let outcome = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| self.apply(&config));
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[result])
+            .inc();
+        outcome
+    }
+
+    fn apply(&self, config: &Config) -> Result<(), String> {
+        if let (Some(certificates), Some(tls)) = (&self.certificates, &config.ftp.tls) {
+            certificates.reload(tls)?;
+        }
+        self.users.replace(&config.users);
+        self.notifier.set_users(&config.users);
+        self.defender.set_allowed(config.server.allowed_ips.clone());
+        Ok(())
     }
 
     /// Stops accepting, lets running uploads finish (up to `server.shutdown_timeout`), aborts

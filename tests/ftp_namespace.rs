@@ -32,6 +32,11 @@ async fn files_and_directories_behave_as_a_user_expects() {
     // curl --ftp-create-dirs: CWD fails, MKD, CWD again, STOR.
     assert!(ftp.cwd("/show").await.is_err(), "no such directory yet");
     ftp.mkdir("/show").await.expect("MKD");
+    let again = ftp
+        .mkdir("/show")
+        .await
+        .expect_err("MKD of an existing directory");
+    assert!(again.to_string().contains("already exists"), "{again}");
     ftp.cwd("/show")
         .await
         .expect("a new directory can be entered");

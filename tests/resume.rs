@@ -3,70 +3,13 @@
 
 mod common;
 
+use common::raw_ftp::RawFtp;
 use common::{Harness, Login, Options, PASSWORD, data, sftp_login, sha256_hex};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1024 * 1024;
-
-/// A hand-driven FTP control connection, so a test can close it mid-transfer.
-struct RawFtp {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl RawFtp {
-    async fn login(addr: SocketAddr) -> RawFtp {
-        let (r, w) = TcpStream::connect(addr)
-            .await
-            .expect("connect")
-            .into_split();
-        let mut ftp = RawFtp {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        ftp.reply().await;
-        ftp.command("USER alice").await;
-        ftp.command(&format!("PASS {PASSWORD}")).await;
-        ftp.command("TYPE I").await;
-        ftp
-    }
-
-    async fn reply(&mut self) -> (u32, String) {
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).await.expect("reply");
-            assert!(!line.is_empty(), "control connection closed");
-            if line.len() >= 4 && line.as_bytes()[3] == b' ' {
-                let code = line[..3].parse().expect("reply code");
-                return (code, line.trim_end().to_string());
-            }
-        }
-    }
-
-    async fn command(&mut self, cmd: &str) -> (u32, String) {
-        self.writer
-            .write_all(format!("{cmd}\r\n").as_bytes())
-            .await
-            .expect("send");
-        self.reply().await
-    }
-
-    /// PASV and the data connection.
-    async fn data(&mut self) -> TcpStream {
-        let (code, text) = self.command("PASV").await;
-        assert_eq!(code, 227, "{text}");
-        let inner = &text[text.find('(').expect("(") + 1..text.find(')').expect(")")];
-        let n: Vec<u16> = inner.split(',').map(|x| x.parse().expect("n")).collect();
-        let addr = SocketAddr::from((
-            [n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8],
-            n[4] * 256 + n[5],
-        ));
-        TcpStream::connect(addr).await.expect("data connection")
-    }
-}
 
 /// Alice starts `STOR path`, sends `bytes`, then dies: the control connection closes, then
 /// the data connection — which on its own looks exactly like a finished upload.

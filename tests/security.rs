@@ -1,8 +1,10 @@
-//! Who may connect: the global address allowlist, per-user allowlists, and bans of
-//! addresses that keep failing to log in — on FTP and SFTP alike.
+//! Who may connect and what they may send: the global address allowlist, per-user
+//! allowlists, bans of addresses that keep failing to log in, connection limits, upload
+//! limits and hostile names — on FTP and SFTP alike.
 
 mod common;
 
+use common::raw_ftp::RawFtp;
 use common::{Harness, Login, Options, PASSWORD, metric, sftp_login};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -133,15 +135,21 @@ async fn max_file_size_cuts_the_upload_off_and_keeps_nothing() {
         ..Options::default()
     })
     .await;
-    let mut ftp = h.login("alice").await;
-    let err = ftp
-        .put_file(
-            "big.mov",
-            &mut std::io::Cursor::new(common::data(9 * 1024 * 1024, 1)),
-        )
-        .await
-        .expect_err("refused once above 6 MiB");
-    let _ = err;
+    let mut ftp = RawFtp::login(h.ftp).await;
+    let mut data = ftp.data().await;
+    let (code, text) = ftp.command("STOR big.mov").await;
+    assert_eq!(code, 150, "{text}");
+    {
+        use tokio::io::AsyncWriteExt;
+        // The server stops reading once past the limit: the write may fail, that is fine.
+        let _ = data.write_all(&common::data(9 * 1024 * 1024, 1)).await;
+        let _ = data.shutdown().await;
+    }
+    let (code, text) = ftp.reply().await;
+    assert!(
+        code == 552 && text.contains("max_file_size") && text.contains("6MiB"),
+        "{text}"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !h.open_multipart_ids().is_empty() {
         assert!(
@@ -196,4 +204,109 @@ async fn allowed_extensions_refuse_other_files_at_upload_and_at_rename() {
     assert!(err.to_string().contains("not accepted"), "{err}");
     let _ = ftp.quit().await;
     assert!(h.object("alice/notes.txt").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_limits_refuse_the_extra_connection_on_both_protocols() {
+    let h = Harness::start(Options {
+        server_extra: "max_connections_per_ip = 2",
+        ..Options::default()
+    })
+    .await;
+    let (first, (code, _)) = RawFtp::connect(h.ftp).await;
+    assert_eq!(code, 220);
+    let (_second, (code, _)) = RawFtp::connect(h.ftp).await;
+    assert_eq!(code, 220);
+    let (_, (code, text)) = RawFtp::connect(h.ftp).await;
+    assert!(
+        code == 421 && text.contains("Too many connections from your address"),
+        "{text}"
+    );
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err(),
+        "the limit counts both protocols"
+    );
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sftp_login(h.sftp, "alice", Login::Password(PASSWORD)).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "a closed connection frees its place: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_connections_refused_total",
+            &[("protocol", "ftp"), ("reason", "max_connections_per_ip")]
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "ingest_bridge_limits_exceeded_total",
+            &[("limit", "max_connections_per_ip")]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_names_are_refused_and_unicode_is_stored_in_nfc() {
+    let h = Harness::start(Options::default()).await;
+    let mut ftp = RawFtp::login(h.ftp).await;
+    // "alice/" + 1016 + ".mov" is 1026 bytes: over S3's key limit only with the home.
+    let too_long = format!("{}.mov", "x".repeat(1016));
+    let refusals: [(&[u8], &str); 5] = [
+        (b"../../escape", "leaves your home"),
+        (b"bad\x01name", "control characters"),
+        (b"del\x7fete", "control characters"),
+        (b"caf\xe9-latin1", "UTF-8"),
+        (too_long.as_bytes(), "1024-byte"),
+    ];
+    for (name, why) in refusals {
+        ftp.send(&[b"MKD ", name].concat()).await;
+        let (code, text) = ftp.reply().await;
+        assert!(
+            (500..600).contains(&code),
+            "{}: {text}",
+            String::from_utf8_lossy(name)
+        );
+        assert!(text.contains(why), "{why}: {text}");
+    }
+    let (code, text) = ftp.command("MKD shows/./../s1").await;
+    assert_eq!(code, 257, "dot segments resolve inside home: {text}");
+
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    assert!(c.sftp.create("nul\0name.mov").await.is_err());
+    assert!(c.sftp.create("../../outside.mov").await.is_err());
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut file = c
+            .sftp
+            .create("cafe\u{301}.mov")
+            .await
+            .expect("decomposed name");
+        file.write_all(b"nfc").await.expect("write");
+        file.shutdown().await.expect("close");
+    }
+    assert_eq!(
+        h.object("alice/caf\u{e9}.mov").await,
+        Some(b"nfc".to_vec()),
+        "stored under the composed (NFC) name"
+    );
+    assert!(h.object("alice/cafe\u{301}.mov").await.is_none());
+    assert!(
+        c.sftp.metadata("caf\u{e9}.mov").await.is_ok(),
+        "found by either spelling"
+    );
 }

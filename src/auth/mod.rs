@@ -6,6 +6,7 @@ mod path;
 pub use path::{PathError, VirtualPath};
 
 use crate::config::{Permission, UserConfig};
+use arc_swap::ArcSwap;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::collections::{HashMap, HashSet};
@@ -74,7 +75,8 @@ pub enum AuthError {
 /// All configured users.
 #[derive(Debug)]
 pub struct UserDirectory {
-    users: HashMap<String, Arc<User>>,
+    /// Swapped whole on reload; a session keeps the `User` it logged in with.
+    users: ArcSwap<HashMap<String, Arc<User>>>,
     /// Verified against when the user is unknown, so both cases cost the same time.
     decoy_hash: String,
 }
@@ -82,30 +84,21 @@ pub struct UserDirectory {
 impl UserDirectory {
     /// Builds the directory from validated config.
     pub fn new(users: &[UserConfig]) -> UserDirectory {
-        let users = users
-            .iter()
-            .map(|u| {
-                let user = User {
-                    name: u.username.clone(),
-                    home: u.home.clone(),
-                    permissions: u.permissions.clone(),
-                    metadata: u.metadata.clone(),
-                    public_keys: u.public_keys.clone(),
-                    allowed_ips: u.allowed_ips.clone(),
-                    max_file_size: u.max_file_size,
-                    allowed_extensions: u.allowed_extensions.clone(),
-                    password_hash: u.password_hash.clone(),
-                };
-                (u.username.clone(), Arc::new(user))
-            })
-            .collect();
         let decoy_hash = hash_password("decoy password for unknown users").unwrap_or_default();
-        UserDirectory { users, decoy_hash }
+        UserDirectory {
+            users: ArcSwap::from_pointee(user_map(users)),
+            decoy_hash,
+        }
+    }
+
+    /// Lets `users` log in from now on (SIGHUP); sessions already open keep running.
+    pub fn replace(&self, users: &[UserConfig]) {
+        self.users.store(Arc::new(user_map(users)));
     }
 
     /// Looks a user up by name.
     pub fn get(&self, username: &str) -> Option<Arc<User>> {
-        self.users.get(username).cloned()
+        self.users.load().get(username).cloned()
     }
 
     /// Verifies a password (argon2, constant-time compare) off the async threads, and that
@@ -136,6 +129,26 @@ impl UserDirectory {
             _ => Err(AuthError::BadCredentials),
         }
     }
+}
+
+fn user_map(users: &[UserConfig]) -> HashMap<String, Arc<User>> {
+    users
+        .iter()
+        .map(|u| {
+            let user = User {
+                name: u.username.clone(),
+                home: u.home.clone(),
+                permissions: u.permissions.clone(),
+                metadata: u.metadata.clone(),
+                public_keys: u.public_keys.clone(),
+                allowed_ips: u.allowed_ips.clone(),
+                max_file_size: u.max_file_size,
+                allowed_extensions: u.allowed_extensions.clone(),
+                password_hash: u.password_hash.clone(),
+            };
+            (u.username.clone(), Arc::new(user))
+        })
+        .collect()
 }
 
 /// Hashes a password into an argon2id PHC string with a random salt.

@@ -1,7 +1,11 @@
 //! Client paths, normalised and confined: nothing a client writes can name a key
-//! outside its home.
+//! outside its home, and every key it can name is one S3 accepts. "." and ".." are
+//! resolved and empty segments dropped (clients send "./x" and "a//b"), so no key ever
+//! holds them; names are stored in Unicode NFC, so "é" is one key however a client's OS
+//! composes it.
 
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
 
 /// S3's limit on key length, in bytes.
 const MAX_KEY_BYTES: usize = 1024;
@@ -22,9 +26,14 @@ pub enum PathError {
     /// NUL or other control characters.
     #[error("path {0:?} contains control characters")]
     ControlCharacter(String),
-    /// Longer than S3 keys may be.
-    #[error("path is longer than S3's 1024-byte key limit")]
-    TooLong,
+    /// Bytes that are not UTF-8 (FTP's parser turns them into U+FFFD).
+    #[error(
+        "path {0:?} is not valid UTF-8; set the client's file name encoding to UTF-8 (lftp: set ftp:charset utf-8; FileZilla: force UTF-8)"
+    )]
+    NotUtf8(String),
+    /// Longer than S3 keys may be (home prefix included).
+    #[error("path is too long: its S3 key would be {0} bytes, over S3's 1024-byte limit")]
+    TooLong(usize),
 }
 
 impl VirtualPath {
@@ -37,8 +46,19 @@ impl VirtualPath {
 
     /// Normalises a client path ("a/./b/../c", "/x//y"); relative paths start at home.
     pub fn parse(path: &str) -> Result<VirtualPath, PathError> {
+        VirtualPath::parse_under(path, "")
+    }
+
+    /// Like [`parse`](Self::parse), for keys that start with `home`: `home` + path must fit
+    /// S3's key limit.
+    pub fn parse_under(path: &str, home: &str) -> Result<VirtualPath, PathError> {
         if path.chars().any(char::is_control) {
             return Err(PathError::ControlCharacter(path.escape_debug().to_string()));
+        }
+        // No client names a file with U+FFFD on purpose: it is what lossy decoding left of
+        // bytes in another encoding, and storing it would lose the real name for good.
+        if path.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(PathError::NotUtf8(path.to_string()));
         }
         let mut segments: Vec<String> = Vec::new();
         for segment in path.split(['/', '\\']) {
@@ -49,12 +69,13 @@ impl VirtualPath {
                         return Err(PathError::EscapesHome(path.to_string()));
                     }
                 }
-                s => segments.push(s.to_string()),
+                s => segments.push(s.nfc().collect()),
             }
         }
         let p = VirtualPath { segments };
-        if p.relative().len() > MAX_KEY_BYTES {
-            return Err(PathError::TooLong);
+        let key_bytes = home.len() + p.relative().len();
+        if key_bytes > MAX_KEY_BYTES {
+            return Err(PathError::TooLong(key_bytes));
         }
         Ok(p)
     }
@@ -132,7 +153,28 @@ mod tests {
         ));
         assert!(matches!(
             VirtualPath::parse(&"x".repeat(1100)),
-            Err(PathError::TooLong)
+            Err(PathError::TooLong(1100))
         ));
+        assert!(VirtualPath::parse_under(&"x".repeat(1020), "").is_ok());
+        assert!(matches!(
+            VirtualPath::parse_under(&"x".repeat(1020), "users/al/"),
+            Err(PathError::TooLong(1029))
+        ));
+        assert!(matches!(
+            VirtualPath::parse("a\u{7f}b"),
+            Err(PathError::ControlCharacter(_))
+        ));
+        assert!(matches!(
+            VirtualPath::parse("caf\u{fffd}.mov"),
+            Err(PathError::NotUtf8(_))
+        ));
+    }
+
+    #[test]
+    fn stores_names_in_nfc() {
+        let decomposed = VirtualPath::parse("/cafe\u{301}/e\u{301}te\u{301}.mp4").expect("valid");
+        assert_eq!(decomposed.relative(), "caf\u{e9}/\u{e9}t\u{e9}.mp4");
+        let composed = VirtualPath::parse("/caf\u{e9}/\u{e9}t\u{e9}.mp4").expect("valid");
+        assert_eq!(decomposed, composed);
     }
 }

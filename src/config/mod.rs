@@ -139,6 +139,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Client networks allowed to connect at all; empty allows every address.
     pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Open FTP + SFTP control connections at most; more are refused at accept.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_ip: usize,
 }
 
 /// `[defender]`: bans addresses that keep failing to log in.
@@ -620,6 +624,18 @@ impl Validator<'_> {
                 Duration::from_secs(300),
             ),
             allowed_ips: self.networks("server.allowed_ips", raw.server.allowed_ips),
+            max_connections: self.count(
+                "server.max_connections",
+                raw.server.max_connections,
+                1..=1_000_000,
+                5000,
+            ) as usize,
+            max_connections_per_ip: self.count(
+                "server.max_connections_per_ip",
+                raw.server.max_connections_per_ip,
+                1..=1_000_000,
+                200,
+            ) as usize,
         };
         let ftp = self.ftp(raw.ftp);
         let sftp = SftpConfig {

@@ -62,6 +62,8 @@ pub struct RawServer {
     pub data_dir: Option<Text>,
     pub shutdown_timeout: Option<Text>,
     pub allowed_ips: Option<Vec<Text>>,
+    pub max_connections: Option<serde_spanned::Spanned<i64>>,
+    pub max_connections_per_ip: Option<serde_spanned::Spanned<i64>>,
 }
 
 /// `[ftp]`

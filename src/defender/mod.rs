@@ -1,13 +1,15 @@
-//! Who may connect at all: the global address allowlist (`server.allowed_ips`) and bans of
-//! addresses that keep failing to log in (`[defender]`), checked when a connection is
-//! accepted, before FTP says hello or SSH exchanges keys — on both protocols alike.
+//! Who may connect at all: the global address allowlist (`server.allowed_ips`), bans of
+//! addresses that keep failing to log in (`[defender]`) and the connection limits
+//! (`server.max_connections`, `server.max_connections_per_ip`), checked when a connection
+//! is accepted, before FTP says hello or SSH exchanges keys — on both protocols alike.
 
 use crate::config::DefenderConfig;
 use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest ban, however often an address comes back.
@@ -31,6 +33,10 @@ pub enum Admission {
     NotAllowed,
     /// The address is banned for this much longer.
     Banned(Duration),
+    /// `server.max_connections` connections are open.
+    TooManyConnections,
+    /// `server.max_connections_per_ip` connections from this address are open.
+    TooManyFromAddress,
 }
 
 impl Admission {
@@ -40,6 +46,8 @@ impl Admission {
             Admission::Allowed => "allowed",
             Admission::NotAllowed => "not_allowed",
             Admission::Banned(_) => "banned",
+            Admission::TooManyConnections => "max_connections",
+            Admission::TooManyFromAddress => "max_connections_per_ip",
         }
     }
 }
@@ -58,9 +66,47 @@ struct Record {
 #[derive(Debug)]
 pub struct Defender {
     cfg: DefenderConfig,
-    allowed: Vec<IpNet>,
+    allowed: ArcSwap<Vec<IpNet>>,
     records: Mutex<HashMap<IpAddr, Record>>,
+    limits: ConnectionLimits,
+    open: Mutex<OpenConnections>,
     metrics: MetricsHandle,
+}
+
+/// `server.max_connections` and `server.max_connections_per_ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at most, both protocols together.
+    pub total: usize,
+    /// Open connections from one address at most.
+    pub per_ip: usize,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// An admitted connection's place in the limits; dropping it frees the place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    defender: Arc<Defender>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.defender.open.lock() {
+            open.total = open.total.saturating_sub(1);
+            if let Some(n) = open.by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.by_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 /// `Metrics` without a Debug bound.
@@ -74,19 +120,31 @@ impl std::fmt::Debug for MetricsHandle {
 
 impl Defender {
     /// A defender admitting `allowed` networks (empty: all) and banning per `cfg`.
-    pub fn new(allowed: Vec<IpNet>, cfg: DefenderConfig, metrics: Metrics) -> Defender {
+    pub fn new(
+        allowed: Vec<IpNet>,
+        cfg: DefenderConfig,
+        limits: ConnectionLimits,
+        metrics: Metrics,
+    ) -> Defender {
         Defender {
             cfg,
-            allowed,
+            allowed: ArcSwap::from_pointee(allowed),
             records: Mutex::new(HashMap::new()),
+            limits,
+            open: Mutex::default(),
             metrics: MetricsHandle(metrics),
         }
+    }
+
+    /// Admits `allowed` networks (empty: all) from the next connection on (SIGHUP).
+    pub fn set_allowed(&self, allowed: Vec<IpNet>) {
+        self.allowed.store(Arc::new(allowed));
     }
 
     /// Decides on a new connection from `ip`.
     pub fn admit(&self, ip: IpAddr) -> Admission {
         let ip = ip.to_canonical();
-        if !in_networks(&self.allowed, ip) {
+        if !in_networks(&self.allowed.load(), ip) {
             return Admission::NotAllowed;
         }
         let now = Instant::now();
@@ -97,6 +155,41 @@ impl Defender {
             Some(until) if until > now => Admission::Banned(until - now),
             _ => Admission::Allowed,
         }
+    }
+
+    /// Admits a new connection from `ip` ([`admit`](Self::admit)) and takes its place in the
+    /// connection limits until the slot is dropped. Refusals are counted in
+    /// `limits_exceeded_total` when a limit caused them.
+    pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Admission> {
+        match self.admit(ip) {
+            Admission::Allowed => {}
+            refused => return Err(refused),
+        }
+        let ip = ip.to_canonical();
+        let Ok(mut open) = self.open.lock() else {
+            return Err(Admission::TooManyConnections);
+        };
+        let refused = if open.total >= self.limits.total {
+            Some(Admission::TooManyConnections)
+        } else if open.by_ip.get(&ip).copied().unwrap_or(0) >= self.limits.per_ip {
+            Some(Admission::TooManyFromAddress)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            self.metrics
+                .0
+                .limits_exceeded_total
+                .with_label_values(&[refused.reason()])
+                .inc();
+            return Err(refused);
+        }
+        open.total += 1;
+        *open.by_ip.entry(ip).or_default() += 1;
+        Ok(ConnectionSlot {
+            defender: self.clone(),
+            ip,
+        })
     }
 
     /// Counts a failed login from `ip`; bans it once `max_failures` fall within `window`.
@@ -168,6 +261,32 @@ fn in_networks_nonempty(networks: &[IpNet], ip: IpAddr) -> bool {
 mod tests {
     use super::*;
 
+    const LIMITS: ConnectionLimits = ConnectionLimits {
+        total: 3,
+        per_ip: 2,
+    };
+
+    #[test]
+    fn connection_limits_hold_places_until_dropped() {
+        let d = Arc::new(Defender::new(
+            Vec::new(),
+            cfg(3, 40),
+            LIMITS,
+            Metrics::new(),
+        ));
+        let a: IpAddr = "198.51.100.1".parse().expect("ip");
+        let b: IpAddr = "198.51.100.2".parse().expect("ip");
+        let a1 = d.connect(a).expect("first");
+        let a2 = d.connect(a).expect("second");
+        assert_eq!(d.connect(a).err(), Some(Admission::TooManyFromAddress));
+        let b1 = d.connect(b).expect("other address");
+        assert_eq!(d.connect(b).err(), Some(Admission::TooManyConnections));
+        drop(a1);
+        let _b2 = d.connect(b).expect("a place was freed");
+        drop((a2, b1));
+        assert!(d.connect(a).is_ok());
+    }
+
     fn cfg(max: u32, ban_ms: u64) -> DefenderConfig {
         DefenderConfig {
             enabled: true,
@@ -193,7 +312,7 @@ mod tests {
 
     #[test]
     fn bans_after_max_failures_and_doubles_on_repeat_but_never_the_safelist() {
-        let d = Defender::new(Vec::new(), cfg(3, 40), Metrics::new());
+        let d = Defender::new(Vec::new(), cfg(3, 40), LIMITS, Metrics::new());
         let ip: IpAddr = "198.51.100.9".parse().expect("ip");
         d.login_failed(ip);
         d.login_failed(ip);
@@ -219,6 +338,7 @@ mod tests {
         let d = Defender::new(
             vec!["127.0.0.0/8".parse().expect("net")],
             cfg(3, 40),
+            LIMITS,
             Metrics::new(),
         );
         assert_eq!(

@@ -26,6 +26,8 @@ pub struct FtpShared {
     pub data_timeout: Duration,
     /// The allowlist and the bans.
     pub defender: Arc<crate::defender::Defender>,
+    /// The TLS config for explicit FTPS (certificates swap under it on reload).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One session's view of S3.
@@ -75,20 +77,20 @@ impl Metadata for EntryMeta {
     }
 }
 
-fn virtual_path(path: &Path) -> Result<VirtualPath> {
+fn virtual_path(user: &FtpUser, path: &Path) -> Result<VirtualPath> {
     let text = path.to_str().ok_or_else(|| {
         Error::new(
             ErrorKind::FileNameNotAllowedError,
             "path is not valid UTF-8",
         )
     })?;
-    VirtualPath::parse(text).map_err(path_error)
+    VirtualPath::parse_under(text, &user.0.home).map_err(path_error)
 }
 
 fn path_error(e: PathError) -> Error {
     match e {
         PathError::EscapesHome(_) => Error::new(ErrorKind::PermissionDenied, e),
-        PathError::ControlCharacter(_) | PathError::TooLong => {
+        PathError::ControlCharacter(_) | PathError::NotUtf8(_) | PathError::TooLong(_) => {
             Error::new(ErrorKind::FileNameNotAllowedError, e)
         }
     }
@@ -100,9 +102,10 @@ fn fs_error(e: FsError) -> Error {
             ErrorKind::PermanentFileNotAvailable
         }
         // PermissionDenied replies 550 with the message (our libunftp patch).
-        FsError::PermissionDenied(_) | FsError::Exists(_) | FsError::Refused(_) => {
-            ErrorKind::PermissionDenied
-        }
+        FsError::PermissionDenied(_)
+        | FsError::Exists(_)
+        | FsError::DirectoryExists(_)
+        | FsError::Refused(_) => ErrorKind::PermissionDenied,
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
         FsError::Storage(_) | FsError::Failed(_) => ErrorKind::LocalError,
@@ -119,7 +122,9 @@ fn upload_error(e: UploadError) -> Error {
         | UploadError::Exists(_)
         | UploadError::NameNotAccepted { .. } => ErrorKind::PermissionDenied,
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
-        UploadError::TooLarge { .. } => ErrorKind::ExceededStorageAllocationError,
+        UploadError::TooLarge { .. } | UploadError::OverFileSizeLimit { .. } => {
+            ErrorKind::ExceededStorageAllocationError
+        }
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
         UploadError::Storage(_)
         | UploadError::Notify(_)
@@ -160,7 +165,7 @@ impl StorageBackend<FtpUser> for S3Backend {
         user: &FtpUser,
         path: P,
     ) -> Result<EntryMeta> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         self.shared
             .namespace
             .stat(&user.0, &path)
@@ -174,7 +179,7 @@ impl StorageBackend<FtpUser> for S3Backend {
         user: &FtpUser,
         path: P,
     ) -> Result<Vec<Fileinfo<PathBuf, EntryMeta>>> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         let entries = self
             .shared
             .namespace
@@ -196,7 +201,7 @@ impl StorageBackend<FtpUser> for S3Backend {
         path: P,
         start_pos: u64,
     ) -> Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         let body = self
             .shared
             .namespace
@@ -215,7 +220,7 @@ impl StorageBackend<FtpUser> for S3Backend {
         path: P,
         start_pos: u64,
     ) -> Result<u64> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         let request = UploadRequest {
             user: user.0.clone(),
             protocol: self.session.protocol(),
@@ -242,7 +247,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         self.shared
             .pipeline
             .delete(&self.shared.namespace, &user.0, &path)
@@ -251,7 +256,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         self.shared
             .namespace
             .mkdir(&user.0, &path)
@@ -269,8 +274,8 @@ impl StorageBackend<FtpUser> for S3Backend {
             user: user.0.clone(),
             protocol: self.session.protocol(),
             remote_addr: self.session.remote_addr,
-            from: virtual_path(from.as_ref())?,
-            to: virtual_path(to.as_ref())?,
+            from: virtual_path(user, from.as_ref())?,
+            to: virtual_path(user, to.as_ref())?,
         };
         self.shared
             .pipeline
@@ -280,7 +285,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         self.shared
             .namespace
             .rmdir(&user.0, &path)
@@ -289,7 +294,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
-        let path = virtual_path(path.as_ref())?;
+        let path = virtual_path(user, path.as_ref())?;
         self.shared
             .namespace
             .enter(&user.0, &path)

@@ -4,8 +4,10 @@
 
 mod backend;
 mod session;
+mod tls;
 
 pub use backend::FtpShared;
+pub use tls::Certificates;
 
 use crate::auth::UserDirectory;
 use crate::config::FtpConfig;
@@ -49,11 +51,13 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         while sessions.try_join_next().is_some() {}
-        let admission = shared.defender.admit(remote_addr.ip());
-        if admission != Admission::Allowed {
-            refuse(stream, remote_addr, admission, &metrics);
-            continue;
-        }
+        let slot = match shared.defender.connect(remote_addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refuse(stream, remote_addr, refusal, &metrics);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let control = {
             use std::os::fd::AsFd;
@@ -75,6 +79,7 @@ pub async fn serve(
             .sessions_active
             .with_label_values(&[Protocol::Ftp.as_str()]);
         sessions.spawn(async move {
+            let _slot = slot;
             let _active = GaugeGuard::new(gauge);
             tracing::debug!(remote = %remote_addr, "ftp session opened");
             if let Err(e) = server.service(stream).await {
@@ -100,6 +105,12 @@ fn refuse(stream: TcpStream, remote_addr: SocketAddr, admission: Admission, metr
             "421 Too many failed logins from your address; try again in {} s.\r\n",
             left.as_secs().max(1)
         ),
+        Admission::TooManyConnections => {
+            "421 Too many connections to this server; try again later.\r\n".to_string()
+        }
+        Admission::TooManyFromAddress => {
+            "421 Too many connections from your address; close one and try again.\r\n".to_string()
+        }
         _ => "421 Connections from your address are not allowed.\r\n".to_string(),
     };
     tokio::spawn(async move {
@@ -111,27 +122,6 @@ fn refuse(stream: TcpStream, remote_addr: SocketAddr, admission: Admission, metr
         })
         .await;
     });
-}
-
-/// Loads the FTPS certificate and key once, so a bad `[ftp.tls]` stops the start instead of
-/// failing every connection.
-pub fn check_tls(cfg: &FtpConfig) -> Result<(), String> {
-    let Some(tls) = &cfg.tls else { return Ok(()) };
-    let generator = Box::new(|| -> S3Backend { unreachable!("the check never opens a session") });
-    ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(
-        generator,
-        Arc::new(UserProvider(Arc::new(UserDirectory::new(&[])))),
-    )
-    .ftps(tls.cert.clone(), tls.key.clone())
-    .build()
-    .map(|_| ())
-    .map_err(|e| {
-        format!(
-            "cannot load the FTPS certificate {} or key {} (ftp.tls.cert / ftp.tls.key): {e}",
-            tls.cert.display(),
-            tls.key.display()
-        )
-    })
 }
 
 fn build_server(
@@ -165,8 +155,8 @@ fn build_server(
     .passive_ports(cfg.passive_ports.clone())
     .passive_host(passive_host)
     .idle_session_timeout(cfg.idle_timeout.as_secs().max(1));
-    if let Some(tls) = &cfg.tls {
-        builder = builder.ftps(tls.cert.clone(), tls.key.clone());
+    if let (Some(tls), Some(server_config)) = (&cfg.tls, &shared.tls) {
+        builder = builder.ftps_manual::<std::path::PathBuf>(server_config.clone());
         if tls.required {
             builder = builder.ftps_required(FtpsRequired::All, FtpsRequired::All);
         }

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub connections_refused_total: IntCounterVec,
     /// `limits_exceeded_total{limit}`: uploads or connections refused by a limit.
     pub limits_exceeded_total: IntCounterVec,
+    /// `config_reloads_total{result}`: SIGHUP reloads, `ok` or `error` (old config kept).
+    pub config_reloads_total: IntCounterVec,
     /// `defender_bans_total`: addresses banned for failed logins.
     pub defender_bans_total: IntCounter,
     /// `defender_banned_addresses`: addresses banned right now.
@@ -233,13 +235,18 @@ impl Metrics {
             ),
             connections_refused_total: counter_vec(
                 "connections_refused_total",
-                "Connections closed at accept: address outside server.allowed_ips, or banned.",
+                "Connections closed at accept: address outside server.allowed_ips, banned, or over max_connections / max_connections_per_ip.",
                 &["protocol", "reason"],
             ),
             limits_exceeded_total: counter_vec(
                 "limits_exceeded_total",
                 "Uploads or connections refused by a limit (max_file_size, allowed_extensions, max_connections, …).",
                 &["limit"],
+            ),
+            config_reloads_total: counter_vec(
+                "config_reloads_total",
+                "Configuration reloads on SIGHUP: ok, or error (the running configuration stays).",
+                &["result"],
             ),
             defender_bans_total: {
                 let c = IntCounter::with_opts(opts(

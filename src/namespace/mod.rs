@@ -49,6 +49,9 @@ pub enum FsError {
     /// The target exists and `upload.overwrite` is false.
     #[error("{0} exists and this server does not replace files (upload.overwrite = false)")]
     Exists(String),
+    /// MKD of a directory that exists.
+    #[error("directory {0} already exists")]
+    DirectoryExists(String),
     /// A file operation on a directory, or the reverse.
     #[error("{0} is a directory")]
     IsDirectory(String),
@@ -241,6 +244,10 @@ impl Namespace {
         }
         if !self.is_dir(user, &path.parent()).await? {
             return Err(FsError::NotFound(path.parent().to_string()));
+        }
+        // Asked first: some stores answer HEAD of a directory's name with an error.
+        if self.is_dir(user, path).await? {
+            return Err(FsError::DirectoryExists(path.to_string()));
         }
         if self.storage.head(&user.key_of(path)).await?.is_some() {
             return Err(FsError::Unsupported("a file with that name exists"));

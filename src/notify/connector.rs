@@ -9,11 +9,13 @@ use crate::config::{
     NotifyConfig, RuleOutcome, StepBody, StepConfig, UserConfig, UserNotifyConfig,
 };
 use crate::storage::Storage;
+use arc_swap::ArcSwap;
 use base64::Engine;
 use minijinja::Environment;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Bytes of an answer kept for classification, extraction and error messages.
@@ -99,7 +101,8 @@ pub struct Connector {
     signing_key: Option<Vec<u8>>,
     storage: Storage,
     presign_ttl: Duration,
-    users: HashMap<String, UserNotifyConfig>,
+    /// Per-user settings; swapped whole when users are reloaded.
+    users: ArcSwap<HashMap<String, UserNotifyConfig>>,
     /// The contract's call as a step: no rules, no extraction.
     default_step: StepConfig,
 }
@@ -176,10 +179,7 @@ impl Connector {
             signing_key: cfg.signing_secret.clone(),
             storage,
             presign_ttl: cfg.presign_ttl,
-            users: users
-                .iter()
-                .map(|u| (u.username.clone(), u.notify.clone()))
-                .collect(),
+            users: ArcSwap::from_pointee(user_settings(users)),
             default_step: StepConfig {
                 name: "complete".into(),
                 method: reqwest::Method::POST,
@@ -241,6 +241,7 @@ impl Connector {
         let username = ctx.get("username").and_then(Value::as_str).unwrap_or("");
         let vars: Map<String, Value> = self
             .users
+            .load()
             .get(username)
             .map(|u| {
                 u.vars
@@ -374,8 +375,14 @@ impl Connector {
             .header("webhook-signature", sign(key, id, timestamp, body))
     }
 
+    /// Uses `users`' notify settings from now on (SIGHUP).
+    pub fn set_users(&self, users: &[UserConfig]) {
+        self.users.store(Arc::new(user_settings(users)));
+    }
+
     fn user_headers(&self, username: &str) -> HeaderMap {
         self.users
+            .load()
             .get(username)
             .map(|u| header_map(&u.headers))
             .unwrap_or_default()
@@ -624,4 +631,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+fn user_settings(users: &[UserConfig]) -> HashMap<String, UserNotifyConfig> {
+    users
+        .iter()
+        .map(|u| (u.username.clone(), u.notify.clone()))
+        .collect()
 }

@@ -143,6 +143,13 @@ impl Notifier {
         Ok(Notifier { inner })
     }
 
+    /// Uses `users`' per-user notify settings (`vars`, headers) from now on (SIGHUP).
+    pub fn set_users(&self, users: &[UserConfig]) {
+        if let Some(delivery) = &self.inner.delivery {
+            delivery.connector.set_users(users);
+        }
+    }
+
     /// Runs the connector's `create` step for an upload about to start (a no-op without
     /// one). `ctx` holds what is known then: id, protocol, username, path, key…
     pub async fn create(&self, ctx: Map<String, Value>) -> Result<Created, CreateError> {

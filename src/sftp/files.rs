@@ -149,10 +149,6 @@ fn upload_reply(e: &UploadError) -> StatusReply {
     }
 }
 
-fn parse(path: &str) -> Result<VirtualPath, StatusReply> {
-    VirtualPath::parse(path).map_err(path_reply)
-}
-
 fn attributes(entry: &Entry) -> FileAttributes {
     let mtime = entry
         .modified
@@ -236,6 +232,11 @@ impl SftpFiles {
             next_handle: 0,
             initialised: false,
         }
+    }
+
+    /// A client path of this user, normalised and checked (see [`VirtualPath::parse_under`]).
+    fn path(&self, path: &str) -> Result<VirtualPath, StatusReply> {
+        VirtualPath::parse_under(path, &self.user.home).map_err(path_reply)
     }
 
     fn add(&mut self, file: OpenFile) -> String {
@@ -406,7 +407,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
-        let path = parse(&filename)?;
+        let path = self.path(&filename)?;
         let writing = pflags.intersects(
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::APPEND,
         );
@@ -534,7 +535,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let path = parse(&path)?;
+        let path = self.path(&path)?;
         let entry = self
             .shared
             .namespace
@@ -570,7 +571,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         _attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         // Times and modes have no place on S3 objects; clients (`put -p`) expect success.
-        parse(&path)?;
+        self.path(&path)?;
         Ok(status(id))
     }
 
@@ -588,7 +589,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        let path = parse(&path)?;
+        let path = self.path(&path)?;
         let pages = self
             .shared
             .namespace
@@ -635,7 +636,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
-        let path = parse(&filename)?;
+        let path = self.path(&filename)?;
         self.shared
             .pipeline
             .delete(&self.shared.namespace, &self.user, &path)
@@ -650,7 +651,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         path: String,
         _attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        let path = parse(&path)?;
+        let path = self.path(&path)?;
         self.shared
             .namespace
             .mkdir(&self.user, &path)
@@ -660,7 +661,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
-        let path = parse(&path)?;
+        let path = self.path(&path)?;
         self.shared
             .namespace
             .rmdir(&self.user, &path)
@@ -670,7 +671,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let path = parse(&path)?;
+        let path = self.path(&path)?;
         Ok(Name {
             id,
             files: vec![File::dummy(path.to_string())],
@@ -687,8 +688,8 @@ impl russh_sftp::server::Handler for SftpFiles {
             user: self.user.clone(),
             protocol: Protocol::Sftp,
             remote_addr: self.remote_addr,
-            from: parse(&oldpath)?,
-            to: parse(&newpath)?,
+            from: self.path(&oldpath)?,
+            to: self.path(&newpath)?,
         };
         self.shared
             .pipeline

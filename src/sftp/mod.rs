@@ -95,17 +95,19 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let admission = shared.defender.admit(remote_addr.ip());
-        if admission != crate::defender::Admission::Allowed {
-            // SSH has no way to say why before the handshake: close at once.
-            metrics
-                .connections_refused_total
-                .with_label_values(&[Protocol::Sftp.as_str(), admission.reason()])
-                .inc();
-            tracing::debug!(remote = %remote_addr, reason = admission.reason(), "sftp connection refused");
-            drop(stream);
-            continue;
-        }
+        let slot = match shared.defender.connect(remote_addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // SSH has no way to say why before the handshake: close at once.
+                metrics
+                    .connections_refused_total
+                    .with_label_values(&[Protocol::Sftp.as_str(), refusal.reason()])
+                    .inc();
+                tracing::debug!(remote = %remote_addr, reason = refusal.reason(), "sftp connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let connection = SshConnection {
             shared: shared.clone(),
@@ -123,6 +125,7 @@ pub async fn serve(
         };
         let config = config.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match russh::server::run_stream(config, stream, connection).await {
                 Ok(session) => {
                     if let Err(e) = session.await {

@@ -65,6 +65,12 @@ pub enum UploadError {
         /// The largest allowed object.
         limit: u64,
     },
+    /// The file passed the user's `max_file_size`.
+    #[error("file is larger than this account may upload ({}, max_file_size)", format_size(*.limit))]
+    OverFileSizeLimit {
+        /// The user's limit.
+        limit: u64,
+    },
     /// Reading from the client failed (reset, broken connection).
     #[error("connection to the client failed: {0}")]
     Client(std::io::Error),
@@ -110,6 +116,7 @@ impl UploadError {
             UploadError::PermissionDenied
             | UploadError::IsDirectory
             | UploadError::TooLarge { .. }
+            | UploadError::OverFileSizeLimit { .. }
             | UploadError::Resume(_)
             | UploadError::Exists(_)
             | UploadError::NameNotAccepted { .. }
@@ -801,19 +808,25 @@ impl Upload {
         let object_limit = self.pipeline.sizes.max_object_size();
         let user_limit = self.req.user.max_file_size.unwrap_or(u64::MAX);
         if self.size > object_limit.min(user_limit) {
-            let which = if user_limit < object_limit {
-                "max_file_size"
+            let (which, error) = if user_limit < object_limit {
+                (
+                    "max_file_size",
+                    UploadError::OverFileSizeLimit { limit: user_limit },
+                )
             } else {
-                "max_object_size"
+                (
+                    "max_object_size",
+                    UploadError::TooLarge {
+                        limit: object_limit,
+                    },
+                )
             };
             self.pipeline
                 .metrics
                 .limits_exceeded_total
                 .with_label_values(&[which])
                 .inc();
-            return Err(UploadError::TooLarge {
-                limit: object_limit.min(user_limit),
-            });
+            return Err(error);
         }
         Ok(())
     }

@@ -2,6 +2,8 @@
 //! a bridge configured against both, driven by real client crates.
 #![allow(dead_code)]
 
+pub mod raw_ftp;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -241,6 +243,8 @@ pub struct Options {
     pub alice_extra: String,
     /// Appended to `[server]`.
     pub server_extra: &'static str,
+    /// Appended to `[ftp]` (e.g. a `[ftp.tls]` table).
+    pub ftp_extra: String,
 }
 
 impl Default for Options {
@@ -256,6 +260,7 @@ impl Default for Options {
             notify_section: None,
             alice_extra: String::new(),
             server_extra: "",
+            ftp_extra: String::new(),
         }
     }
 }
@@ -294,6 +299,7 @@ listen = "127.0.0.1:0"
 passive_ports = "{first}-{last}"
 passive_host = "127.0.0.1"
 data_timeout = "{data_timeout}"
+{ftp_extra}
 [sftp]
 enabled = true
 listen = "127.0.0.1:0"
@@ -350,6 +356,7 @@ permissions = ["list", "download"]
         notify = notify,
         alice_extra = opts.alice_extra,
         server_extra = opts.server_extra,
+        ftp_extra = opts.ftp_extra,
     )
 }
 

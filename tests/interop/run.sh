@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Interop with third-party clients: curl, lftp, Python's ftplib and rclone over FTP; OpenSSH
-# sftp, curl, paramiko and rclone over SFTP. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
+# Interop with third-party clients: curl, lftp, Python's ftplib and rclone over FTP; curl,
+# lftp and ftplib over explicit FTPS; OpenSSH sftp, curl, paramiko and rclone over SFTP. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
 # stand-in API) are checked. Installs what it needs. Ends with "N passed, N failed".
 set -uo pipefail
 
@@ -27,7 +27,7 @@ ko() { echo "FAIL: $1"; FAIL=$((FAIL + 1)); }
 
 install_clients() {
   local missing=()
-  for tool in curl lftp rclone python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  for tool in curl lftp rclone python3 openssl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   command -v sftp >/dev/null || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
@@ -44,6 +44,9 @@ PASSWORD="interop-password"
 HASH=$(printf '%s' "$PASSWORD" | "$BIN" hash-password)
 ssh-keygen -q -t ed25519 -N "" -C "interop" -f "$WORK/id"
 ssh-keygen -q -t ed25519 -N "" -C "stranger" -f "$WORK/other"
+# A self-signed certificate for explicit FTPS (TLS optional here, so plain FTP works too).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
 cat > "$WORK/config.toml" <<TOML
 [server]
 data_dir = "$WORK/data"
@@ -52,6 +55,9 @@ shutdown_timeout = "30s"
 listen = "127.0.0.1:$FTP_PORT"
 passive_ports = "41000-41999"
 passive_host = "127.0.0.1"
+[ftp.tls]
+cert = "$WORK/tls.pem"
+key = "$WORK/tls.key"
 [sftp]
 listen = "127.0.0.1:$SFTP_PORT"
 host_keys = ["$WORK/data/ssh_host_ed25519_key"]
@@ -93,18 +99,19 @@ fi
 STORE="$WORK/data/store/ingest"
 URL="ftp://ci:$PASSWORD@127.0.0.1:$FTP_PORT"
 
-# check NAME KEY LOCALFILE: object bytes in the store and exactly one completion for KEY.
+# check NAME KEY LOCALFILE [PROTOCOL]: object bytes in the store and exactly one completion
+# for KEY (saying PROTOCOL, when given).
 check() {
-  local name=$1 key=$2 file=$3
+  local name=$1 key=$2 file=$3 protocol=${4:-}
   local want got
   want=$(sha256sum "$file" | cut -d' ' -f1)
   got=$(sha256sum "$STORE/$key" 2>/dev/null | cut -d' ' -f1)
   if [ "$want" != "$got" ]; then ko "$name: object $key bytes (want $want, got ${got:-missing})"; return; fi
   local n=0
   for _ in $(seq 1 50); do
-    n=$(python3 - "$WORK/api.jsonl" "$key" "$want" <<'PY'
+    n=$(python3 - "$WORK/api.jsonl" "$key" "$want" "$protocol" <<'PY'
 import json, sys
-path, key, sha = sys.argv[1:4]
+path, key, sha, protocol = sys.argv[1:5]
 try:
     lines = [json.loads(l) for l in open(path)]
 except FileNotFoundError:
@@ -112,7 +119,8 @@ except FileNotFoundError:
 hits = [l for l in lines if l["body"]["key"] == key and l["body"]["sha256"] == sha
         and l["headers"].get("idempotency-key") == l["body"]["id"]
         and l["headers"].get("webhook-signature", "").startswith("v1,")
-        and l["headers"].get("x-api-key") == "interop"]
+        and l["headers"].get("x-api-key") == "interop"
+        and (not protocol or l["body"]["protocol"] == protocol)]
 print(len(hits))
 PY
 )
@@ -132,7 +140,7 @@ curl -sS -T "$WORK/empty.bin" "$URL/curl/empty.bin" && check "curl -T empty file
 if curl -sS "$URL/curl/deep/er/big.bin" -o "$WORK/back.bin" && cmp -s "$WORK/back.bin" "$WORK/big.bin"; then ok "curl download matches"; else ko "curl download"; fi
 if curl -sS "$URL/curl/" | grep -q "small.bin"; then ok "curl directory listing"; else ko "curl listing"; fi
 
-lftp -c "set net:max-retries 1; set net:timeout 20; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1; mkdir -p lftp; cd lftp; put $WORK/big.bin -o big.bin; put $WORK/small.bin -o small.bin; ls" >"$WORK/lftp.out" 2>&1 \
+lftp -c "set net:max-retries 1; set net:timeout 20; set ftp:ssl-allow false; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1; mkdir -p lftp; cd lftp; put $WORK/big.bin -o big.bin; put $WORK/small.bin -o small.bin; ls" >"$WORK/lftp.out" 2>&1 \
   && check "lftp put multipart file" "ci/lftp/big.bin" "$WORK/big.bin" && check "lftp put small file" "ci/lftp/small.bin" "$WORK/small.bin" \
   || { ko "lftp upload"; cat "$WORK/lftp.out"; }
 
@@ -142,6 +150,24 @@ if python3 "$HERE/ftplib_upload.py" 127.0.0.1 "$FTP_PORT" ci "$PASSWORD" "$WORK/
 else
   ko "python ftplib upload: $(cat "$WORK/ftplib.out")"
 fi
+
+# Explicit FTPS: TLS on the control and the data connections, completions say "ftps".
+if curl -sS --ssl-reqd --cacert "$WORK/tls.pem" -T "$WORK/big.bin" "$URL/ftps/curl.bin" --ftp-create-dirs 2>"$WORK/curl-ftps.err"; then
+  check "curl --ssl-reqd (explicit FTPS)" "ci/ftps/curl.bin" "$WORK/big.bin" ftps
+else
+  ko "curl --ssl-reqd: $(cat "$WORK/curl-ftps.err")"
+fi
+if lftp -c "set net:max-retries 1; set net:timeout 20; set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file $WORK/tls.pem; open -u ci,$PASSWORD -p $FTP_PORT localhost; mkdir -p ftps; put $WORK/big.bin -o ftps/lftp.bin" >"$WORK/lftp-ftps.out" 2>&1; then
+  check "lftp ftp:ssl-force (explicit FTPS)" "ci/ftps/lftp.bin" "$WORK/big.bin" ftps
+else
+  ko "lftp ftp:ssl-force: $(cat "$WORK/lftp-ftps.out")"
+fi
+if python3 "$HERE/ftplib_upload.py" 127.0.0.1 "$FTP_PORT" ci "$PASSWORD" "$WORK/big.bin" /ftps/ftplib.bin "$WORK/tls.pem" >"$WORK/ftplib-tls.out" 2>&1; then
+  check "python ftplib.FTP_TLS prot_p()" "ci/ftps/ftplib.bin" "$WORK/big.bin" ftps
+else
+  ko "python FTP_TLS: $(tail -3 "$WORK/ftplib-tls.out")"
+fi
+if curl -sS --ssl-reqd --cacert "$WORK/tls.pem" "$URL/ftps/" 2>/dev/null | grep -q "curl.bin"; then ok "FTPS directory listing"; else ko "FTPS listing"; fi
 
 OBSCURED=$(rclone obscure "$PASSWORD")
 REMOTE=":ftp,host=127.0.0.1,port=$FTP_PORT,user=ci,pass=$OBSCURED:"
@@ -210,7 +236,7 @@ else
   ko "curl -C -: $(cat "$WORK/curl-resume.err")"
 fi
 
-LFTP_OPEN="set net:max-retries 1; set net:timeout 20; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1"
+LFTP_OPEN="set net:max-retries 1; set net:timeout 20; set ftp:ssl-allow false; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1"
 timeout -s KILL 4 lftp -c "$LFTP_OPEN; set net:limit-rate 4000000; mkdir -p resume; put $WORK/big.bin -o resume/lftp.bin" >/dev/null 2>&1
 sleep 1
 if lftp -c "$LFTP_OPEN; put -c $WORK/big.bin -o resume/lftp.bin" >"$WORK/lftp-resume.out" 2>&1; then

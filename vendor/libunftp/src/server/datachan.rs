@@ -272,15 +272,14 @@ where
         let tx = self.control_msg_tx.clone();
 
         let start_time = Instant::now();
+        let (reader, closer) = Self::reader(self.socket, self.ftps_mode, "stor").await;
         let put_result = self
             .storage
-            .put(
-                (*self.user).as_ref().unwrap(),
-                Self::announced(Self::reader(self.socket, self.ftps_mode, "stor").await, self.allo_size),
-                path.clone(),
-                start_pos,
-            )
+            .put((*self.user).as_ref().unwrap(), Self::announced(reader, self.allo_size), path.clone(), start_pos)
             .await;
+        if let Some(closer) = closer {
+            closer.close().await;
+        }
         let duration = start_time.elapsed();
 
         match put_result {
@@ -337,15 +336,14 @@ where
         };
 
         let start_time = Instant::now();
+        let (reader, closer) = Self::reader(self.socket, self.ftps_mode, "appe").await;
         let put_result = self
             .storage
-            .put(
-                (*self.user).as_ref().unwrap(),
-                Self::announced(Self::reader(self.socket, self.ftps_mode, "appe").await, self.allo_size),
-                path.clone(),
-                start_pos,
-            )
+            .put((*self.user).as_ref().unwrap(), Self::announced(reader, self.allo_size), path.clone(), start_pos)
             .await;
+        if let Some(closer) = closer {
+            closer.close().await;
+        }
         let duration = start_time.elapsed();
 
         match put_result {
@@ -573,30 +571,38 @@ where
             FtpsConfig::Off => Box::new(MeasuringWriter::new(socket, command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
             FtpsConfig::Building { .. } => panic!("Illegal state"),
             FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringWriter::new(tls_stream, command)
+                // ingest-bridge patch: upstream unwrapped the handshake, so one client that
+                // spoke plain text on a protected data connection panicked the task.
+                let acceptor: TlsAcceptor = tls_config.into();
+                match acceptor.accept(socket).await {
+                    Ok(tls_stream) => Box::new(MeasuringWriter::new(tls_stream, command)) as Box<dyn AsyncWrite + Send + Unpin + Sync>,
+                    Err(err) => Box::new(FailedHandshake::new(err)),
                 }
-                .await;
-                Box::new(io) as Box<dyn AsyncWrite + Send + Unpin + Sync>
             }
         }
     }
 
+    /// ingest-bridge patch: also returns the TLS stream's write half, so the upload's end can
+    /// be answered with a close_notify (clients like Python's ftplib wait for it).
     #[tracing_attributes::instrument]
-    async fn reader(socket: TcpStream, ftps_mode: FtpsConfig, command: &'static str) -> Box<dyn AsyncRead + Send + Unpin + Sync> {
+    async fn reader(socket: TcpStream, ftps_mode: FtpsConfig, command: &'static str) -> (Box<dyn AsyncRead + Send + Unpin + Sync>, Option<DataCloser>) {
         match ftps_mode {
-            FtpsConfig::Off => Box::new(MeasuringReader::new(socket, command)) as Box<dyn AsyncRead + Send + Unpin + Sync>,
+            FtpsConfig::Off => (Box::new(MeasuringReader::new(socket, command)) as Box<dyn AsyncRead + Send + Unpin + Sync>, None),
             FtpsConfig::Building { .. } => panic!("Illegal state"),
             FtpsConfig::On { tls_config } => {
-                let io = async move {
-                    let acceptor: TlsAcceptor = tls_config.into();
-                    let tls_stream = acceptor.accept(socket).await.unwrap();
-                    MeasuringReader::new(tls_stream, command)
+                // ingest-bridge patch: upstream unwrapped the handshake, so one client that
+                // spoke plain text on a protected data connection panicked the task.
+                let acceptor: TlsAcceptor = tls_config.into();
+                match acceptor.accept(socket).await {
+                    Ok(tls_stream) => {
+                        let (read_half, write_half) = tokio::io::split(tls_stream);
+                        (
+                            Box::new(MeasuringReader::new(read_half, command)) as Box<dyn AsyncRead + Send + Unpin + Sync>,
+                            Some(DataCloser(write_half)),
+                        )
+                    }
+                    Err(err) => (Box::new(FailedHandshake::new(err)), None),
                 }
-                .await;
-                Box::new(io) as Box<dyn AsyncRead + Send + Unpin + Sync>
             }
         }
     }
@@ -872,5 +878,55 @@ impl<R: AsyncRead + Unpin> AsyncRead for AnnouncedSizeReader<R> {
             }
         }
         result
+    }
+}
+
+/// ingest-bridge patch: the sending side of a TLS data connection an upload came in on.
+struct DataCloser(tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl DataCloser {
+    /// Sends close_notify and FIN, waiting at most a few seconds for a client that is gone.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.0.shutdown()).await;
+    }
+}
+
+/// ingest-bridge patch: the data connection whose TLS handshake failed; every read or write
+/// reports that failure, so the transfer ends with an error reply instead of a panic.
+struct FailedHandshake {
+    error: Option<std::io::Error>,
+}
+
+impl FailedHandshake {
+    fn new(err: std::io::Error) -> Self {
+        Self { error: Some(err) }
+    }
+
+    fn error(&mut self) -> std::io::Error {
+        let detail = match self.error.take() {
+            Some(err) => err.to_string(),
+            None => "see the earlier error".to_string(),
+        };
+        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, format!("TLS handshake on the data connection failed: {detail}"))
+    }
+}
+
+impl AsyncRead for FailedHandshake {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, _buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(self.get_mut().error()))
+    }
+}
+
+impl AsyncWrite for FailedHandshake {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, _buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(self.get_mut().error()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(self.get_mut().error()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }

@@ -403,9 +403,19 @@ where
                 // ingest-bridge patch: a REST offset applies to one transfer, failed or not;
                 // upstream kept it for the next STOR after an error.
                 self.session.lock().await.start_pos = 0;
+                // ingest-bridge patch: the storage backend's own message, on one line.
+                let reason = std::error::Error::source(&error_type).map(|s| s.to_string().replace(['\r', '\n'], " "));
                 match error_type.kind() {
-                ErrorKind::ExceededStorageAllocationError => Ok(Reply::new(ReplyCode::ExceededStorageAllocation, "Exceeded storage allocation")),
-                ErrorKind::FileNameNotAllowedError => Ok(Reply::new(ReplyCode::BadFileName, "File name not allowed")),
+                // ingest-bridge patch: name the limit (max_file_size, the largest object…).
+                ErrorKind::ExceededStorageAllocationError => Ok(Reply::new_with_string(
+                    ReplyCode::ExceededStorageAllocation,
+                    reason.unwrap_or_else(|| "Exceeded storage allocation".to_string()),
+                )),
+                // ingest-bridge patch: say why the name was refused (control characters, too long…).
+                ErrorKind::FileNameNotAllowedError => Ok(Reply::new_with_string(
+                    ReplyCode::BadFileName,
+                    reason.map_or_else(|| "File name not allowed".to_string(), |r| format!("File name not allowed: {r}")),
+                )),
                 ErrorKind::InsufficientStorageSpaceError => Ok(Reply::new(ReplyCode::OutOfSpace, "Insufficient storage space")),
                 ErrorKind::LocalError => Ok(Reply::new(ReplyCode::LocalError, "Local error")),
                 ErrorKind::PageTypeUnknown => Ok(Reply::new(ReplyCode::PageTypeUnknown, "Page type unknown")),
@@ -417,9 +427,7 @@ where
                 // ingest API's "Not enough credit"), so say it instead of a fixed text.
                 ErrorKind::PermissionDenied => Ok(Reply::new_with_string(
                     ReplyCode::FileError,
-                    std::error::Error::source(&error_type)
-                        .map(|s| s.to_string().replace(['\r', '\n'], " "))
-                        .unwrap_or_else(|| "Permission denied".to_string()),
+                    reason.unwrap_or_else(|| "Permission denied".to_string()),
                 )),
                 ErrorKind::CommandNotImplemented => Ok(Reply::new(ReplyCode::CommandNotImplemented, "Command not implemented")),
                 ErrorKind::ConnectionClosed => Ok(Reply::new(ReplyCode::ConnectionClosed, "Connection closed")),

@@ -110,7 +110,9 @@ where
         match (self.ftps_requirement, event) {
             (FtpsRequired::None, event) => self.next.handle(event).await,
             (FtpsRequired::All, event) => match event {
-                Event::Command(Command::Pasv) => {
+                // ingest-bridge patch: upstream only checked PASV, so EPSV or PORT opened a
+                // plain-text data connection although TLS was required.
+                Event::Command(Command::Pasv) | Event::Command(Command::Epsv) | Event::Command(Command::Port { .. }) => {
                     let is_tls = async {
                         let session = self.session.lock().await;
                         session.data_tls
@@ -124,7 +126,7 @@ where
                 _ => self.next.handle(event).await,
             },
             (FtpsRequired::Accounts, event) => match event {
-                Event::Command(Command::Pasv) => {
+                Event::Command(Command::Pasv) | Event::Command(Command::Epsv) | Event::Command(Command::Port { .. }) => {
                     let (is_tls, username_opt) = async {
                         let session = self.session.lock().await;
                         (session.cmd_tls, session.username.clone())

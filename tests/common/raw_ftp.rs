@@ -1,0 +1,124 @@
+//! A hand-driven FTP control connection, plain or TLS: for asserting exact replies and for
+//! clients that misbehave on purpose (die mid-transfer, send plain text where TLS belongs).
+
+use super::PASSWORD;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// One control connection.
+pub struct RawFtp<S = TcpStream> {
+    io: BufReader<S>,
+}
+
+impl RawFtp<TcpStream> {
+    /// Connects; returns the connection and the greeting (or the refusal) it got.
+    pub async fn connect(addr: SocketAddr) -> (RawFtp, (u32, String)) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut ftp = RawFtp {
+            io: BufReader::new(stream),
+        };
+        let greeting = ftp.reply().await;
+        (ftp, greeting)
+    }
+
+    /// Connects and logs in as alice, binary mode.
+    pub async fn login(addr: SocketAddr) -> RawFtp {
+        let (mut ftp, _) = RawFtp::connect(addr).await;
+        ftp.log_in_as_alice().await;
+        ftp.command("TYPE I").await;
+        ftp
+    }
+
+    /// `AUTH TLS` and the handshake; returns the secured connection and the certificate
+    /// the server presented.
+    pub async fn start_tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+    ) -> (RawFtp<TlsStream<TcpStream>>, CertificateDer<'static>) {
+        let (code, text) = self.command("AUTH TLS").await;
+        assert_eq!(code, 234, "{text}");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(
+                ServerName::try_from("localhost").expect("name"),
+                self.io.into_inner(),
+            )
+            .await
+            .expect("TLS handshake on the control connection");
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .expect("server certificate")
+            .clone()
+            .into_owned();
+        (
+            RawFtp {
+                io: BufReader::new(tls),
+            },
+            presented,
+        )
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawFtp<S> {
+    /// Reads one (possibly multi-line) reply: its code and its last line.
+    pub async fn reply(&mut self) -> (u32, String) {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.io.read_line(&mut line))
+                .await
+                .expect("a reply within 10 s")
+                .expect("read");
+            assert!(n > 0, "control connection closed");
+            let bytes = line.as_bytes();
+            if bytes.len() >= 4 && bytes[3] == b' ' && bytes[..3].iter().all(u8::is_ascii_digit) {
+                let code = line[..3].parse().expect("reply code");
+                return (code, line.trim_end().to_string());
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub async fn command(&mut self, cmd: &str) -> (u32, String) {
+        self.send(cmd.as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Sends raw bytes followed by CRLF, for names no string can hold.
+    pub async fn send(&mut self, line: &[u8]) {
+        let stream = self.io.get_mut();
+        stream.write_all(line).await.expect("send");
+        stream.write_all(b"\r\n").await.expect("send");
+        stream.flush().await.expect("flush");
+    }
+
+    /// `USER alice`, `PASS`; asserts success.
+    pub async fn log_in_as_alice(&mut self) {
+        let (code, text) = self.command("USER alice").await;
+        assert_eq!(code, 331, "{text}");
+        let (code, text) = self.command(&format!("PASS {PASSWORD}")).await;
+        assert_eq!(code, 230, "{text}");
+    }
+
+    /// PASV and the (plain TCP) data connection.
+    pub async fn data(&mut self) -> TcpStream {
+        let (code, text) = self.command("PASV").await;
+        assert_eq!(code, 227, "{text}");
+        let inner = &text[text.find('(').expect("(") + 1..text.find(')').expect(")")];
+        let n: Vec<u16> = inner
+            .split(',')
+            .map(|x| x.trim().parse().expect("n"))
+            .collect();
+        let addr = SocketAddr::from((
+            [n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8],
+            n[4] * 256 + n[5],
+        ));
+        TcpStream::connect(addr).await.expect("data connection")
+    }
+}
