@@ -227,8 +227,17 @@ resumed() {
     | grep "resuming an interrupted upload.*$1" | grep -o 'offset=[0-9]*' | tail -1)
   [ -n "$at" ] && echo "  (continued at ${at#offset=} of $(stat -c %s "$WORK/big.bin") bytes)"
 }
+# kept KEY: waits (up to 15 s) until the server has kept KEY's cut upload for a resume — a
+# loaded machine takes longer than a fixed pause to let the last parts land.
+kept() {
+  for _ in $(seq 1 150); do
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/serve.err" 2>/dev/null | grep "cut upload kept for a resume" | grep -q "key=$1 " && return 0
+    sleep 0.1
+  done
+  echo "  (no kept upload for $1 after 15 s)"
+}
 timeout -s KILL 4 curl -sS --limit-rate 4M -T "$WORK/big.bin" "$URL/resume/curl.bin" --ftp-create-dirs >/dev/null 2>&1
-sleep 1
+kept ci/resume/curl.bin
 if curl -sS -C - -T "$WORK/big.bin" "$URL/resume/curl.bin" 2>"$WORK/curl-resume.err"; then
   check "curl -C - -T resumes a killed upload" "ci/resume/curl.bin" "$WORK/big.bin"
   resumed "/resume/curl.bin" && ok "curl -C - continued the kept parts" || ko "curl -C - re-sent the whole file"
@@ -238,7 +247,7 @@ fi
 
 LFTP_OPEN="set net:max-retries 1; set net:timeout 20; set ftp:ssl-allow false; open -u ci,$PASSWORD -p $FTP_PORT 127.0.0.1"
 timeout -s KILL 4 lftp -c "$LFTP_OPEN; set net:limit-rate 4000000; mkdir -p resume; put $WORK/big.bin -o resume/lftp.bin" >/dev/null 2>&1
-sleep 1
+kept ci/resume/lftp.bin
 if lftp -c "$LFTP_OPEN; put -c $WORK/big.bin -o resume/lftp.bin" >"$WORK/lftp-resume.out" 2>&1; then
   check "lftp put -c resumes a killed upload" "ci/resume/lftp.bin" "$WORK/big.bin"
   resumed "/resume/lftp.bin" && ok "lftp put -c continued the kept parts" || ko "lftp put -c re-sent the whole file"
@@ -249,7 +258,7 @@ fi
 printf 'put %s resume/reput.bin\n' "$WORK/big.bin" >"$WORK/batch-put"
 printf 'reput %s resume/reput.bin\n' "$WORK/big.bin" >"$WORK/batch-reput"
 timeout -s KILL 4 sftp "${SSH_OPTS[@]}" -l 32000 -b "$WORK/batch-put" ci@127.0.0.1 >/dev/null 2>&1
-sleep 1
+kept ci/resume/reput.bin
 if sftp "${SSH_OPTS[@]}" -b "$WORK/batch-reput" ci@127.0.0.1 >"$WORK/reput.out" 2>&1; then
   check "OpenSSH sftp reput resumes a killed upload" "ci/resume/reput.bin" "$WORK/big.bin"
   resumed "/resume/reput.bin" && ok "OpenSSH reput continued the kept parts" || ko "OpenSSH reput re-sent the whole file"
