@@ -1,7 +1,7 @@
 //! `serve`: wires config → storage → notifier → pipeline → front-ends and metrics, and stops
 //! them in order.
 
-use crate::auth::UserDirectory;
+use crate::auth::{HttpAuth, Logins, UserDirectory};
 use crate::config::{Config, Endpoint};
 use crate::defender::Defender;
 use crate::ftp::{self, FtpShared};
@@ -83,6 +83,9 @@ pub enum StartError {
     /// The FTPS certificate or key is unusable.
     #[error("{0}")]
     Tls(String),
+    /// `[auth.http]` cannot be set up.
+    #[error("{0}")]
+    Auth(String),
     /// An SSH host key is unusable.
     #[error("cannot use {0}. Fix or remove the file (a new key is generated when it is missing).")]
     HostKey(String),
@@ -194,6 +197,11 @@ impl Bridge {
         pipeline.maintain();
         let namespace = Arc::new(Namespace::new(storage.clone(), partials));
         let users = Arc::new(UserDirectory::new(&config.users));
+        let http_auth = match &config.auth.http {
+            Some(cfg) => Some(HttpAuth::new(cfg, metrics.clone()).map_err(StartError::Auth)?),
+            None => None,
+        };
+        let logins = Arc::new(Logins::new(users.clone(), http_auth));
 
         let metrics_listener = bind("metrics.listen", config.metrics.listen).await?;
         let metrics_addr = metrics_listener
@@ -230,6 +238,7 @@ impl Bridge {
             crate::defender::ConnectionLimits {
                 total: config.server.max_connections,
                 per_ip: config.server.max_connections_per_ip,
+                login_timeout: config.server.login_timeout,
             },
             metrics.clone(),
         ));
@@ -247,7 +256,7 @@ impl Bridge {
                     listener,
                     config.ftp.clone(),
                     shared,
-                    users.clone(),
+                    logins.clone(),
                     metrics.clone(),
                     stop_accepting.clone(),
                 ));
@@ -267,7 +276,7 @@ impl Bridge {
                     listener,
                     sftp::server_config(&config.sftp, host_keys),
                     shared,
-                    users.clone(),
+                    logins.clone(),
                     metrics.clone(),
                     stop_accepting.clone(),
                 ));

@@ -351,6 +351,15 @@ async fn stalled_data_connection_times_out_and_aborts_with_resuming_off() {
     assert_eq!(h.object("alice/stalled.bin").await, None);
     assert!(h.open_multipart_ids().is_empty());
     assert!(h.events().is_empty());
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_limits_exceeded_total",
+            &[("limit", "stalled_transfer")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -310,3 +310,44 @@ async fn hostile_names_are_refused_and_unicode_is_stored_in_nfc() {
         "found by either spelling"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_that_do_not_log_in_in_time_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start(Options {
+        server_extra: "login_timeout = \"1s\"",
+        ..Options::default()
+    })
+    .await;
+    let (mut silent_ftp, (code, _)) = RawFtp::connect(h.ftp).await;
+    assert_eq!(code, 220);
+    let mut silent_ssh = tokio::net::TcpStream::connect(h.sftp)
+        .await
+        .expect("connect");
+    let mut logged_in = h.login("alice").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (code, text) = silent_ftp.reply().await;
+    assert!(code == 421 && text.contains("No login in time"), "{text}");
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), silent_ssh.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue, // the server's SSH banner
+            Err(_) => panic!("the silent SSH connection is still open"),
+        }
+    }
+    assert!(
+        logged_in.noop().await.is_ok(),
+        "a logged-in session outlives the login timeout"
+    );
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_limits_exceeded_total",
+            &[("limit", "login_timeout")]
+        ),
+        2.0
+    );
+}

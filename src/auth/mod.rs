@@ -1,8 +1,10 @@
 //! Who may log in, and what they may touch: users, password verification, and the
 //! confinement of every client path to the user's `home` prefix.
 
+mod http;
 mod path;
 
+pub use http::{HttpAuth, Secret};
 pub use path::{PathError, VirtualPath};
 
 use crate::config::{Permission, UserConfig};
@@ -45,6 +47,14 @@ impl User {
         crate::defender::in_networks(&self.allowed_ips, ip)
     }
 
+    /// Whether `key` is one of the user's `public_keys`.
+    pub fn has_key(&self, key: &russh::keys::PublicKey) -> bool {
+        self.public_keys.iter().any(|line| {
+            russh::keys::PublicKey::from_openssh(line.trim())
+                .is_ok_and(|allowed| allowed.key_data() == key.key_data())
+        })
+    }
+
     /// Whether the user may upload a file named `file_name` (`allowed_extensions`).
     pub fn accepts_name(&self, file_name: &str) -> bool {
         let name = file_name.to_lowercase();
@@ -70,6 +80,58 @@ pub enum AuthError {
     /// Right credentials, from an address outside the user's `allowed_ips`.
     #[error("the user may not log in from this address (allowed_ips)")]
     AddressNotAllowed,
+    /// `[auth.http]` failed (down, slow, a bad answer): the login is refused, never opened.
+    #[error("the login service (auth.http) is unavailable")]
+    ServiceUnavailable,
+}
+
+impl AuthError {
+    /// Whether the client tried wrong credentials (counts towards a ban), as opposed to
+    /// the login service failing.
+    pub fn is_bad_credentials(&self) -> bool {
+        !matches!(self, AuthError::ServiceUnavailable)
+    }
+}
+
+/// Decides logins: `[[users]]` first, then, for names not configured there, `[auth.http]`.
+#[derive(Debug)]
+pub struct Logins {
+    /// Configured users (reloaded on SIGHUP).
+    pub users: Arc<UserDirectory>,
+    http: Option<HttpAuth>,
+}
+
+impl Logins {
+    /// Local users, and the platform's auth endpoint when configured.
+    pub fn new(users: Arc<UserDirectory>, http: Option<HttpAuth>) -> Logins {
+        Logins { users, http }
+    }
+
+    /// Checks `secret` for `username` connecting from `ip` over `protocol`.
+    pub async fn log_in(
+        &self,
+        username: &str,
+        secret: Secret<'_>,
+        protocol: crate::metrics::Protocol,
+        ip: std::net::IpAddr,
+    ) -> Result<Arc<User>, AuthError> {
+        match (&self.http, self.users.get(username)) {
+            (Some(http), None) => http.authenticate(username, secret, protocol, ip).await,
+            _ => match secret {
+                Secret::Password(p) => self.users.authenticate_password(username, p, ip).await,
+                Secret::Key(k) => self.users.authenticate_key(username, k, ip),
+            },
+        }
+    }
+
+    /// Whether an offered SSH key could log `username` in (so a signature is worth asking
+    /// for): a configured key, or any key of a user the platform decides on.
+    pub fn may_accept_key(&self, username: &str, key: &russh::keys::PublicKey) -> bool {
+        match self.users.get(username) {
+            Some(user) => user.has_key(key),
+            None => self.http.is_some(),
+        }
+    }
 }
 
 /// All configured users.
@@ -99,6 +161,26 @@ impl UserDirectory {
     /// Looks a user up by name.
     pub fn get(&self, username: &str) -> Option<Arc<User>> {
         self.users.load().get(username).cloned()
+    }
+
+    /// Checks that `key` (its signature already verified) is one of the user's keys and
+    /// that the user may log in from `from`.
+    pub fn authenticate_key(
+        &self,
+        username: &str,
+        key: &russh::keys::PublicKey,
+        from: std::net::IpAddr,
+    ) -> Result<Arc<User>, AuthError> {
+        match self.get(username) {
+            Some(u) if u.has_key(key) => {
+                if u.may_connect_from(from) {
+                    Ok(u)
+                } else {
+                    Err(AuthError::AddressNotAllowed)
+                }
+            }
+            _ => Err(AuthError::BadCredentials),
+        }
     }
 
     /// Verifies a password (argon2, constant-time compare) off the async threads, and that

@@ -8,7 +8,7 @@ mod env;
 mod raw;
 mod units;
 
-use raw::{RawConfig, Text};
+use raw::{RawAuth, RawConfig, Text};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,8 +51,30 @@ pub struct Config {
     pub upload: UploadConfig,
     /// `[defender]`
     pub defender: DefenderConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
+}
+
+/// `[auth]`: who decides logins besides `[[users]]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The platform's login endpoint, when set.
+    pub http: Option<HttpAuthConfig>,
+}
+
+/// `[auth.http]`: logins of users not in `[[users]]` are POSTed here.
+#[derive(Debug, Clone)]
+pub struct HttpAuthConfig {
+    /// The endpoint.
+    pub url: String,
+    /// One request's deadline; a slower answer refuses the login.
+    pub timeout: Duration,
+    /// How long an allowed login is remembered ("0s": ask every time).
+    pub cache_ttl: Duration,
+    /// Extra request headers (e.g. the platform's API key).
+    pub headers: BTreeMap<String, String>,
 }
 
 /// File names clients upload under before renaming them to the final name (WinSCP,
@@ -143,6 +165,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Open connections from one client address at most.
     pub max_connections_per_ip: usize,
+    /// A connection that has not logged in by then is closed.
+    pub login_timeout: Duration,
 }
 
 /// `[defender]`: bans addresses that keep failing to log in.
@@ -636,6 +660,11 @@ impl Validator<'_> {
                 1..=1_000_000,
                 200,
             ) as usize,
+            login_timeout: self.duration(
+                "server.login_timeout",
+                raw.server.login_timeout,
+                Duration::from_secs(60),
+            ),
         };
         let ftp = self.ftp(raw.ftp);
         let sftp = SftpConfig {
@@ -665,6 +694,7 @@ impl Validator<'_> {
         let log = self.log(raw.log, &server.data_dir);
         let upload = self.upload(raw.upload);
         let defender = self.defender(raw.defender);
+        let auth = self.auth(raw.auth);
         let users = self.users(raw.users);
         self.listeners_distinct(&ftp, &sftp, &metrics);
         Config {
@@ -677,7 +707,35 @@ impl Validator<'_> {
             log,
             upload,
             defender,
+            auth,
             users,
+        }
+    }
+
+    fn auth(&mut self, raw: RawAuth) -> AuthConfig {
+        let Some(raw) = raw.http else {
+            return AuthConfig::default();
+        };
+        let (url, url_at) = Self::text(raw.url, "");
+        let url = self.env("auth.http.url", url, url_at.as_ref());
+        if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            self.problem(
+                "auth.http.url",
+                url_at.as_ref(),
+                format!("{url:?} is not an http(s) URL; remove [auth.http] to use only [[users]]"),
+            );
+        }
+        AuthConfig {
+            http: Some(HttpAuthConfig {
+                url,
+                timeout: self.duration("auth.http.timeout", raw.timeout, Duration::from_secs(5)),
+                cache_ttl: self.duration(
+                    "auth.http.cache_ttl",
+                    raw.cache_ttl,
+                    Duration::from_secs(60),
+                ),
+                headers: self.literal_headers("auth.http.headers", raw.headers),
+            }),
         }
     }
 

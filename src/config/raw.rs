@@ -23,7 +23,25 @@ pub struct RawConfig {
     pub log: RawLog,
     pub upload: RawUpload,
     pub defender: RawDefender,
+    pub auth: RawAuth,
     pub users: Vec<RawUser>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    pub http: Option<RawAuthHttp>,
+}
+
+/// `[auth.http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuthHttp {
+    pub url: Option<Text>,
+    pub timeout: Option<Text>,
+    pub cache_ttl: Option<Text>,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[defender]`
@@ -64,6 +82,7 @@ pub struct RawServer {
     pub allowed_ips: Option<Vec<Text>>,
     pub max_connections: Option<serde_spanned::Spanned<i64>>,
     pub max_connections_per_ip: Option<serde_spanned::Spanned<i64>>,
+    pub login_timeout: Option<Text>,
 }
 
 /// `[ftp]`

@@ -73,13 +73,58 @@ pub struct Defender {
     metrics: MetricsHandle,
 }
 
-/// `server.max_connections` and `server.max_connections_per_ip`.
+/// `server.max_connections`, `server.max_connections_per_ip` and `server.login_timeout`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Open connections at most, both protocols together.
     pub total: usize,
     /// Open connections from one address at most.
     pub per_ip: usize,
+    /// A connection that has not logged in by then is closed.
+    pub login_timeout: Duration,
+}
+
+/// A second handle on a new connection's socket, held until the client logs in: if it has
+/// not by `server.login_timeout`, the socket is shut down under the protocol library, so a
+/// client that connects and never authenticates cannot hold a place for long.
+#[derive(Debug)]
+pub struct LoginDeadline {
+    socket: Mutex<Option<std::net::TcpStream>>,
+}
+
+impl LoginDeadline {
+    /// The client logged in: the deadline no longer applies.
+    pub fn logged_in(&self) {
+        self.release();
+    }
+
+    /// The connection ended by itself.
+    pub fn ended(&self) {
+        self.release();
+    }
+
+    fn release(&self) {
+        if let Ok(mut socket) = self.socket.lock() {
+            *socket = None;
+        }
+    }
+
+    /// Closes the connection if nobody released the deadline; says `farewell` first.
+    fn expire(&self, farewell: &str, metrics: &Metrics) {
+        use std::io::Write;
+        let Ok(mut socket) = self.socket.lock() else {
+            return;
+        };
+        if let Some(socket) = socket.take() {
+            metrics
+                .limits_exceeded_total
+                .with_label_values(&["login_timeout"])
+                .inc();
+            // Best effort: the socket is non-blocking and the client may be gone.
+            let _ = (&socket).write(farewell.as_bytes());
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +237,32 @@ impl Defender {
         })
     }
 
+    /// Starts `server.login_timeout` for a new connection; `farewell` is written to the
+    /// client when it expires (FTP's `421`; empty for SSH, which has no way to say it).
+    pub fn login_deadline(
+        &self,
+        stream: &tokio::net::TcpStream,
+        farewell: &'static str,
+    ) -> Arc<LoginDeadline> {
+        use std::os::fd::AsFd;
+        let socket = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .ok();
+        let deadline = Arc::new(LoginDeadline {
+            socket: Mutex::new(socket),
+        });
+        let watched = deadline.clone();
+        let timeout = self.limits.login_timeout;
+        let metrics = self.metrics.0.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            watched.expire(farewell, &metrics);
+        });
+        deadline
+    }
+
     /// Counts a failed login from `ip`; bans it once `max_failures` fall within `window`.
     pub fn login_failed(&self, ip: IpAddr) {
         let ip = ip.to_canonical();
@@ -264,6 +335,7 @@ mod tests {
     const LIMITS: ConnectionLimits = ConnectionLimits {
         total: 3,
         per_ip: 2,
+        login_timeout: Duration::from_secs(60),
     };
 
     #[test]

@@ -9,7 +9,7 @@ mod tls;
 pub use backend::FtpShared;
 pub use tls::Certificates;
 
-use crate::auth::UserDirectory;
+use crate::auth::Logins;
 use crate::config::FtpConfig;
 use crate::defender::Admission;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
@@ -32,7 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     cfg: FtpConfig,
     shared: Arc<FtpShared>,
-    users: Arc<UserDirectory>,
+    logins: Arc<Logins>,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
@@ -67,8 +67,11 @@ pub async fn serve(
                 .map(std::net::TcpStream::from)
                 .ok()
         };
-        let session = Session::new(remote_addr, control);
-        let server = match build_server(&cfg, &shared, &users, &metrics, session.clone()) {
+        let deadline = shared
+            .defender
+            .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");
+        let session = Session::new(remote_addr, control, deadline);
+        let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "ftp: cannot set up session");
@@ -127,7 +130,7 @@ fn refuse(stream: TcpStream, remote_addr: SocketAddr, admission: Admission, metr
 fn build_server(
     cfg: &FtpConfig,
     shared: &Arc<FtpShared>,
-    users: &Arc<UserDirectory>,
+    logins: &Arc<Logins>,
     metrics: &Metrics,
     session: Arc<Session>,
 ) -> Result<libunftp::Server<S3Backend, FtpUser>, libunftp::ServerError> {
@@ -143,10 +146,10 @@ fn build_server(
     };
     let mut builder = ServerBuilder::<S3Backend, FtpUser>::with_user_detail_provider(
         generator,
-        Arc::new(UserProvider(users.clone())),
+        Arc::new(UserProvider(session.clone())),
     )
     .authenticator(Arc::new(SessionAuthenticator {
-        users: users.clone(),
+        logins: logins.clone(),
         session,
         metrics: MetricsRef(metrics.clone()),
         defender: shared.defender.clone(),

@@ -1,7 +1,8 @@
 //! Per-connection state shared by the authenticator and the storage backend: who is
 //! connected from where, and whether the control channel is encrypted.
 
-use crate::auth::{User, UserDirectory};
+use crate::auth::{Logins, Secret, User};
+use crate::defender::LoginDeadline;
 use crate::metrics::{Metrics, Protocol};
 use async_trait::async_trait;
 use std::fmt;
@@ -21,6 +22,10 @@ pub struct Session {
     /// Names this connection in the audit trail.
     pub id: String,
     tls: AtomicBool,
+    /// Who logged in: the authenticator sets it, libunftp's user provider hands it out.
+    user: std::sync::Mutex<Option<Arc<User>>>,
+    /// Closes the connection if no login comes in time.
+    login_deadline: Arc<LoginDeadline>,
     /// A second handle on the control socket, to see whether the client is still there
     /// before an upload is committed; dropped when the control loop ends.
     control: std::sync::Mutex<Option<std::net::TcpStream>>,
@@ -28,17 +33,24 @@ pub struct Session {
 
 impl Session {
     /// A new, not yet logged-in session on `control` (a duplicate of the control socket).
-    pub fn new(remote_addr: SocketAddr, control: Option<std::net::TcpStream>) -> Arc<Session> {
+    pub fn new(
+        remote_addr: SocketAddr,
+        control: Option<std::net::TcpStream>,
+        login_deadline: Arc<LoginDeadline>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             remote_addr,
             id: crate::audit::new_session_id(),
             tls: AtomicBool::new(false),
+            user: std::sync::Mutex::new(None),
+            login_deadline,
             control: std::sync::Mutex::new(control),
         })
     }
 
     /// The control loop has ended: the client is gone.
     pub fn control_closed(&self) {
+        self.login_deadline.ended();
         if let Ok(mut control) = self.control.lock() {
             *control = None;
         }
@@ -90,11 +102,11 @@ impl fmt::Display for FtpUser {
 
 impl UserDetail for FtpUser {}
 
-/// Checks passwords against the user directory and counts logins.
+/// Checks passwords (`[[users]]`, `[auth.http]`) and counts logins.
 #[derive(Debug)]
 pub struct SessionAuthenticator {
-    /// Configured users.
-    pub users: Arc<UserDirectory>,
+    /// Who may log in.
+    pub logins: Arc<Logins>,
     /// This connection.
     pub session: Arc<Session>,
     /// Login counters.
@@ -124,8 +136,13 @@ impl Authenticator for SessionAuthenticator {
         let protocol = if tls { Protocol::Ftps } else { Protocol::Ftp };
         let password = creds.password.as_deref().unwrap_or("");
         let result = self
-            .users
-            .authenticate_password(username, password, self.session.remote_addr.ip())
+            .logins
+            .log_in(
+                username,
+                Secret::Password(password),
+                protocol,
+                self.session.remote_addr.ip(),
+            )
             .await;
         self.metrics.0.audit.login(&crate::audit::LoginRecord {
             session: &self.session.id,
@@ -138,6 +155,10 @@ impl Authenticator for SessionAuthenticator {
         match result {
             Ok(user) => {
                 self.session.tls.store(tls, Ordering::Release);
+                if let Ok(mut slot) = self.session.user.lock() {
+                    *slot = Some(user.clone());
+                }
+                self.session.login_deadline.logged_in();
                 self.metrics.0.login(protocol, true);
                 tracing::info!(user = %user.name, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login");
                 Ok(Principal {
@@ -145,7 +166,9 @@ impl Authenticator for SessionAuthenticator {
                 })
             }
             Err(e) => {
-                self.defender.login_failed(self.session.remote_addr.ip());
+                if e.is_bad_credentials() {
+                    self.defender.login_failed(self.session.remote_addr.ip());
+                }
                 self.metrics.0.login(protocol, false);
                 tracing::warn!(user = %username, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login failed: {e}");
                 Err(AuthenticationError::BadPassword)
@@ -154,9 +177,9 @@ impl Authenticator for SessionAuthenticator {
     }
 }
 
-/// Turns an authenticated principal into the configured user.
+/// Hands libunftp the user this session's authenticator let in.
 #[derive(Debug)]
-pub struct UserProvider(pub Arc<UserDirectory>);
+pub struct UserProvider(pub Arc<Session>);
 
 #[async_trait]
 impl UserDetailProvider for UserProvider {
@@ -164,7 +187,11 @@ impl UserDetailProvider for UserProvider {
 
     async fn provide_user_detail(&self, principal: &Principal) -> Result<FtpUser, UserDetailError> {
         self.0
-            .get(&principal.username)
+            .user
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .filter(|user| user.name == principal.username)
             .map(FtpUser)
             .ok_or_else(|| UserDetailError::UserNotFound {
                 username: principal.username.clone(),

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub connections_refused_total: IntCounterVec,
     /// `limits_exceeded_total{limit}`: uploads or connections refused by a limit.
     pub limits_exceeded_total: IntCounterVec,
+    /// `auth_http_requests_total{result}`: `[auth.http]` logins: allowed, refused, error, cached.
+    pub auth_http_requests_total: IntCounterVec,
     /// `config_reloads_total{result}`: SIGHUP reloads, `ok` or `error` (old config kept).
     pub config_reloads_total: IntCounterVec,
     /// `defender_bans_total`: addresses banned for failed logins.
@@ -242,6 +244,11 @@ impl Metrics {
                 "limits_exceeded_total",
                 "Uploads or connections refused by a limit (max_file_size, allowed_extensions, max_connections, …).",
                 &["limit"],
+            ),
+            auth_http_requests_total: counter_vec(
+                "auth_http_requests_total",
+                "Logins decided by auth.http: allowed, refused, error (login refused), cached.",
+                &["result"],
             ),
             config_reloads_total: counter_vec(
                 "config_reloads_total",

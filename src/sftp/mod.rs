@@ -8,11 +8,12 @@ pub use files::SftpShared;
 pub use keys::{fingerprint, load_or_generate};
 
 use crate::audit::LoginRecord;
-use crate::auth::{User, UserDirectory};
+use crate::auth::{AuthError, Logins, Secret, User};
 use crate::config::SftpConfig;
+use crate::defender::LoginDeadline;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
 use files::SftpFiles;
-use russh::keys::{PrivateKey, PublicKey};
+use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use std::collections::HashMap;
@@ -79,7 +80,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     shared: Arc<SftpShared>,
-    users: Arc<UserDirectory>,
+    logins: Arc<Logins>,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
@@ -109,13 +110,16 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // SSH cannot say why before the handshake: a late client is just closed.
+        let deadline = shared.defender.login_deadline(&stream, "");
         let connection = SshConnection {
             shared: shared.clone(),
-            users: users.clone(),
+            logins: logins.clone(),
             metrics: metrics.clone(),
             remote_addr,
             session_id: crate::audit::new_session_id(),
             user: None,
+            login_deadline: deadline.clone(),
             channels: HashMap::new(),
             _active: GaugeGuard::new(
                 metrics
@@ -136,6 +140,7 @@ pub async fn serve(
                     tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
                 }
             }
+            deadline.ended();
         });
     }
 }
@@ -143,22 +148,16 @@ pub async fn serve(
 /// One SSH connection.
 struct SshConnection {
     shared: Arc<SftpShared>,
-    users: Arc<UserDirectory>,
+    logins: Arc<Logins>,
     metrics: Metrics,
     remote_addr: SocketAddr,
     /// Names this connection in the audit trail.
     session_id: String,
     user: Option<Arc<User>>,
+    /// Closes the connection if no login comes in time.
+    login_deadline: Arc<LoginDeadline>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     _active: GaugeGuard,
-}
-
-/// Whether `key` is one of the user's configured public keys.
-fn key_allowed(user: &User, key: &PublicKey) -> bool {
-    user.public_keys.iter().any(|line| {
-        PublicKey::from_openssh(line.trim())
-            .is_ok_and(|allowed| allowed.key_data() == key.key_data())
-    })
 }
 
 /// No shell and no commands: say so at once and close, or clients that probe (rclone runs
@@ -169,8 +168,13 @@ fn refuse_channel(channel: ChannelId, session: &mut Session) -> Result<(), russh
 }
 
 impl SshConnection {
-    fn login(&mut self, user: Option<Arc<User>>, method: &str, username: &str) -> Auth {
-        let success = user.is_some();
+    fn login(
+        &mut self,
+        outcome: Result<Arc<User>, AuthError>,
+        method: &str,
+        username: &str,
+    ) -> Auth {
+        let success = outcome.is_ok();
         self.metrics.login(Protocol::Sftp, success);
         self.metrics.audit.login(&LoginRecord {
             session: &self.session_id,
@@ -180,14 +184,20 @@ impl SshConnection {
             method,
             success,
         });
-        if success {
-            tracing::info!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login");
-            self.user = user;
-            Auth::Accept
-        } else {
-            self.shared.defender.login_failed(self.remote_addr.ip());
-            tracing::warn!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login failed");
-            Auth::reject()
+        match outcome {
+            Ok(user) => {
+                tracing::info!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login");
+                self.user = Some(user);
+                self.login_deadline.logged_in();
+                Auth::Accept
+            }
+            Err(e) => {
+                if e.is_bad_credentials() {
+                    self.shared.defender.login_failed(self.remote_addr.ip());
+                }
+                tracing::warn!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login failed: {e}");
+                Auth::reject()
+            }
         }
     }
 }
@@ -196,12 +206,16 @@ impl russh::server::Handler for SshConnection {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let found = self
-            .users
-            .authenticate_password(user, password, self.remote_addr.ip())
-            .await
-            .ok();
-        Ok(self.login(found, "password", user))
+        let outcome = self
+            .logins
+            .log_in(
+                user,
+                Secret::Password(password),
+                Protocol::Sftp,
+                self.remote_addr.ip(),
+            )
+            .await;
+        Ok(self.login(outcome, "password", user))
     }
 
     async fn auth_publickey_offered(
@@ -210,11 +224,12 @@ impl russh::server::Handler for SshConnection {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only keys that could succeed are worth a signature; say no early to the rest.
-        let known = self
-            .users
-            .get(user)
-            .is_some_and(|u| key_allowed(&u, offer.public_key));
-        Ok(if known { Auth::Accept } else { Auth::reject() })
+        let worth_it = self.logins.may_accept_key(user, offer.public_key);
+        Ok(if worth_it {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
     async fn auth_publickey(
@@ -222,12 +237,16 @@ impl russh::server::Handler for SshConnection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let found = self
-            .users
-            .get(user)
-            .filter(|u| key_allowed(u, key.public_key))
-            .filter(|u| u.may_connect_from(self.remote_addr.ip()));
-        Ok(self.login(found, "publickey", user))
+        let outcome = self
+            .logins
+            .log_in(
+                user,
+                Secret::Key(key.public_key),
+                Protocol::Sftp,
+                self.remote_addr.ip(),
+            )
+            .await;
+        Ok(self.login(outcome, "publickey", user))
     }
 
     async fn channel_open_session(

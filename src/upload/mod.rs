@@ -759,7 +759,14 @@ impl Upload {
                 () = &mut preempted => return Err(Self::taken_over()),
             };
             let n = match read {
-                Err(_) => return Err(UploadError::Stalled(stall_timeout)),
+                Err(_) => {
+                    self.pipeline
+                        .metrics
+                        .limits_exceeded_total
+                        .with_label_values(&["stalled_transfer"])
+                        .inc();
+                    return Err(UploadError::Stalled(stall_timeout));
+                }
                 Ok(Err(e)) => return Err(UploadError::Client(e)),
                 Ok(Ok(0)) => return Ok(self.size),
                 Ok(Ok(n)) => n,
