@@ -18,7 +18,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   wait 2>/dev/null
-  rm -rf "$WORK"
+  [ "${KEEP_WORK:-}" = 1 ] && echo "work dir kept: $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -231,7 +231,7 @@ resumed() {
 # loaded machine takes longer than a fixed pause to let the last parts land.
 kept() {
   for _ in $(seq 1 150); do
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/serve.err" 2>/dev/null | grep "cut upload kept for a resume" | grep -q "key=$1 " && return 0
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/serve.err" 2>/dev/null | grep "cut upload kept for a resume" | grep -q "key=\"$1\"" && return 0
     sleep 0.1
   done
   echo "  (no kept upload for $1 after 15 s)"
@@ -252,7 +252,7 @@ if lftp -c "$LFTP_OPEN; put -c $WORK/big.bin -o resume/lftp.bin" >"$WORK/lftp-re
   check "lftp put -c resumes a killed upload" "ci/resume/lftp.bin" "$WORK/big.bin"
   resumed "/resume/lftp.bin" && ok "lftp put -c continued the kept parts" || ko "lftp put -c re-sent the whole file"
 else
-  ko "lftp put -c: $(cat "$WORK/lftp-resume.out")"
+  ko "lftp put -c: $(cat "$WORK/lftp-resume.out")"; sed 's/\x1b\[[0-9;]*m//g' "$WORK/serve.err" | tail -15
 fi
 
 printf 'put %s resume/reput.bin\n' "$WORK/big.bin" >"$WORK/batch-put"
