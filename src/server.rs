@@ -242,6 +242,7 @@ impl Bridge {
             },
             metrics.clone(),
         ));
+        defender.set_trusted_proxies(config.server.trusted_proxies.clone());
         let ftp_addr = match ftp_listener {
             Some(listener) => {
                 let addr = listener.local_addr().unwrap_or(config.ftp.listen);
@@ -347,8 +348,8 @@ impl Bridge {
     }
 
     /// Reads the config file again (SIGHUP) and applies it without dropping sessions: users
-    /// (passwords, keys, homes, permissions, limits, notify settings), `server.allowed_ips`
-    /// and the FTPS certificate. All or nothing: a file that does not load, or an unusable
+    /// (passwords, keys, homes, permissions, limits, notify settings), `server.allowed_ips`,
+    /// `server.trusted_proxies` and the FTPS certificate. All or nothing: a file that does not load, or an unusable
     /// certificate, keeps the whole running config. Other keys take effect at the next start.
     pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
         let outcome = Config::load(path)
@@ -369,6 +370,8 @@ impl Bridge {
         self.users.replace(&config.users);
         self.notifier.set_users(&config.users);
         self.defender.set_allowed(config.server.allowed_ips.clone());
+        self.defender
+            .set_trusted_proxies(config.server.trusted_proxies.clone());
         Ok(())
     }
 

@@ -73,6 +73,26 @@ async fn tls_login(
     (ftp, presented)
 }
 
+/// suppaftp over explicit FTPS (AUTH TLS, PBSZ 0, PROT P), logged in as alice, binary mode.
+async fn suppaftp_over_tls(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> suppaftp::tokio::AsyncRustlsFtpStream {
+    let connector =
+        suppaftp::tokio::AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config));
+    let mut ftp = suppaftp::tokio::AsyncRustlsFtpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_secure(connector, "localhost")
+        .await
+        .expect("AUTH TLS, PBSZ 0, PROT P");
+    ftp.login("alice", PASSWORD).await.expect("login over TLS");
+    ftp.transfer_type(suppaftp::types::FileType::Binary)
+        .await
+        .expect("TYPE I");
+    ftp
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plain_login_is_refused_when_tls_is_required() {
     let (h, _cert, _certs) = tls_bridge(true).await;
@@ -97,19 +117,7 @@ async fn a_plain_login_is_refused_when_tls_is_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ftps_upload_lands_whole_and_its_completion_says_ftps() {
     let (h, cert, _certs) = tls_bridge(true).await;
-    let connector = suppaftp::tokio::AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(
-        client_config(&[cert]),
-    ));
-    let mut ftp = suppaftp::tokio::AsyncRustlsFtpStream::connect(h.ftp)
-        .await
-        .expect("connect")
-        .into_secure(connector, "localhost")
-        .await
-        .expect("AUTH TLS, PBSZ 0, PROT P");
-    ftp.login("alice", PASSWORD).await.expect("login over TLS");
-    ftp.transfer_type(suppaftp::types::FileType::Binary)
-        .await
-        .expect("TYPE I");
+    let mut ftp = suppaftp_over_tls(h.ftp, client_config(&[cert])).await;
     let bytes = common::data(7 * 1024 * 1024 + 11, 7);
     ftp.put_file("secure.mxf", &mut std::io::Cursor::new(bytes.clone()))
         .await
@@ -167,15 +175,7 @@ async fn plain_text_on_a_protected_data_connection_fails_the_transfer_not_the_se
     assert_eq!(control.command("NOOP").await.0, 200, "the session goes on");
     assert!(h.object("alice/plain.bin").await.is_none());
     // And the server still serves TLS uploads.
-    let connector =
-        suppaftp::tokio::AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config));
-    let mut ftp = suppaftp::tokio::AsyncRustlsFtpStream::connect(h.ftp)
-        .await
-        .expect("connect")
-        .into_secure(connector, "localhost")
-        .await
-        .expect("TLS");
-    ftp.login("alice", PASSWORD).await.expect("login");
+    let mut ftp = suppaftp_over_tls(h.ftp, config).await;
     ftp.put_file("after.bin", &mut std::io::Cursor::new(b"fine".to_vec()))
         .await
         .expect("upload after the failed one");

@@ -351,3 +351,88 @@ async fn connections_that_do_not_log_in_in_time_are_closed() {
         2.0
     );
 }
+
+/// A connection to `addr` that starts with `header`, as a load balancer opens it.
+async fn behind_proxy(addr: std::net::SocketAddr, header: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(header).await.expect("PROXY header");
+    stream
+}
+
+/// A PROXY v2 header for a TCP client at `source` (IPv6).
+fn proxy_v2(source: &str) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x21, 0, 36]); // v2 PROXY, TCP over IPv6, 36 bytes
+    let source: std::net::SocketAddrV6 = source.parse().expect("source");
+    header.extend_from_slice(&source.ip().octets());
+    header.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    header.extend_from_slice(&source.port().to_be_bytes());
+    header.extend_from_slice(&2222u16.to_be_bytes());
+    header
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_header_from_a_trusted_balancer_names_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Options {
+        server_extra: "trusted_proxies = [\"127.0.0.1\"]\nallowed_ips = [\"203.0.113.0/24\", \"2001:db8::/32\"]",
+        ..Options::default()
+    })
+    .await;
+    // FTP behind a v1 balancer: the client's address decides admission and is reported.
+    let stream = behind_proxy(h.ftp, b"PROXY TCP4 203.0.113.9 127.0.0.1 51000 2121\r\n").await;
+    let (mut ftp, (code, text)) = RawFtp::over(stream).await;
+    assert_eq!(code, 220, "{text}");
+    ftp.log_in_as_alice().await;
+    let mut data = ftp.data().await;
+    let (code, text) = ftp.command("STOR proxied.bin").await;
+    assert_eq!(code, 150, "{text}");
+    data.write_all(b"through the balancer").await.expect("send");
+    drop(data);
+    let (code, text) = ftp.reply().await;
+    assert_eq!(code, 226, "{text}");
+    let event = h
+        .events()
+        .into_iter()
+        .find(|e| e["key"] == "alice/proxied.bin")
+        .expect("completion");
+    assert_eq!(event["remote_addr"], "203.0.113.9:51000");
+
+    // A client outside the allowlist is refused although the balancer itself is local.
+    let stream = behind_proxy(h.ftp, b"PROXY TCP4 198.51.100.1 127.0.0.1 51000 2121\r\n").await;
+    let (_, (code, text)) = RawFtp::over(stream).await;
+    assert!(code == 421 && text.contains("not allowed"), "{text}");
+
+    // SFTP behind a v2 balancer.
+    let stream = behind_proxy(h.sftp, &proxy_v2("[2001:db8::7]:40000")).await;
+    assert!(
+        common::sftp_login_over(stream, "alice", Login::Password(PASSWORD))
+            .await
+            .is_ok(),
+        "a v2 header naming an allowed IPv6 client"
+    );
+    let stream = behind_proxy(h.sftp, &proxy_v2("[2001:db9::7]:40000")).await;
+    assert!(
+        common::sftp_login_over(stream, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err()
+    );
+    // Without a header, a trusted balancer's connection is dropped, not served as itself.
+    assert!(
+        sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+            .await
+            .is_err()
+    );
+    let m = h.metrics_text().await;
+    let refused = |protocol: &str, reason: &str| {
+        metric(
+            &m,
+            "ingest_bridge_connections_refused_total",
+            &[("protocol", protocol), ("reason", reason)],
+        )
+    };
+    assert_eq!(refused("ftp", "not_allowed"), 1.0);
+    assert_eq!(refused("sftp", "not_allowed"), 1.0);
+    assert_eq!(refused("sftp", "proxy_header"), 1.0);
+}

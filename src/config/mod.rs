@@ -167,6 +167,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// A connection that has not logged in by then is closed.
     pub login_timeout: Duration,
+    /// Load balancers whose PROXY protocol header names the real client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[defender]`: bans addresses that keep failing to log in.
@@ -665,6 +667,7 @@ impl Validator<'_> {
                 raw.server.login_timeout,
                 Duration::from_secs(60),
             ),
+            trusted_proxies: self.networks("server.trusted_proxies", raw.server.trusted_proxies),
         };
         let ftp = self.ftp(raw.ftp);
         let sftp = SftpConfig {

@@ -83,6 +83,7 @@ pub struct RawServer {
     pub max_connections: Option<serde_spanned::Spanned<i64>>,
     pub max_connections_per_ip: Option<serde_spanned::Spanned<i64>>,
     pub login_timeout: Option<Text>,
+    pub trusted_proxies: Option<Vec<Text>>,
 }
 
 /// `[ftp]`

@@ -3,6 +3,10 @@
 //! (`server.max_connections`, `server.max_connections_per_ip`), checked when a connection
 //! is accepted, before FTP says hello or SSH exchanges keys — on both protocols alike.
 
+mod proxy;
+
+pub use proxy::ProxyError;
+
 use crate::config::DefenderConfig;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -67,6 +71,7 @@ struct Record {
 pub struct Defender {
     cfg: DefenderConfig,
     allowed: ArcSwap<Vec<IpNet>>,
+    trusted_proxies: ArcSwap<Vec<IpNet>>,
     records: Mutex<HashMap<IpAddr, Record>>,
     limits: ConnectionLimits,
     open: Mutex<OpenConnections>,
@@ -174,6 +179,7 @@ impl Defender {
         Defender {
             cfg,
             allowed: ArcSwap::from_pointee(allowed),
+            trusted_proxies: ArcSwap::from_pointee(Vec::new()),
             records: Mutex::new(HashMap::new()),
             limits,
             open: Mutex::default(),
@@ -184,6 +190,22 @@ impl Defender {
     /// Admits `allowed` networks (empty: all) from the next connection on (SIGHUP).
     pub fn set_allowed(&self, allowed: Vec<IpNet>) {
         self.allowed.store(Arc::new(allowed));
+    }
+
+    /// Reads PROXY headers from these load balancers from the next connection on.
+    pub fn set_trusted_proxies(&self, proxies: Vec<IpNet>) {
+        self.trusted_proxies.store(Arc::new(proxies));
+    }
+
+    /// The real client of a new connection from `peer`: `peer` itself, or the address the
+    /// PROXY header of a `server.trusted_proxies` balancer names (the header is consumed).
+    pub async fn client_address(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, ProxyError> {
+        let proxies = self.trusted_proxies.load_full();
+        proxy::client_address(stream, peer, &proxies).await
     }
 
     /// Decides on a new connection from `ip`.

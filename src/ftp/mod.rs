@@ -39,7 +39,7 @@ pub async fn serve(
     let cfg = Arc::new(cfg);
     let mut sessions = JoinSet::new();
     loop {
-        let (stream, remote_addr) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -51,49 +51,77 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         while sessions.try_join_next().is_some() {}
-        let slot = match shared.defender.connect(remote_addr.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                refuse(stream, remote_addr, refusal, &metrics);
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let control = {
-            use std::os::fd::AsFd;
-            stream
-                .as_fd()
-                .try_clone_to_owned()
-                .map(std::net::TcpStream::from)
-                .ok()
-        };
-        let deadline = shared
-            .defender
-            .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");
-        let session = Session::new(remote_addr, control, deadline);
-        let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "ftp: cannot set up session");
-                continue;
-            }
-        };
-        let gauge = metrics
-            .sessions_active
-            .with_label_values(&[Protocol::Ftp.as_str()]);
-        sessions.spawn(async move {
-            let _slot = slot;
-            let _active = GaugeGuard::new(gauge);
-            tracing::debug!(remote = %remote_addr, "ftp session opened");
-            if let Err(e) = server.service(stream).await {
-                tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
-            }
-            session.control_closed();
-            tracing::debug!(remote = %remote_addr, "ftp session closed");
-        });
+        sessions.spawn(serve_connection(
+            stream,
+            peer,
+            cfg.clone(),
+            shared.clone(),
+            logins.clone(),
+            metrics.clone(),
+        ));
     }
     // Sessions are detached: their uploads finish or abort under the pipeline's drain.
     sessions.detach_all();
+}
+
+/// One control connection, from admission (PROXY header, allowlist, bans, limits) to its end.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<FtpConfig>,
+    shared: Arc<FtpShared>,
+    logins: Arc<Logins>,
+    metrics: Metrics,
+) {
+    let remote_addr = match shared.defender.client_address(&mut stream, peer).await {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::warn!(proxy = %peer, error = %e, "ftp: connection from a trusted proxy dropped");
+            metrics
+                .connections_refused_total
+                .with_label_values(&[Protocol::Ftp.as_str(), "proxy_header"])
+                .inc();
+            return;
+        }
+    };
+    let _slot = match shared.defender.connect(remote_addr.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            refuse(stream, remote_addr, refusal, &metrics);
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let control = {
+        use std::os::fd::AsFd;
+        stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .ok()
+    };
+    let deadline = shared
+        .defender
+        .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");
+    let session = Session::new(remote_addr, control, deadline);
+    let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "ftp: cannot set up session");
+            return;
+        }
+    };
+    let _active = GaugeGuard::new(
+        metrics
+            .sessions_active
+            .with_label_values(&[Protocol::Ftp.as_str()]),
+    );
+    tracing::debug!(remote = %remote_addr, "ftp session opened");
+    if let Err(e) = server.service(stream).await {
+        tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
+    }
+    session.control_closed();
+    tracing::debug!(remote = %remote_addr, "ftp session closed");
 }
 
 /// Answers a refused connection with `421` and closes it, without a session.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// SSH channel window: large, so one round trip does not limit a bulk upload.
@@ -85,7 +85,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     loop {
-        let (stream, remote_addr) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -96,53 +96,77 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let slot = match shared.defender.connect(remote_addr.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                // SSH has no way to say why before the handshake: close at once.
-                metrics
-                    .connections_refused_total
-                    .with_label_values(&[Protocol::Sftp.as_str(), refusal.reason()])
-                    .inc();
-                tracing::debug!(remote = %remote_addr, reason = refusal.reason(), "sftp connection refused");
-                drop(stream);
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // SSH cannot say why before the handshake: a late client is just closed.
-        let deadline = shared.defender.login_deadline(&stream, "");
-        let connection = SshConnection {
-            shared: shared.clone(),
-            logins: logins.clone(),
-            metrics: metrics.clone(),
-            remote_addr,
-            session_id: crate::audit::new_session_id(),
-            user: None,
-            login_deadline: deadline.clone(),
-            channels: HashMap::new(),
-            _active: GaugeGuard::new(
-                metrics
-                    .sessions_active
-                    .with_label_values(&[Protocol::Sftp.as_str()]),
-            ),
-        };
-        let config = config.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match russh::server::run_stream(config, stream, connection).await {
-                Ok(session) => {
-                    if let Err(e) = session.await {
-                        tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
-                }
-            }
-            deadline.ended();
-        });
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            config.clone(),
+            shared.clone(),
+            logins.clone(),
+            metrics.clone(),
+        ));
     }
+}
+
+/// One SSH connection, from admission (PROXY header, allowlist, bans, limits) to its end.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<russh::server::Config>,
+    shared: Arc<SftpShared>,
+    logins: Arc<Logins>,
+    metrics: Metrics,
+) {
+    // SSH has no way to say why before the handshake: refused connections are just closed.
+    let refused = |reason: &str| {
+        metrics
+            .connections_refused_total
+            .with_label_values(&[Protocol::Sftp.as_str(), reason])
+            .inc();
+    };
+    let remote_addr = match shared.defender.client_address(&mut stream, peer).await {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::warn!(proxy = %peer, error = %e, "sftp: connection from a trusted proxy dropped");
+            refused("proxy_header");
+            return;
+        }
+    };
+    let _slot = match shared.defender.connect(remote_addr.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            refused(refusal.reason());
+            tracing::debug!(remote = %remote_addr, reason = refusal.reason(), "sftp connection refused");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let deadline = shared.defender.login_deadline(&stream, "");
+    let connection = SshConnection {
+        shared: shared.clone(),
+        logins,
+        metrics: metrics.clone(),
+        remote_addr,
+        session_id: crate::audit::new_session_id(),
+        user: None,
+        login_deadline: deadline.clone(),
+        channels: HashMap::new(),
+        _active: GaugeGuard::new(
+            metrics
+                .sessions_active
+                .with_label_values(&[Protocol::Sftp.as_str()]),
+        ),
+    };
+    match russh::server::run_stream(config, stream, connection).await {
+        Ok(session) => {
+            if let Err(e) = session.await {
+                tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
+        }
+    }
+    deadline.ended();
 }
 
 /// One SSH connection.

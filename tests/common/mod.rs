@@ -567,8 +567,20 @@ pub struct SftpClient {
 
 /// Connects and logs in; `Err` when the login is refused.
 pub async fn sftp_login(addr: SocketAddr, user: &str, login: Login) -> Result<SftpClient, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    sftp_login_over(stream, user, login).await
+}
+
+/// [`sftp_login`] over a connection the test opened itself (e.g. after a PROXY header).
+pub async fn sftp_login_over(
+    stream: tokio::net::TcpStream,
+    user: &str,
+    login: Login,
+) -> Result<SftpClient, String> {
     let config = Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect(config, addr, TrustingClient)
+    let mut ssh = russh::client::connect_stream(config, stream, TrustingClient)
         .await
         .map_err(|e| e.to_string())?;
     let result = match login {

@@ -18,7 +18,11 @@ pub struct RawFtp<S = TcpStream> {
 impl RawFtp<TcpStream> {
     /// Connects; returns the connection and the greeting (or the refusal) it got.
     pub async fn connect(addr: SocketAddr) -> (RawFtp, (u32, String)) {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawFtp::over(TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    /// Speaks FTP on a connection the test opened itself (e.g. after a PROXY header).
+    pub async fn over(stream: TcpStream) -> (RawFtp, (u32, String)) {
         let mut ftp = RawFtp {
             io: BufReader::new(stream),
         };
