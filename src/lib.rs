@@ -17,6 +17,7 @@ pub mod ftp;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;
+pub mod outbound;
 pub mod server;
 pub mod sftp;
 pub mod storage;

@@ -6,7 +6,7 @@
 use super::{AuthError, User};
 use crate::config::{HttpAuthConfig, Permission};
 use crate::metrics::{Metrics, Protocol};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -76,21 +76,9 @@ impl std::fmt::Debug for HttpAuth {
 impl HttpAuth {
     /// A client for `cfg` (already validated by the config loader).
     pub fn new(cfg: &HttpAuthConfig, metrics: Metrics) -> Result<HttpAuth, String> {
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .user_agent(concat!("ingest-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let client = crate::outbound::client(cfg.timeout)
             .map_err(|e| format!("cannot set up the auth.http client: {e}"))?;
-        let headers = cfg
-            .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    HeaderName::from_bytes(name.as_bytes()).ok()?,
-                    HeaderValue::from_str(value).ok()?,
-                ))
-            })
-            .collect();
+        let headers = crate::outbound::header_map(&cfg.headers);
         Ok(HttpAuth {
             client,
             url: cfg.url.clone(),

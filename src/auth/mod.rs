@@ -172,13 +172,7 @@ impl UserDirectory {
         from: std::net::IpAddr,
     ) -> Result<Arc<User>, AuthError> {
         match self.get(username) {
-            Some(u) if u.has_key(key) => {
-                if u.may_connect_from(from) {
-                    Ok(u)
-                } else {
-                    Err(AuthError::AddressNotAllowed)
-                }
-            }
+            Some(u) if u.has_key(key) => from_allowed_address(u, from),
             _ => Err(AuthError::BadCredentials),
         }
     }
@@ -201,15 +195,18 @@ impl UserDirectory {
             .await
             .unwrap_or(false);
         match user {
-            Some(u) if verified && !u.password_hash.is_empty() => {
-                if u.may_connect_from(from) {
-                    Ok(u)
-                } else {
-                    Err(AuthError::AddressNotAllowed)
-                }
-            }
+            Some(u) if verified && !u.password_hash.is_empty() => from_allowed_address(u, from),
             _ => Err(AuthError::BadCredentials),
         }
+    }
+}
+
+/// A user whose credentials checked out, if `from` is in its `allowed_ips`.
+fn from_allowed_address(user: Arc<User>, from: std::net::IpAddr) -> Result<Arc<User>, AuthError> {
+    if user.may_connect_from(from) {
+        Ok(user)
+    } else {
+        Err(AuthError::AddressNotAllowed)
     }
 }
 

@@ -266,14 +266,8 @@ impl Defender {
         stream: &tokio::net::TcpStream,
         farewell: &'static str,
     ) -> Arc<LoginDeadline> {
-        use std::os::fd::AsFd;
-        let socket = stream
-            .as_fd()
-            .try_clone_to_owned()
-            .map(std::net::TcpStream::from)
-            .ok();
         let deadline = Arc::new(LoginDeadline {
-            socket: Mutex::new(socket),
+            socket: Mutex::new(second_handle(stream)),
         });
         let watched = deadline.clone();
         let timeout = self.limits.login_timeout;
@@ -344,6 +338,17 @@ impl Defender {
                 .count()
         })
     }
+}
+
+/// Another handle on `stream`'s socket (same connection), for watching or closing it from
+/// outside the protocol library that owns the stream.
+pub fn second_handle(stream: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from)
+        .ok()
 }
 
 fn in_networks_nonempty(networks: &[IpNet], ip: IpAddr) -> bool {

@@ -92,14 +92,7 @@ async fn serve_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let control = {
-        use std::os::fd::AsFd;
-        stream
-            .as_fd()
-            .try_clone_to_owned()
-            .map(std::net::TcpStream::from)
-            .ok()
-    };
+    let control = crate::defender::second_handle(&stream);
     let deadline = shared
         .defender
         .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");

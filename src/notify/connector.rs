@@ -114,12 +114,8 @@ impl Connector {
         users: &[UserConfig],
         storage: Storage,
     ) -> Result<Connector, String> {
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .user_agent(concat!("ingest-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let headers = header_map(&cfg.headers);
+        let client = crate::outbound::client(cfg.timeout).map_err(|e| e.to_string())?;
+        let headers = crate::outbound::header_map(&cfg.headers);
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         // HTTP Basic credentials (Mux) are base64 of "id:secret".
@@ -384,7 +380,7 @@ impl Connector {
         self.users
             .load()
             .get(username)
-            .map(|u| header_map(&u.headers))
+            .map(|u| crate::outbound::header_map(&u.headers))
             .unwrap_or_default()
     }
 
@@ -607,19 +603,6 @@ impl Connector {
             RuleOutcome::Permanent => StepOutcome::Refused { message: message() },
         }
     }
-}
-
-/// Literal headers (validated with the config) as a `HeaderMap`.
-fn header_map(headers: &std::collections::BTreeMap<String, String>) -> HeaderMap {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_bytes()).ok()?,
-                HeaderValue::from_str(value).ok()?,
-            ))
-        })
-        .collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -320,20 +320,24 @@ impl Pipeline {
         if self.inner.stop.is_cancelled() {
             return Err(UploadError::ShuttingDown);
         }
-        // Temporary names are checked when they are renamed to their final name.
-        let name = req.path.file_name();
-        if !self.inner.upload.is_temp(name) && !req.user.accepts_name(name) {
-            self.inner
-                .metrics
-                .limits_exceeded_total
-                .with_label_values(&["allowed_extensions"])
-                .inc();
-            return Err(UploadError::NameNotAccepted {
-                name: name.to_string(),
-                allowed: req.user.allowed_extensions.join(", "),
-            });
+        self.check_name(&req.user, req.path.file_name())
+    }
+
+    /// `allowed_extensions`, for an upload or a rename target. Temporary names pass: they
+    /// are checked when renamed to their final name.
+    fn check_name(&self, user: &User, name: &str) -> Result<(), UploadError> {
+        if self.inner.upload.is_temp(name) || user.accepts_name(name) {
+            return Ok(());
         }
-        Ok(())
+        self.inner
+            .metrics
+            .limits_exceeded_total
+            .with_label_values(&["allowed_extensions"])
+            .inc();
+        Err(UploadError::NameNotAccepted {
+            name: name.to_string(),
+            allowed: user.allowed_extensions.join(", "),
+        })
     }
 
     /// Starts an upload after checking the user's permission and, with a connector that

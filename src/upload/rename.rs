@@ -36,21 +36,8 @@ impl Pipeline {
     /// `upload.notify_on_rename` is set. The client hears success once that is queued.
     pub async fn rename(&self, namespace: &Namespace, req: RenameRequest) -> Result<(), FsError> {
         let cfg = &self.inner.upload;
-        let final_name = req.to.file_name();
-        if !cfg.is_temp(final_name) && !req.user.accepts_name(final_name) {
-            self.inner
-                .metrics
-                .limits_exceeded_total
-                .with_label_values(&["allowed_extensions"])
-                .inc();
-            return Err(FsError::Refused(
-                super::UploadError::NameNotAccepted {
-                    name: final_name.to_string(),
-                    allowed: req.user.allowed_extensions.join(", "),
-                }
-                .to_string(),
-            ));
-        }
+        self.check_name(&req.user, req.to.file_name())
+            .map_err(|e| FsError::Refused(e.to_string()))?;
         let renamed = namespace
             .rename(&req.user, &req.from, &req.to, cfg.overwrite)
             .await?;
