@@ -436,3 +436,108 @@ async fn a_proxy_header_from_a_trusted_balancer_names_the_client() {
     assert_eq!(refused("sftp", "not_allowed"), 1.0);
     assert_eq!(refused("sftp", "proxy_header"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_count_what_the_user_stores_across_deletes_and_restarts() {
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1024 * 1024;
+    let mut h = Harness::start(Options {
+        alice_extra: "quota_bytes = \"12MiB\"\nquota_files = 3".into(),
+        ..Options::default()
+    })
+    .await;
+    // A file already in the home counts from the first upload on.
+    h.s3.put_object(
+        "alice/old.bin",
+        common::data(2 * MIB, 1).into(),
+        "application/octet-stream",
+    )
+    .await
+    .expect("seed");
+    h.upload("alice", "a.bin", &common::data(5 * MIB, 2)).await;
+
+    // 7 MiB stored: another 6 MiB would pass 12 MiB and is cut off, nothing kept.
+    let mut raw = RawFtp::login(h.ftp).await;
+    let mut data = raw.data().await;
+    let (code, text) = raw.command("STOR c.bin").await;
+    assert_eq!(code, 150, "{text}");
+    let _ = data.write_all(&common::data(6 * MIB, 3)).await;
+    let _ = data.shutdown().await;
+    let (code, text) = raw.reply().await;
+    assert!(
+        code == 552 && text.contains("quota_bytes") && text.contains("12MiB"),
+        "{code} {text}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.open_multipart_ids().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "multipart left open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.object("alice/c.bin").await.is_none());
+
+    // Deleting frees its bytes and its file.
+    let mut ftp = h.login("alice").await;
+    ftp.rm("old.bin").await.expect("delete");
+    ftp.put_file("c.bin", &mut std::io::Cursor::new(common::data(5 * MIB, 4)))
+        .await
+        .expect("fits now");
+    ftp.put_file("d.txt", &mut std::io::Cursor::new(b"third".to_vec()))
+        .await
+        .expect("third file");
+    let err = ftp
+        .put_file("e.txt", &mut std::io::Cursor::new(b"fourth".to_vec()))
+        .await
+        .expect_err("a fourth file passes quota_files");
+    assert!(err.to_string().contains("quota_files"), "{err}");
+    ftp.put_file("d.txt", &mut std::io::Cursor::new(b"replaced".to_vec()))
+        .await
+        .expect("replacing a file adds none");
+    let _ = ftp.quit().await;
+    let m = h.metrics_text().await;
+    for limit in ["quota_bytes", "quota_files"] {
+        assert!(
+            metric(
+                &m,
+                "ingest_bridge_limits_exceeded_total",
+                &[("limit", limit)]
+            ) >= 1.0,
+            "{limit}"
+        );
+    }
+
+    // The count survives a restart: no new listing, and SFTP is held to it too.
+    h.shutdown().await;
+    let bridge = ingest_bridge::server::Bridge::start(h.config.clone())
+        .await
+        .expect("restart");
+    h.sftp = bridge.sftp_addr.expect("sftp");
+    h.bridge = Some(bridge);
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let refused = async {
+        let mut file = c.sftp.create("/e.txt").await?;
+        file.write_all(b"fourth").await?;
+        file.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a fourth file over SFTP after the restart"
+    );
+    assert!(h.object("alice/e.txt").await.is_none());
+    let m = h.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ingest_bridge_s3_requests_total",
+            &[("operation", "ListObjectsV2")]
+        ),
+        0.0,
+        "the stored count is used, not a new listing"
+    );
+}

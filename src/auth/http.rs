@@ -52,6 +52,10 @@ struct AuthAnswer {
     max_file_size: Option<u64>,
     #[serde(default)]
     allowed_extensions: Vec<String>,
+    #[serde(default)]
+    quota_bytes: Option<u64>,
+    #[serde(default)]
+    quota_files: Option<u64>,
 }
 
 /// An allowed login and when it stops counting.
@@ -240,6 +244,8 @@ fn user_from(username: &str, answer: AuthAnswer) -> Result<User, String> {
         allowed_ips: Vec::new(),
         max_file_size: answer.max_file_size,
         allowed_extensions,
+        quota_bytes: answer.quota_bytes,
+        quota_files: answer.quota_files,
         password_hash: String::new(),
     })
 }

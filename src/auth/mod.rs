@@ -33,6 +33,10 @@ pub struct User {
     pub max_file_size: Option<u64>,
     /// File name endings the user may upload (".mp4"); empty: any.
     pub allowed_extensions: Vec<String>,
+    /// Most bytes the user may store (`quota_bytes`).
+    pub quota_bytes: Option<u64>,
+    /// Most files the user may store (`quota_files`).
+    pub quota_files: Option<u64>,
     password_hash: String,
 }
 
@@ -53,6 +57,11 @@ impl User {
             russh::keys::PublicKey::from_openssh(line.trim())
                 .is_ok_and(|allowed| allowed.key_data() == key.key_data())
         })
+    }
+
+    /// Whether a storage quota applies to the user.
+    pub fn has_quota(&self) -> bool {
+        self.quota_bytes.is_some() || self.quota_files.is_some()
     }
 
     /// Whether the user may upload a file named `file_name` (`allowed_extensions`).
@@ -223,6 +232,8 @@ fn user_map(users: &[UserConfig]) -> HashMap<String, Arc<User>> {
                 allowed_ips: u.allowed_ips.clone(),
                 max_file_size: u.max_file_size,
                 allowed_extensions: u.allowed_extensions.clone(),
+                quota_bytes: u.quota_bytes,
+                quota_files: u.quota_files,
                 password_hash: u.password_hash.clone(),
             };
             (u.username.clone(), Arc::new(user))
@@ -266,6 +277,8 @@ mod tests {
             allowed_ips: vec!["10.0.0.0/8".parse().expect("net")],
             max_file_size: None,
             allowed_extensions: vec![".mp4".into()],
+            quota_bytes: None,
+            quota_files: None,
         }])
     }
 

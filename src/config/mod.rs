@@ -415,6 +415,10 @@ pub struct UserConfig {
     pub max_file_size: Option<u64>,
     /// File name endings (lowercase, e.g. ".mp4") this user may upload; empty: any.
     pub allowed_extensions: Vec<String>,
+    /// Most bytes this user may store.
+    pub quota_bytes: Option<u64>,
+    /// Most files this user may store.
+    pub quota_files: Option<u64>,
 }
 
 /// One problem in a configuration file.
@@ -1204,6 +1208,12 @@ impl Validator<'_> {
                 max_file_size: u
                     .max_file_size
                     .map(|t| self.size(&key("max_file_size"), Some(t), u64::MAX)),
+                quota_bytes: u
+                    .quota_bytes
+                    .map(|t| self.size(&key("quota_bytes"), Some(t), u64::MAX)),
+                quota_files: u
+                    .quota_files
+                    .map(|n| self.count(&key("quota_files"), Some(n), 0..=i64::MAX, 0) as u64),
                 allowed_extensions: u
                     .allowed_extensions
                     .unwrap_or_default()

@@ -217,4 +217,6 @@ pub struct RawUser {
     pub allowed_ips: Option<Vec<Text>>,
     pub max_file_size: Option<Text>,
     pub allowed_extensions: Option<Vec<Text>>,
+    pub quota_bytes: Option<Text>,
+    pub quota_files: Option<Spanned<i64>>,
 }

@@ -122,9 +122,9 @@ fn upload_error(e: UploadError) -> Error {
         | UploadError::Exists(_)
         | UploadError::NameNotAccepted { .. } => ErrorKind::PermissionDenied,
         UploadError::IsDirectory => ErrorKind::PermanentFileNotAvailable,
-        UploadError::TooLarge { .. } | UploadError::OverFileSizeLimit { .. } => {
-            ErrorKind::ExceededStorageAllocationError
-        }
+        UploadError::TooLarge { .. }
+        | UploadError::OverFileSizeLimit { .. }
+        | UploadError::OverQuota(_) => ErrorKind::ExceededStorageAllocationError,
         UploadError::Client(_) | UploadError::Stalled(_) => ErrorKind::ConnectionClosed,
         UploadError::Storage(_)
         | UploadError::Notify(_)

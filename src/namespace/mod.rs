@@ -281,19 +281,20 @@ impl Namespace {
         }
     }
 
-    /// DELE: a file. Deleting a cut upload's file is done by the pipeline
+    /// DELE: a file; returns its size. Deleting a cut upload's file is done by the pipeline
     /// ([`crate::upload::Pipeline::delete_cut`]).
-    pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+    pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<u64, FsError> {
         require(user, Permission::Delete)?;
         let key = user.key_of(path);
         if let Err(e) = self.partials.remove_temp(key.clone()).await {
             tracing::warn!(key, error = %e, "cannot forget a temporary upload");
         }
-        if path.is_root() || self.storage.head(&key).await?.is_none() {
-            return Err(FsError::NotFound(path.to_string()));
-        }
+        let info = match self.storage.head(&key).await? {
+            Some(info) if !path.is_root() => info,
+            _ => return Err(FsError::NotFound(path.to_string())),
+        };
         self.storage.delete(&key).await?;
-        Ok(())
+        Ok(info.size)
     }
 
     /// RNFR/RNTO: server-side copy, then delete of the source. Files only. With

@@ -308,6 +308,36 @@ impl Storage {
         Ok((page, next))
     }
 
+    /// Bytes and files stored under `prefix` at every depth (directory markers excluded):
+    /// what a user's quota starts from.
+    pub async fn usage_under(&self, prefix: &str) -> Result<(u64, u64), StorageError> {
+        let (mut bytes, mut files) = (0u64, 0u64);
+        let mut token = None;
+        loop {
+            let out = self
+                .call(
+                    "ListObjectsV2",
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(prefix)
+                        .set_continuation_token(token)
+                        .send(),
+                )
+                .await?;
+            for obj in out.contents() {
+                if obj.key().is_some_and(|k| !k.ends_with('/')) {
+                    bytes += obj.size().unwrap_or(0).max(0) as u64;
+                    files += 1;
+                }
+            }
+            token = match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => Some(t.to_string()),
+                _ => return Ok((bytes, files)),
+            };
+        }
+    }
+
     /// GetObject from `offset` to the end.
     pub async fn get(&self, key: &str, offset: u64) -> Result<ByteStream, StorageError> {
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);

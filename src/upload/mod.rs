@@ -19,12 +19,14 @@ mod buffers;
 mod content_type;
 mod part_size;
 pub mod partials;
+mod quota;
 mod rename;
 mod resume;
 
 pub use budget::{MemoryBudget, PROBE_SIZE, Reservation};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
+pub use quota::{QuotaExceeded, QuotaTicket, Quotas};
 pub use rename::RenameRequest;
 
 use crate::audit::TransferRecord;
@@ -71,6 +73,9 @@ pub enum UploadError {
         /// The user's limit.
         limit: u64,
     },
+    /// The user's `quota_bytes` or `quota_files` is reached.
+    #[error("{0}")]
+    OverQuota(#[from] QuotaExceeded),
     /// Reading from the client failed (reset, broken connection).
     #[error("connection to the client failed: {0}")]
     Client(std::io::Error),
@@ -117,6 +122,7 @@ impl UploadError {
             | UploadError::IsDirectory
             | UploadError::TooLarge { .. }
             | UploadError::OverFileSizeLimit { .. }
+            | UploadError::OverQuota(_)
             | UploadError::Resume(_)
             | UploadError::Exists(_)
             | UploadError::NameNotAccepted { .. }
@@ -180,6 +186,8 @@ struct Inner {
     upload: UploadConfig,
     /// Cut uploads and finished temporary ones.
     partials: PartialStore,
+    /// What each user with a quota stores.
+    quotas: Quotas,
     /// How long a cut upload stays resumable; zero turns resuming off.
     resume_window: Duration,
     /// Running uploads by key, so a resume can take over from a session that is gone but
@@ -236,6 +244,7 @@ impl Pipeline {
             cfg.part_size.min(budget.max_part()),
             cfg.max_part_size.min(budget.max_part()),
         );
+        let quotas = Quotas::new(partials.clone(), storage.clone());
         Pipeline {
             inner: Arc::new(Inner {
                 storage,
@@ -251,6 +260,7 @@ impl Pipeline {
                 idle: Notify::new(),
                 stop: CancellationToken::new(),
                 upload: upload.clone(),
+                quotas,
                 partials,
                 resume_window: cfg.resume_window,
                 running: Mutex::new(HashMap::new()),
@@ -359,6 +369,10 @@ impl Pipeline {
                 Err(e) => return self.refuse(&req, e.into()),
             }
         }
+        let quota = match self.reserve_quota(&req, &key, 0).await {
+            Ok(quota) => quota,
+            Err(e) => return self.refuse(&req, e),
+        };
         let mut fields = serde_json::Map::new();
         if self.inner.notifier.has_create() {
             let ctx = self.create_context(&req, &id, &key);
@@ -391,7 +405,25 @@ impl Pipeline {
             }
         }
         self.discard_cut(&key).await;
-        Ok(self.start(req, key, id, fields, None))
+        Ok(self.start(req, key, id, fields, None, quota))
+    }
+
+    /// The user's quota hold for an upload of `key` continuing at `offset`.
+    async fn reserve_quota(
+        &self,
+        req: &UploadRequest,
+        key: &str,
+        offset: u64,
+    ) -> Result<Option<QuotaTicket>, UploadError> {
+        let reserved = self.inner.quotas.reserve(&req.user, key, offset).await;
+        if let Err(UploadError::OverQuota(e)) = &reserved {
+            self.inner
+                .metrics
+                .limits_exceeded_total
+                .with_label_values(&[e.key()])
+                .inc();
+        }
+        reserved
     }
 
     /// Registers and returns a new upload, fresh or continuing `resumed`.
@@ -402,6 +434,7 @@ impl Pipeline {
         id: String,
         fields: serde_json::Map<String, serde_json::Value>,
         resumed: Option<resume::Resumed>,
+        quota: Option<QuotaTicket>,
     ) -> Upload {
         let protocol = req.protocol;
         self.inner.active.fetch_add(1, Ordering::AcqRel);
@@ -432,6 +465,7 @@ impl Pipeline {
             temp,
             commit_check: None,
             registration: Some(registration),
+            quota,
         };
         if let Some(r) = resumed {
             upload.started_at = r.started_at;
@@ -669,6 +703,8 @@ pub struct Upload {
     commit_check: Option<CommitCheck>,
     /// In the registry until the upload (and its cleanup) ends.
     registration: Option<Registration>,
+    /// The hold on the user's quota, if one applies.
+    quota: Option<QuotaTicket>,
     /// Holds `uploads_active` up until the upload is dropped.
     _active_gauge: GaugeGuard,
 }
@@ -815,7 +851,7 @@ impl Upload {
         Ok(())
     }
 
-    fn check_size(&self) -> Result<(), UploadError> {
+    fn check_size(&mut self) -> Result<(), UploadError> {
         let object_limit = self.pipeline.sizes.max_object_size();
         let user_limit = self.req.user.max_file_size.unwrap_or(u64::MAX);
         if self.size > object_limit.min(user_limit) {
@@ -838,6 +874,16 @@ impl Upload {
                 .with_label_values(&[which])
                 .inc();
             return Err(error);
+        }
+        if let Some(quota) = self.quota.as_mut()
+            && let Err(e) = quota.grow_to(self.size)
+        {
+            self.pipeline
+                .metrics
+                .limits_exceeded_total
+                .with_label_values(&[e.key()])
+                .inc();
+            return Err(e.into());
         }
         Ok(())
     }
@@ -1041,6 +1087,11 @@ impl Upload {
             )));
         }
         let storage = self.pipeline.storage.clone();
+        // The quota needs to know whether this replaces a file, and how big it was.
+        let replaced = match self.quota {
+            Some(_) => storage.head(&self.key).await?.map(|old| old.size),
+            None => None,
+        };
         let (etag, content_type) = if self.multipart.is_none() {
             let body = self
                 .buffer
@@ -1143,6 +1194,12 @@ impl Upload {
                 NotifyError::Refused(message) => UploadError::Refused(message),
                 other => other.into(),
             });
+        }
+        if let Some(quota) = self.quota.take() {
+            self.pipeline
+                .quotas
+                .committed(&self.req.user, quota, self.size, replaced)
+                .await;
         }
         Ok(completion)
     }

@@ -1,7 +1,8 @@
 //! What survives a cut upload: its S3 multipart upload id, the SHA-256 state at every part
 //! boundary, and the bytes safely stored, in SQLite under `data_dir` — so a client can
 //! resume where S3's parts end, even after the bridge restarted. Also remembers finished
-//! uploads under temporary names, whose completion waits for the rename to a final name.
+//! uploads under temporary names, whose completion waits for the rename to a final name,
+//! and what each user with a quota stores (see `quota`).
 //!
 //! Each part's mark (its end offset and the hash state there) is written before the part is
 //! sent. What is durable is decided against S3 (ListParts) when an upload is cut or the
@@ -49,6 +50,12 @@ const SCHEMA: &str = "
         fields TEXT NOT NULL,
         started_at_ms INTEGER NOT NULL,
         completed_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS quota_usage (
+        username TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        counted_ms INTEGER NOT NULL
     );";
 
 /// A cut (or running) upload that can be resumed.
@@ -148,6 +155,10 @@ pub fn load_hash(bytes: &[u8]) -> Option<Sha256> {
     Sha256::deserialize(&state).ok()
 }
 
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn now_ms() -> i64 {
     crate::notify::now_ms()
 }
@@ -223,6 +234,73 @@ impl PartialStore {
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .map_err(|message| StoreError { path, message })
+    }
+
+    /// What `username` stores (bytes, files), if it was counted before.
+    pub async fn quota_usage(&self, username: String) -> Result<Option<(u64, u64)>, StoreError> {
+        self.with(move |c| {
+            c.query_row(
+                "SELECT bytes, files FROM quota_usage WHERE username = ?1",
+                params![username],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Records a fresh count of what `username` stores.
+    pub async fn set_quota_usage(
+        &self,
+        username: String,
+        bytes: u64,
+        files: u64,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO quota_usage (username, bytes, files, counted_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(username) DO UPDATE SET bytes = ?2, files = ?3, counted_ms = ?4",
+                params![username, clamp(bytes), clamp(files), now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Adds a change to what `username` stores; changes commute, so concurrent uploads
+    /// may record in any order.
+    pub async fn add_quota_usage(
+        &self,
+        username: String,
+        bytes: i64,
+        files: i64,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE quota_usage SET bytes = max(0, bytes + ?2), files = max(0, files + ?3)
+                 WHERE username = ?1",
+                params![username, bytes, files],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Forgets what `username` stores (their quota was taken away).
+    pub async fn forget_quota_usage(&self, username: String) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM quota_usage WHERE username = ?1",
+                params![username],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     /// Records a new multipart upload as running; replaces any older record for the key.

@@ -38,9 +38,22 @@ impl Pipeline {
         let cfg = &self.inner.upload;
         self.check_name(&req.user, req.to.file_name())
             .map_err(|e| FsError::Refused(e.to_string()))?;
+        // A rename onto an existing file frees that file's share of the quota.
+        let replaced = if req.user.has_quota() && cfg.overwrite && req.from != req.to {
+            self.inner
+                .storage
+                .head(&req.user.key_of(&req.to))
+                .await?
+                .map(|old| old.size)
+        } else {
+            None
+        };
         let renamed = namespace
             .rename(&req.user, &req.from, &req.to, cfg.overwrite)
             .await?;
+        if let Some(size) = replaced {
+            self.inner.quotas.removed(&req.user, size).await;
+        }
         if renamed.from_key == renamed.to_key {
             return Ok(());
         }
@@ -142,10 +155,16 @@ impl Pipeline {
             self.delete_cut(&record).await;
             // An older complete object under the same name goes too, as the client expects.
             return match namespace.remove(user, path).await {
-                Ok(()) | Err(FsError::NotFound(_)) => Ok(()),
+                Ok(size) => {
+                    self.inner.quotas.removed(user, size).await;
+                    Ok(())
+                }
+                Err(FsError::NotFound(_)) => Ok(()),
                 Err(e) => Err(e),
             };
         }
-        namespace.remove(user, path).await
+        let size = namespace.remove(user, path).await?;
+        self.inner.quotas.removed(user, size).await;
+        Ok(())
     }
 }

@@ -33,12 +33,26 @@ impl Pipeline {
         if let Err(e) = self.admit(&req) {
             return self.refuse(&req, e);
         }
-        match self.prepare_resume(&req, offset).await {
-            Ok((record, resumed)) => {
-                Ok(self.start(req, record.key, record.id, record.fields, Some(resumed)))
-            }
-            Err(e) => self.refuse(&req, e),
-        }
+        // Before taking the cut upload over, so a refusal leaves it as it was.
+        let quota = match self
+            .reserve_quota(&req, &req.user.key_of(&req.path), offset)
+            .await
+        {
+            Ok(quota) => quota,
+            Err(e) => return self.refuse(&req, e),
+        };
+        let (record, resumed) = match self.prepare_resume(&req, offset).await {
+            Ok(prepared) => prepared,
+            Err(e) => return self.refuse(&req, e),
+        };
+        Ok(self.start(
+            req,
+            record.key,
+            record.id,
+            record.fields,
+            Some(resumed),
+            quota,
+        ))
     }
 
     async fn prepare_resume(
