@@ -148,6 +148,30 @@ async fn a_cut_before_the_first_part_keeps_nothing_and_a_new_upload_starts_over(
     assert_eq!(completions_for(&h, "alice/early.bin").len(), 1);
 }
 
+/// A killed client's connections close microseconds apart in either order; lftp's close
+/// the data connection first under SIGKILL, which on its own reads as a finished upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_whose_data_connection_closes_just_before_its_control_connection_is_cut() {
+    let h = Harness::start(Options::default()).await;
+    let source = data(12 * MIB, 16);
+    let mut ftp = RawFtp::login(h.ftp).await;
+    let mut data_conn = ftp.data().await;
+    let (code, text) = ftp.command("STOR killed.bin").await;
+    assert!(code == 150 || code == 125, "{text}");
+    data_conn.write_all(&source).await.expect("send");
+    data_conn.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(data_conn);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(ftp);
+    assert_eq!(
+        kept_bytes(&h, "alice/killed.bin").await,
+        Some(10 * MIB as u64)
+    );
+    assert!(h.object("alice/killed.bin").await.is_none(), "nothing published");
+    assert!(h.events().is_empty(), "no completion for a cut upload");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allo_size_disagreeing_with_the_data_cuts_the_upload() {
     let h = Harness::start(Options::default()).await;

@@ -13,7 +13,7 @@ pub struct StepConfig {
     /// For logs, `outbox list` and the Idempotency-Key of steps before the last.
     pub name: String,
     /// HTTP method.
-    pub method: reqwest::Method,
+    pub method: http::Method,
     /// URL template.
     pub url: String,
     /// Header templates (over `notify.headers`).
@@ -143,8 +143,7 @@ impl Validator<'_> {
             }
         });
         let method_text = raw.method.unwrap_or_else(|| "POST".into());
-        let method = match reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
-        {
+        let method = match http::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes()) {
             Ok(m) => m,
             Err(_) => {
                 self.problem(
@@ -152,7 +151,7 @@ impl Validator<'_> {
                     None,
                     format!("{method_text:?} is not an HTTP method"),
                 );
-                reqwest::Method::POST
+                http::Method::POST
             }
         };
         let (url, url_at) = match raw.url {
@@ -172,7 +171,7 @@ impl Validator<'_> {
         for (name, value) in raw.headers {
             let at = format!("{key}.headers.{name}");
             let value = self.env(&at, value, None);
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 self.problem(&at, None, "not a valid HTTP header name");
             }
             self.template(&at, &value);
@@ -193,7 +192,7 @@ impl Validator<'_> {
             && (is_create
                 || matches!(
                     method,
-                    reqwest::Method::GET | reqwest::Method::DELETE | reqwest::Method::HEAD
+                    http::Method::GET | http::Method::DELETE | http::Method::HEAD
                 ))
         {
             // Nothing to complete yet (create), or a method that carries no body.
@@ -391,8 +390,8 @@ impl Validator<'_> {
         for (name, value) in raw {
             let at = format!("{key}.{name}");
             let value = self.env(&at, value, None);
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(&value).is_err()
+            if http::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::header::HeaderValue::from_str(&value).is_err()
             {
                 self.problem(&at, None, "not a valid HTTP header name or value");
             }

@@ -725,7 +725,7 @@ impl Validator<'_> {
         };
         let (url, url_at) = Self::text(raw.url, "");
         let url = self.env("auth.http.url", url, url_at.as_ref());
-        if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+        if !url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             self.problem(
                 "auth.http.url",
                 url_at.as_ref(),
@@ -1027,7 +1027,7 @@ impl Validator<'_> {
         let url = if url.is_empty() {
             None
         } else {
-            match reqwest::Url::parse(&url) {
+            match url::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => Some(url),
                 _ => {
                     self.problem(

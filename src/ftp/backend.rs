@@ -236,7 +236,10 @@ impl StorageBackend<FtpUser> for S3Backend {
             .await
             .map_err(upload_error)?;
         let session = self.session.clone();
-        upload.set_commit_check(Arc::new(move || session.control_alive()));
+        upload.set_commit_check(Arc::new(move || {
+            let session = session.clone();
+            Box::pin(async move { session.control_alive().await })
+        }));
         if let Err(e) = upload.fill_from(&mut input, self.shared.data_timeout).await {
             upload.abort(&e).await;
             return Err(upload_error(e));

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use unftp_core::auth::{
     AuthenticationError, Authenticator, ChannelEncryptionState, Credentials, Principal, UserDetail,
     UserDetailError, UserDetailProvider,
@@ -57,26 +58,30 @@ impl Session {
     }
 
     /// Whether the control connection still stands: not closed by the control loop, no
-    /// end-of-stream or reset waiting on the socket. In FTP stream mode the end of an
-    /// upload is the data connection closing, which a client that died mid-transfer does
-    /// too; its control connection closes alongside, which is what this sees.
-    pub fn control_alive(&self) -> Result<(), String> {
-        let gone = || {
-            Err("the control connection closed before the upload was confirmed; the transfer is treated as cut".to_string())
-        };
-        let Ok(control) = self.control.lock() else {
-            return gone();
-        };
-        let Some(socket) = control.as_ref() else {
-            return gone();
-        };
-        let mut byte = [0u8; 1];
-        // The socket is non-blocking (tokio set it so for the shared file description).
-        match socket.peek(&mut byte) {
-            Ok(0) => gone(),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(_) => gone(),
+    /// end-of-stream or reset on the socket. In FTP stream mode the end of an upload is the
+    /// data connection closing, which a client that died mid-transfer does too; its control
+    /// connection closes alongside, which is what this sees. The two closes of a killed
+    /// client arrive microseconds apart in either order, so a quiet control connection is
+    /// watched for [`CONTROL_SETTLE`] before the upload counts as confirmed.
+    pub async fn control_alive(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + CONTROL_SETTLE;
+        loop {
+            match self.control_state() {
+                ControlState::Gone => {
+                    return Err("the control connection closed before the upload was confirmed; the transfer is treated as cut".to_string());
+                }
+                // The client is talking (ABOR, a pipelined command): alive.
+                ControlState::Readable => return Ok(()),
+                ControlState::Quiet if tokio::time::Instant::now() >= deadline => return Ok(()),
+                ControlState::Quiet => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    fn control_state(&self) -> ControlState {
+        match self.control.lock() {
+            Ok(control) => control.as_ref().map_or(ControlState::Gone, control_state),
+            Err(_) => ControlState::Gone,
         }
     }
 
@@ -87,6 +92,53 @@ impl Session {
         } else {
             Protocol::Ftp
         }
+    }
+}
+
+/// How long an FTP upload whose data connection ended waits for a sign that the client is
+/// gone before it is committed.
+pub const CONTROL_SETTLE: Duration = Duration::from_millis(5);
+
+/// What a control socket shows without reading it.
+enum ControlState {
+    /// The peer closed or reset it.
+    Gone,
+    /// Bytes wait, and no end after them.
+    Readable,
+    /// Nothing happened.
+    Quiet,
+}
+
+/// `POLLRDHUP` sees the peer's close even behind unread bytes, where a peek would only see
+/// the bytes.
+#[cfg(target_os = "linux")]
+fn control_state(socket: &std::net::TcpStream) -> ControlState {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for a descriptor this socket owns, and a zero timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready < 0 || poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+        ControlState::Gone
+    } else if poll.revents & libc::POLLIN != 0 {
+        ControlState::Readable
+    } else {
+        ControlState::Quiet
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn control_state(socket: &std::net::TcpStream) -> ControlState {
+    let mut byte = [0u8; 1];
+    // The socket is non-blocking (tokio set it so for the shared file description).
+    match socket.peek(&mut byte) {
+        Ok(0) => ControlState::Gone,
+        Ok(_) => ControlState::Readable,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ControlState::Quiet,
+        Err(_) => ControlState::Gone,
     }
 }
 

@@ -148,7 +148,8 @@ impl UploadError {
 
 /// A last check before an upload is committed, e.g. that the FTP control connection still
 /// stands (a client that died mid-STOR closes its data connection like a finished one).
-pub type CommitCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type CommitCheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Who uploads what, from where.
 #[derive(Debug, Clone)]
@@ -1079,7 +1080,7 @@ impl Upload {
             return Err(UploadError::ShuttingDown);
         }
         if let Some(check) = &self.commit_check
-            && let Err(why) = check()
+            && let Err(why) = check().await
         {
             return Err(UploadError::Client(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Interop with third-party clients: curl, lftp, Python's ftplib and rclone over FTP; curl,
-# lftp and ftplib over explicit FTPS; OpenSSH sftp, curl, paramiko and rclone over SFTP. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
+# lftp and ftplib over explicit FTPS; OpenSSH sftp, curl, paramiko and rclone over SFTP; FTP
+# and SFTP behind HAProxy with the PROXY protocol. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
 # stand-in API) are checked. Installs what it needs. Ends with "N passed, N failed".
 set -uo pipefail
 
@@ -36,7 +37,17 @@ install_clients() {
   fi
 }
 
+# Installs a Debian package that ships a service without starting that service.
+install_quietly() {
+  export DEBIAN_FRONTEND=noninteractive
+  local policy_added=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy_added=1; fi
+  apt-get install -y -qq "$@" >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq "$@" >/dev/null 2>&1)
+  [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
+}
+
 install_clients
+command -v haproxy >/dev/null || install_quietly haproxy
 python3 -c "import paramiko" 2>/dev/null || pip install -q paramiko >/dev/null 2>&1 || echo "paramiko could not be installed"
 [ -x "$BIN" ] || { echo "no binary at $BIN (build with cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 
@@ -51,6 +62,8 @@ cat > "$WORK/config.toml" <<TOML
 [server]
 data_dir = "$WORK/data"
 shutdown_timeout = "30s"
+# HAProxy below connects from 127.0.0.2 and names the client with a PROXY header.
+trusted_proxies = ["127.0.0.2/32"]
 [ftp]
 listen = "127.0.0.1:$FTP_PORT"
 passive_ports = "41000-41999"
@@ -274,6 +287,63 @@ else
   ko "paramiko .filepart: $(tail -3 "$WORK/filepart.out")"
 fi
 
+# Behind HAProxy (on 127.0.0.3, connecting from 127.0.0.2): the control and SFTP ports carry
+# a PROXY header, the passive range is forwarded as is. Clients connect from 127.0.0.4, and
+# the completion must name that address, not the balancer's.
+# from_client KEY: the completion for KEY names a client at 127.0.0.4.
+from_client() {
+  python3 - "$WORK/api.jsonl" "$1" <<'PY'
+import json, sys
+path, key = sys.argv[1:3]
+hits = [json.loads(l)["body"] for l in open(path)]
+hits = [b for b in hits if b["key"] == key]
+sys.exit(0 if hits and all(b["remote_addr"].startswith("127.0.0.4:") for b in hits) else 1)
+PY
+}
+if command -v haproxy >/dev/null; then
+  cat >"$WORK/haproxy.cfg" <<CFG
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend ftp_control
+  bind 127.0.0.3:$FTP_PORT
+  default_backend ftp_control
+backend ftp_control
+  server bridge 127.0.0.1:$FTP_PORT send-proxy-v2 source 127.0.0.2
+frontend ftp_passive
+  bind 127.0.0.3:41000-41999
+  default_backend ftp_passive
+backend ftp_passive
+  server bridge 127.0.0.1 source 127.0.0.2
+frontend sftp
+  bind 127.0.0.3:$SFTP_PORT
+  default_backend sftp
+backend sftp
+  server bridge 127.0.0.1:$SFTP_PORT send-proxy source 127.0.0.2
+CFG
+  haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.3/"$FTP_PORT") 2>/dev/null && break; sleep 0.1; done
+  if curl -sS --interface 127.0.0.4 -T "$WORK/big.bin" "ftp://ci:$PASSWORD@127.0.0.3:$FTP_PORT/haproxy/curl.bin" --ftp-create-dirs 2>"$WORK/haproxy-curl.err"; then
+    check "curl through HAProxy (PROXY v2 on FTP, passive range forwarded)" "ci/haproxy/curl.bin" "$WORK/big.bin"
+    from_client "ci/haproxy/curl.bin" && ok "FTP completion names the client behind HAProxy" || ko "FTP completion names the balancer"
+  else
+    ko "curl through HAProxy: $(cat "$WORK/haproxy-curl.err") $(tail -5 "$WORK/haproxy.out")"
+  fi
+  printf 'put %s haproxy-sftp.bin\n' "$WORK/big.bin" >"$WORK/batch-haproxy"
+  if sftp -i "$WORK/id" -P "$SFTP_PORT" -o BindAddress=127.0.0.4 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+      -b "$WORK/batch-haproxy" ci@127.0.0.3 >"$WORK/haproxy-sftp.out" 2>&1; then
+    check "OpenSSH sftp through HAProxy (PROXY v1)" "ci/haproxy-sftp.bin" "$WORK/big.bin"
+    from_client "ci/haproxy-sftp.bin" && ok "SFTP completion names the client behind HAProxy" || ko "SFTP completion names the balancer"
+  else
+    ko "sftp through HAProxy: $(cat "$WORK/haproxy-sftp.out")"
+  fi
+else
+  ko "haproxy could not be installed"
+fi
+
 # A refused login and a path that escapes home.
 if curl -sS -T "$WORK/small.bin" "ftp://ci:wrong@127.0.0.1:$FTP_PORT/x.bin" 2>/dev/null; then ko "wrong password accepted"; else ok "wrong password refused"; fi
 curl -sS -T "$WORK/small.bin" "$URL/%2E%2E/escape.bin" 2>/dev/null
@@ -283,14 +353,7 @@ METRICS=$(curl -sS "http://127.0.0.1:$METRICS_PORT/metrics")
 if grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}' <<<"$METRICS" && grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="sftp"}' <<<"$METRICS"; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
 
 # promtool (Debian's prometheus package) lints the exposition and checks the alert rules.
-if ! command -v promtool >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  # Install without starting the packaged Prometheus service.
-  POLICY_ADDED=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; POLICY_ADDED=1; fi
-  apt-get install -y -qq prometheus >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq prometheus >/dev/null 2>&1)
-  [ -n "$POLICY_ADDED" ] && rm -f /usr/sbin/policy-rc.d
-fi
+command -v promtool >/dev/null || install_quietly prometheus
 if command -v promtool >/dev/null; then
   if LINT=$(promtool check metrics <<<"$METRICS" 2>&1); then ok "promtool check metrics"; else ko "promtool check metrics"; echo "$LINT"; fi
   if RULES=$(promtool check rules "$HERE/../../deploy/prometheus/alerts.yml" 2>&1); then ok "promtool check rules (alerts)"; else ko "promtool check rules"; echo "$RULES"; fi
