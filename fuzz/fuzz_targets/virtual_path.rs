@@ -21,8 +21,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let relative = path.relative();
     let key = format!("{home}{relative}");
-    assert!(key.len() <= 1024, "key over S3's limit: {} bytes", key.len());
-    assert!(!relative.starts_with('/') && !relative.ends_with('/'), "{relative:?}");
+    assert!(
+        key.len() <= 1024,
+        "key over S3's limit: {} bytes",
+        key.len()
+    );
+    assert!(
+        !relative.starts_with('/') && !relative.ends_with('/'),
+        "{relative:?}"
+    );
     for segment in relative.split('/').filter(|_| !path.is_root()) {
         assert!(
             !matches!(segment, "" | "." | ".."),
