@@ -168,7 +168,10 @@ async fn a_client_whose_data_connection_closes_just_before_its_control_connectio
         kept_bytes(&h, "alice/killed.bin").await,
         Some(10 * MIB as u64)
     );
-    assert!(h.object("alice/killed.bin").await.is_none(), "nothing published");
+    assert!(
+        h.object("alice/killed.bin").await.is_none(),
+        "nothing published"
+    );
     assert!(h.events().is_empty(), "no completion for a cut upload");
 }
 

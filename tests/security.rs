@@ -541,3 +541,39 @@ async fn quotas_count_what_the_user_stores_across_deletes_and_restarts() {
         "the stored count is used, not a new listing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_sessions_are_closed_and_counted_on_both_protocols() {
+    let h = Harness::start(Options {
+        ftp_extra: "idle_timeout = \"1s\"".into(),
+        sftp_extra: "idle_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ftp = RawFtp::login(h.ftp).await;
+    let c = sftp_login(h.sftp, "alice", Login::Password(PASSWORD))
+        .await
+        .expect("login");
+    let (code, text) = tokio::time::timeout(Duration::from_secs(10), ftp.reply())
+        .await
+        .expect("closed in time");
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = h.metrics_text().await;
+        let idle = metric(
+            &m,
+            "ingest_bridge_limits_exceeded_total",
+            &[("limit", "idle_timeout")],
+        );
+        if idle >= 2.0 && c.ssh.is_closed() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle closes counted: {idle}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -113,8 +113,24 @@ async fn serve_connection(
     if let Err(e) = server.service(stream).await {
         tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
     }
+    count_idle_closes(&metrics);
     session.control_closed();
     tracing::debug!(remote = %remote_addr, "ftp session closed");
+}
+
+/// Adds libunftp's idle closes (`421 Session timed out`) to
+/// `limits_exceeded_total{limit="idle_timeout"}`. libunftp counts them per process, so the
+/// increase since the last report goes to whichever session ends next.
+fn count_idle_closes(metrics: &Metrics) {
+    static REPORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let total = libunftp::idle_session_timeouts();
+    let before = REPORTED.fetch_max(total, std::sync::atomic::Ordering::AcqRel);
+    if total > before {
+        metrics
+            .limits_exceeded_total
+            .with_label_values(&["idle_timeout"])
+            .inc_by(total - before);
+    }
 }
 
 /// Answers a refused connection with `421` and closes it, without a session.

@@ -159,6 +159,12 @@ async fn serve_connection(
     match russh::server::run_stream(config, stream, connection).await {
         Ok(session) => {
             if let Err(e) = session.await {
+                if matches!(e, russh::Error::InactivityTimeout) {
+                    metrics
+                        .limits_exceeded_total
+                        .with_label_values(&["idle_timeout"])
+                        .inc();
+                }
                 tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
             }
         }

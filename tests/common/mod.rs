@@ -245,6 +245,8 @@ pub struct Options {
     pub server_extra: &'static str,
     /// Appended to `[ftp]` (e.g. a `[ftp.tls]` table).
     pub ftp_extra: String,
+    /// Extra lines in `[sftp]`.
+    pub sftp_extra: String,
 }
 
 impl Default for Options {
@@ -261,6 +263,7 @@ impl Default for Options {
             alice_extra: String::new(),
             server_extra: "",
             ftp_extra: String::new(),
+            sftp_extra: String::new(),
         }
     }
 }
@@ -304,6 +307,7 @@ data_timeout = "{data_timeout}"
 enabled = true
 listen = "127.0.0.1:0"
 host_keys = ["{hostkey}"]
+{sftp_extra}
 [storage]
 endpoint = "{endpoint}"
 bucket = "ingest"
@@ -357,6 +361,7 @@ permissions = ["list", "download"]
         alice_extra = opts.alice_extra,
         server_extra = opts.server_extra,
         ftp_extra = opts.ftp_extra,
+        sftp_extra = opts.sftp_extra,
     )
 }
 

@@ -52,6 +52,12 @@ pub mod storage;
 
 pub use crate::server::ftpserver::{Server, ServerBuilder, error::ServerError, options};
 
+/// Control connections closed for idleness (`idle_session_timeout`) in this process so far.
+/// (ingest-bridge patch: a counter for the embedding server's metrics.)
+pub fn idle_session_timeouts() -> u64 {
+    crate::server::IDLE_SESSION_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(not(any(feature = "aws_lc_rs", feature = "ring")))]

@@ -20,4 +20,7 @@ pub(crate) use controlchan::command::Command;
 pub(crate) use controlchan::reply::{Reply, ReplyCode};
 pub(crate) use controlchan::{ControlChanError, ControlChanErrorKind};
 
+/// See [`crate::idle_session_timeouts`].
+pub(crate) static IDLE_SESSION_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 use session::{Session, SessionState};

@@ -211,7 +211,10 @@ where
                         let session = shared_session.lock().await;
                         match session.data_busy {
                             true => incoming = None,
-                            false => incoming = Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout)))
+                            false => {
+                                crate::server::IDLE_SESSION_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                incoming = Some(Err(ControlChanError::new(ControlChanErrorKind::ControlChannelTimeout)))
+                            }
                         };
                     },
                     _ = shutdown.listen() => {
@@ -315,7 +318,9 @@ fn handle_control_channel_error(logger: slog::Logger, error: ControlChanError) -
         ControlChanErrorKind::Utf8Error => (Reply::new(ReplyCode::CommandSyntaxError, "Invalid UTF8 in command"), true),
         ControlChanErrorKind::InvalidCommand => (Reply::new(ReplyCode::ParameterSyntaxError, "Invalid Parameter"), false),
         ControlChanErrorKind::ControlChannelTimeout => (
-            Reply::new(ReplyCode::ClosingControlConnection, "Session timed out. Closing control connection"),
+            // ingest-bridge patch: 421 as RFC 959 says for a server closing the connection
+            // (221 answers QUIT).
+            Reply::new(ReplyCode::ServiceNotAvailable, "Session timed out. Closing control connection"),
             true,
         ),
         _ => (Reply::new(ReplyCode::LocalError, "Unknown internal server error, please try again later"), true),
