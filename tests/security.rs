@@ -128,28 +128,18 @@ async fn repeated_failed_logins_ban_the_address_on_both_protocols_until_the_ban_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn max_file_size_cuts_the_upload_off_and_keeps_nothing() {
-    let h = Harness::start(Options {
-        alice_extra: "max_file_size = \"6MiB\"".into(),
-        ..Options::default()
-    })
-    .await;
+/// Alice sends `bytes` with `STOR path`, which a limit refuses mid-transfer; returns the
+/// reply once the multipart upload is gone and checks that no object was left.
+async fn refused_mid_transfer(h: &Harness, path: &str, bytes: &[u8]) -> (u32, String) {
+    use tokio::io::AsyncWriteExt;
     let mut ftp = RawFtp::login(h.ftp).await;
     let mut data = ftp.data().await;
-    let (code, text) = ftp.command("STOR big.mov").await;
+    let (code, text) = ftp.command(&format!("STOR {path}")).await;
     assert_eq!(code, 150, "{text}");
-    {
-        use tokio::io::AsyncWriteExt;
-        // The server stops reading once past the limit: the write may fail, that is fine.
-        let _ = data.write_all(&common::data(9 * 1024 * 1024, 1)).await;
-        let _ = data.shutdown().await;
-    }
-    let (code, text) = ftp.reply().await;
-    assert!(
-        code == 552 && text.contains("max_file_size") && text.contains("6MiB"),
-        "{text}"
-    );
+    // The server stops reading once past the limit: the write may fail, that is fine.
+    let _ = data.write_all(bytes).await;
+    let _ = data.shutdown().await;
+    let reply = ftp.reply().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !h.open_multipart_ids().is_empty() {
         assert!(
@@ -158,7 +148,22 @@ async fn max_file_size_cuts_the_upload_off_and_keeps_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(h.object("alice/big.mov").await.is_none());
+    assert!(h.object(&format!("alice/{path}")).await.is_none());
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_file_size_cuts_the_upload_off_and_keeps_nothing() {
+    let h = Harness::start(Options {
+        alice_extra: "max_file_size = \"6MiB\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (code, text) = refused_mid_transfer(&h, "big.mov", &common::data(9 * 1024 * 1024, 1)).await;
+    assert!(
+        code == 552 && text.contains("max_file_size") && text.contains("6MiB"),
+        "{text}"
+    );
     let mut ftp = h.login("alice").await;
     assert!(ftp.size("big.mov").await.is_err(), "nothing kept to resume");
     ftp.put_file(
@@ -457,26 +462,11 @@ async fn quotas_count_what_the_user_stores_across_deletes_and_restarts() {
     h.upload("alice", "a.bin", &common::data(5 * MIB, 2)).await;
 
     // 7 MiB stored: another 6 MiB would pass 12 MiB and is cut off, nothing kept.
-    let mut raw = RawFtp::login(h.ftp).await;
-    let mut data = raw.data().await;
-    let (code, text) = raw.command("STOR c.bin").await;
-    assert_eq!(code, 150, "{text}");
-    let _ = data.write_all(&common::data(6 * MIB, 3)).await;
-    let _ = data.shutdown().await;
-    let (code, text) = raw.reply().await;
+    let (code, text) = refused_mid_transfer(&h, "c.bin", &common::data(6 * MIB, 3)).await;
     assert!(
         code == 552 && text.contains("quota_bytes") && text.contains("12MiB"),
         "{code} {text}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !h.open_multipart_ids().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "multipart left open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(h.object("alice/c.bin").await.is_none());
 
     // Deleting frees its bytes and its file.
     let mut ftp = h.login("alice").await;
