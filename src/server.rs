@@ -117,9 +117,23 @@ pub struct Bridge {
     shutdown_timeout: Duration,
 }
 
+/// Connections the kernel holds for a listener before it accepts them (capped by
+/// `net.core.somaxconn`). The standard library's 128 drops part of a burst of logins, and a
+/// client whose handshake completed on its side then waits for a greeting that never comes.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 

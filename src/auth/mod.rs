@@ -150,15 +150,20 @@ pub struct UserDirectory {
     users: ArcSwap<HashMap<String, Arc<User>>>,
     /// Verified against when the user is unknown, so both cases cost the same time.
     decoy_hash: String,
+    /// Password checks at once: each argon2 verification takes 19 MiB and a core for tens
+    /// of milliseconds, so a burst of logins queues here instead of growing memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl UserDirectory {
     /// Builds the directory from validated config.
     pub fn new(users: &[UserConfig]) -> UserDirectory {
         let decoy_hash = hash_password("decoy password for unknown users").unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         UserDirectory {
             users: ArcSwap::from_pointee(user_map(users)),
             decoy_hash,
+            hashing: tokio::sync::Semaphore::new(cores),
         }
     }
 
@@ -186,8 +191,8 @@ impl UserDirectory {
         }
     }
 
-    /// Verifies a password (argon2, constant-time compare) off the async threads, and that
-    /// the user may log in from `from`.
+    /// Verifies a password (argon2, constant-time compare) off the async threads, one per
+    /// core at a time, and that the user may log in from `from`.
     pub async fn authenticate_password(
         &self,
         username: &str,
@@ -200,6 +205,9 @@ impl UserDirectory {
             _ => self.decoy_hash.clone(),
         };
         let password = password.to_string();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return Err(AuthError::BadCredentials);
+        };
         let verified = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
             .await
             .unwrap_or(false);

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Benchmark at scale, through the bridge into a local S3 server (s3s-fs, on disk):
+#   many small files: FILES of SMALL_KIB KiB over FTP and over SFTP, 16 clients at once;
+#   concurrency: UPLOADS uploads of BIG_MIB MiB over FTP all at once, memory_limit = 512MiB.
+# Every upload's SHA-256 (known to the load generator, bench/load.rs) is checked against its
+# completion in the bridge's event log. Reports files/s, MiB/s, the bridge's CPU seconds and
+# its peak RSS (VmHWM, reset before each run).
+# Usage: bench/scale.sh [FILES] [UPLOADS] [BIG_MIB] (defaults 10000 1000 20; SMALL_KIB=64;
+# KEEP_WORK=1 keeps the logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=${1:-10000}
+UPLOADS=${2:-1000}
+BIG_MIB=${3:-20}
+SMALL_KIB=${SMALL_KIB:-64}
+STORE_PORT=${STORE_PORT:-19200}
+FTP_PORT=${FTP_PORT:-19221}
+SFTP_PORT=${SFTP_PORT:-19222}
+METRICS_PORT=${METRICS_PORT:-19290}
+cargo build --release --quiet --bin ingest-bridge --example load
+BIN=${CARGO_TARGET_DIR:-target}/release/ingest-bridge
+LOAD=${CARGO_TARGET_DIR:-target}/release/examples/load
+# 1,000 uploads hold a control and a data connection each, on both sides.
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}")
+STORE="$WORK/store"
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; [ "${KEEP_WORK:-}" = 1 ] && echo "work dir kept: $WORK" || rm -rf "$WORK"' EXIT
+mkdir -p "$STORE"
+"$BIN" embedded-store --root "$STORE" --listen "127.0.0.1:$STORE_PORT" >"$WORK/store.log" 2>&1 &
+PIDS+=($!)
+
+HASH=$(printf 'bench' | "$BIN" hash-password)
+cat >"$WORK/config.toml" <<TOML
+[server]
+data_dir = "$WORK/data"
+max_connections = 5000
+max_connections_per_ip = 5000
+[ftp]
+listen = "127.0.0.1:$FTP_PORT"
+passive_ports = "44000-47999"
+[sftp]
+listen = "127.0.0.1:$SFTP_PORT"
+host_keys = ["$WORK/data/host_key"]
+[storage]
+endpoint = "http://127.0.0.1:$STORE_PORT"
+access_key_id = "ingest-bridge"
+secret_access_key = "ingest-bridge-secret"
+memory_limit = "512MiB"
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
+[[users]]
+username = "bench"
+password_hash = "$HASH"
+permissions = ["upload", "list", "mkdir"]
+TOML
+"$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
+BRIDGE=$!
+PIDS+=($BRIDGE)
+for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
+
+cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+# verify MANIFEST: every "PATH SHA256" line has a completion with that SHA-256; prints the
+# number that do not.
+verify() {
+  python3 - "$WORK/data/events.jsonl" "$1" <<'PY'
+import json, sys
+events, manifest = sys.argv[1:3]
+seen = {}
+try:
+    lines = open(events).readlines()
+except FileNotFoundError:
+    lines = []
+for line in lines:
+    e = json.loads(line)
+    seen[e["path"]] = e["sha256"]
+bad = 0
+for line in open(manifest):
+    if line.strip():
+        path, sha = line.split()
+        bad += seen.get(path) != sha
+print(bad)
+PY
+}
+
+declare -A result=()
+# run NAME PROTOCOL FILES SIZE CLIENTS: one load run; stores "line|cpu|rss|unverified".
+run() {
+  local name=$1 protocol=$2 files=$3 size=$4 clients=$5 port
+  port=$([ "$protocol" = ftp ] && echo "$FTP_PORT" || echo "$SFTP_PORT")
+  echo 5 >"/proc/$BRIDGE/clear_refs"
+  local cpu0 out cpu1
+  cpu0=$(cpu_seconds "$BRIDGE")
+  out=$("$LOAD" "$protocol" "127.0.0.1:$port" bench bench "$files" "$size" "$clients" "/$name" "$WORK/$name.manifest")
+  cpu1=$(cpu_seconds "$BRIDGE")
+  local rss unverified
+  rss=$(peak_rss_mib "$BRIDGE")
+  # The event log is written as completions are delivered: give the last ones 30 s.
+  for _ in $(seq 1 30); do
+    unverified=$(verify "$WORK/$name.manifest")
+    [ "$unverified" = 0 ] && break
+    sleep 1
+  done
+  result[$name]="$out|$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')|$rss|$unverified"
+  echo "$name: ${result[$name]}"
+  rm -rf "${STORE:?}/ingest/$name"
+}
+
+run small-ftp ftp "$FILES" "${SMALL_KIB}K" 16
+run small-sftp sftp "$FILES" "${SMALL_KIB}K" 16
+run concurrent-ftp ftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
+
+field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"${result[$1]%%|*}"; }
+part() { cut -d'|' -f"$2" <<<"${result[$1]}"; }
+row() {
+  printf '| %s | %s of %s | %s | %s files/s | %s MiB/s | %s s | %s MiB | %s |\n' "$2" "$(field "$1" files)" "$3" \
+    "$(field "$1" seconds) s" "$(field "$1" files_per_s)" "$(field "$1" mib_per_s)" "$(part "$1" 2)" "$(part "$1" 3)" "$(part "$1" 4)"
+}
+cat <<MD
+
+Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback, files on disk; bridge \`memory_limit = "512MiB"\`.
+Command: \`bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
+
+| run | completed | wall time | files/s | MiB/s | bridge CPU | bridge peak RSS | SHA-256 mismatches |
+|---|---|---|---|---|---|---|---|
+$(row small-ftp "${SMALL_KIB} KiB files, FTP, 16 clients" "$FILES")
+$(row small-sftp "${SMALL_KIB} KiB files, SFTP, 16 clients" "$FILES")
+$(row concurrent-ftp "${BIG_MIB} MiB files, FTP, all at once" "$UPLOADS")
+MD
+
+# Any failed upload or unconfirmed SHA-256 fails the run (the CI smoke run relies on it).
+for name in small-ftp small-sftp concurrent-ftp; do
+  [ "$(field "$name" failed)" = 0 ] && [ "$(part "$name" 4)" = 0 ] || { echo "scale: $name had failures"; exit 1; }
+done
