@@ -7,8 +7,17 @@ mod proxy;
 
 pub use proxy::ProxyError;
 
+/// Why [`Defender::admit_connection`] turned a connection away (already counted and logged).
+#[derive(Debug)]
+pub enum Refusal {
+    /// A trusted balancer sent no valid PROXY header in time.
+    ProxyHeader,
+    /// The client may not connect now (allowlist, ban or connection limit).
+    Refused(Admission),
+}
+
 use crate::config::DefenderConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Protocol};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::collections::{HashMap, VecDeque};
@@ -197,15 +206,42 @@ impl Defender {
         self.trusted_proxies.store(Arc::new(proxies));
     }
 
-    /// The real client of a new connection from `peer`: `peer` itself, or the address the
-    /// PROXY header of a `server.trusted_proxies` balancer names (the header is consumed).
-    pub async fn client_address(
-        &self,
+    /// Admits a new `protocol` connection from `peer`: finds its real client (`peer`, or
+    /// the address the PROXY header of a `server.trusted_proxies` balancer names; the header
+    /// is consumed), then applies [`connect`](Self::connect). Every refusal is counted in
+    /// `connections_refused_total{protocol,reason}` and logged.
+    pub async fn admit_connection(
+        self: &Arc<Self>,
         stream: &mut tokio::net::TcpStream,
         peer: std::net::SocketAddr,
-    ) -> Result<std::net::SocketAddr, ProxyError> {
+        protocol: Protocol,
+    ) -> Result<(std::net::SocketAddr, ConnectionSlot), Refusal> {
+        let refused = |reason: &str| {
+            self.metrics
+                .0
+                .connections_refused_total
+                .with_label_values(&[protocol.as_str(), reason])
+                .inc();
+        };
         let proxies = self.trusted_proxies.load_full();
-        proxy::client_address(stream, peer, &proxies).await
+        let client = match proxy::client_address(stream, peer, &proxies).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(protocol = protocol.as_str(), proxy = %peer, error = %e,
+                    "connection from a trusted proxy dropped");
+                refused("proxy_header");
+                return Err(Refusal::ProxyHeader);
+            }
+        };
+        match self.connect(client.ip()) {
+            Ok(slot) => Ok((client, slot)),
+            Err(admission) => {
+                refused(admission.reason());
+                tracing::debug!(protocol = protocol.as_str(), remote = %client,
+                    reason = admission.reason(), "connection refused");
+                Err(Refusal::Refused(admission))
+            }
+        }
     }
 
     /// Decides on a new connection from `ip`.

@@ -11,7 +11,7 @@ pub use tls::Certificates;
 
 use crate::auth::Logins;
 use crate::config::FtpConfig;
-use crate::defender::Admission;
+use crate::defender::{Admission, Refusal};
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
 use backend::S3Backend;
 use libunftp::ServerBuilder;
@@ -73,21 +73,15 @@ async fn serve_connection(
     logins: Arc<Logins>,
     metrics: Metrics,
 ) {
-    let remote_addr = match shared.defender.client_address(&mut stream, peer).await {
-        Ok(addr) => addr,
-        Err(e) => {
-            tracing::warn!(proxy = %peer, error = %e, "ftp: connection from a trusted proxy dropped");
-            metrics
-                .connections_refused_total
-                .with_label_values(&[Protocol::Ftp.as_str(), "proxy_header"])
-                .inc();
-            return;
-        }
-    };
-    let _slot = match shared.defender.connect(remote_addr.ip()) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            refuse(stream, remote_addr, refusal, &metrics);
+    let (remote_addr, _slot) = match shared
+        .defender
+        .admit_connection(&mut stream, peer, Protocol::Ftp)
+        .await
+    {
+        Ok(admitted) => admitted,
+        Err(Refusal::ProxyHeader) => return,
+        Err(Refusal::Refused(admission)) => {
+            refuse(stream, admission);
             return;
         }
     };
@@ -134,12 +128,7 @@ fn count_idle_closes(metrics: &Metrics) {
 }
 
 /// Answers a refused connection with `421` and closes it, without a session.
-fn refuse(stream: TcpStream, remote_addr: SocketAddr, admission: Admission, metrics: &Metrics) {
-    metrics
-        .connections_refused_total
-        .with_label_values(&[Protocol::Ftp.as_str(), admission.reason()])
-        .inc();
-    tracing::debug!(remote = %remote_addr, reason = admission.reason(), "ftp connection refused");
+fn refuse(stream: TcpStream, admission: Admission) {
     let reply = match admission {
         Admission::Banned(left) => format!(
             "421 Too many failed logins from your address; try again in {} s.\r\n",

@@ -117,27 +117,12 @@ async fn serve_connection(
     metrics: Metrics,
 ) {
     // SSH has no way to say why before the handshake: refused connections are just closed.
-    let refused = |reason: &str| {
-        metrics
-            .connections_refused_total
-            .with_label_values(&[Protocol::Sftp.as_str(), reason])
-            .inc();
-    };
-    let remote_addr = match shared.defender.client_address(&mut stream, peer).await {
-        Ok(addr) => addr,
-        Err(e) => {
-            tracing::warn!(proxy = %peer, error = %e, "sftp: connection from a trusted proxy dropped");
-            refused("proxy_header");
-            return;
-        }
-    };
-    let _slot = match shared.defender.connect(remote_addr.ip()) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            refused(refusal.reason());
-            tracing::debug!(remote = %remote_addr, reason = refusal.reason(), "sftp connection refused");
-            return;
-        }
+    let Ok((remote_addr, _slot)) = shared
+        .defender
+        .admit_connection(&mut stream, peer, Protocol::Sftp)
+        .await
+    else {
+        return;
     };
     let _ = stream.set_nodelay(true);
     let deadline = shared.defender.login_deadline(&stream, "");
