@@ -70,8 +70,8 @@ PIDS+=($RCLONE)
 sleep 2
 SSH_OPTS=(-i "$WORK/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
 
-cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+# shellcheck source=bench/proc.sh
+source bench/proc.sh
 max() { awk -v x="$1" -v y="$2" 'BEGIN { print (y > x) ? y : x }'; }
 
 # time_upload PID COMMAND...: runs the upload, prints "MiB/s CPU-seconds-of-PID peak-RSS-MiB".

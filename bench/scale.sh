@@ -60,8 +60,8 @@ BRIDGE=$!
 PIDS+=($BRIDGE)
 for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
 
-cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+# shellcheck source=bench/proc.sh
+source bench/proc.sh
 
 # verify MANIFEST: every "PATH SHA256" line has a completion with that SHA-256; prints the
 # number that do not.
