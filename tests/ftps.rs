@@ -149,6 +149,24 @@ async fn an_ftps_upload_lands_whole_and_its_completion_says_ftps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_text_pipelined_behind_auth_tls_closes_the_connection() {
+    // A man in the middle could append plain-text commands to AUTH TLS; had the server kept
+    // them buffered, it would run them as if they had come over TLS.
+    let (h, cert, _certs) = tls_bridge(true).await;
+    let (mut plain, _) = RawFtp::connect(h.ftp).await;
+    plain.send(b"AUTH TLS\r\nUSER alice").await;
+    let (code, text) = plain.reply().await;
+    assert_eq!(code, 234, "{text}");
+    let after = plain.closed_by_server().await;
+    assert!(after.is_empty(), "nothing more in plain text: {after:?}");
+    // Well-behaved clients are unaffected, however often they connect.
+    for _ in 0..20 {
+        let (mut control, _) = tls_login(h.ftp, client_config(std::slice::from_ref(&cert))).await;
+        assert_eq!(control.command("NOOP").await.0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plain_text_on_a_protected_data_connection_fails_the_transfer_not_the_server() {
     let (h, cert, _certs) = tls_bridge(true).await;
     let config = client_config(&[cert]);

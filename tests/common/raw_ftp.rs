@@ -88,6 +88,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawFtp<S> {
         }
     }
 
+    /// Waits up to 10 s for the server to close the connection; returns what it sent first.
+    pub async fn closed_by_server(&mut self) -> String {
+        let mut rest = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.io.read_line(&mut line))
+                .await
+                .expect("the server closes the connection within 10 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return rest;
+            }
+            rest.push_str(&line);
+        }
+    }
+
     /// Sends one command line and reads its reply.
     pub async fn command(&mut self, cmd: &str) -> (u32, String) {
         self.send(cmd.as_bytes()).await;

@@ -239,42 +239,6 @@ where
                     return;
                 }
                 Some(Ok(event)) => {
-                    if let Event::InternalMsg(ControlChanMsg::SecureControlChannel) = event {
-                        slog::info!(logger, "Upgrading control channel to TLS");
-
-                        // Get back the original TCP Stream
-                        let codec_io = reply_sink.reunite(command_source).unwrap();
-                        let io = codec_io.into_inner();
-
-                        // Wrap in TLS Stream
-                        let acceptor: tokio_rustls::TlsAcceptor = match ftps_config.clone() {
-                            FtpsConfig::On { tls_config } => tls_config.into(),
-                            _ => panic!("Could not create TLS acceptor. Illegal program state"),
-                        };
-                        let accepted = acceptor.accept(io).await;
-                        let io: Box<dyn AsyncReadAsyncWriteSendUnpin> = match accepted {
-                            Ok(stream) => {
-                                let s: &ServerConnection = stream.get_ref().1;
-                                if let Some(certs) = s.peer_certificates() {
-                                    let mut session = shared_session.lock().await;
-                                    session.cert_chain = Some(certs.iter().map(|c| unftp_core::auth::ClientCert(c.as_ref().to_vec())).collect());
-                                }
-                                Box::new(stream)
-                            }
-                            Err(err) => {
-                                slog::warn!(logger, "Closing control channel. Could not upgrade to TLS: {}", err);
-                                return;
-                            }
-                        };
-
-                        // Wrap in codec again and get sink + source
-                        let codec = FtpCodec::new();
-                        let cmd_and_reply_stream = codec.framed(io);
-                        let (sink, src) = cmd_and_reply_stream.split();
-                        reply_sink = sink;
-                        command_source = src;
-                    }
-
                     if let Event::Command(Command::User { username }) = &event {
                         let s: String = String::from_utf8_lossy(username).into();
                         logger = logger.new(slog::o!("username" => s));
@@ -282,14 +246,37 @@ where
 
                     // TODO: Handle Event::InternalMsg(InternalMsg::PlaintextControlChannel)
 
+                    // ingest-bridge patch: the TLS handshake starts right after the 234 reply to
+                    // AUTH TLS is flushed, before anything else is read. Upstream handed the
+                    // upgrade to a spawned task and an unbiased select!, which could read the
+                    // client's ClientHello as a command and answer it in plain text.
+                    let is_auth = matches!(event, Event::Command(Command::Auth { .. }));
                     let handle_result = match event_chain.handle(event).await {
                         Err(e) => Err(e),
-                        Ok(reply) => reply_sink.send(reply).await,
+                        Ok(reply) => {
+                            let upgrade = is_auth && matches!(reply, Reply::CodeAndMsg { code: ReplyCode::AuthOkayNoDataNeeded, .. });
+                            reply_sink.send(reply).await.map(|()| upgrade)
+                        }
                     };
 
-                    if let Err(chan_err) = handle_result {
-                        slog::warn!(logger, "Event handler chain error: {:?}. Closing control connection", chan_err);
-                        return;
+                    match handle_result {
+                        Err(chan_err) => {
+                            slog::warn!(logger, "Event handler chain error: {:?}. Closing control connection", chan_err);
+                            return;
+                        }
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let Some(io) = upgrade_to_tls(&logger, &ftps_config, &shared_session, reply_sink, command_source).await else {
+                                return;
+                            };
+                            let (sink, src) = FtpCodec::new().framed(io).split();
+                            reply_sink = sink;
+                            command_source = src;
+                            if let Err(chan_err) = event_chain.handle(Event::InternalMsg(ControlChanMsg::SecureControlChannel)).await {
+                                slog::warn!(logger, "Event handler chain error: {:?}. Closing control connection", chan_err);
+                                return;
+                            }
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -308,6 +295,65 @@ where
     });
 
     Ok(jh)
+}
+
+type ReplySink = futures_util::stream::SplitSink<Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec>, Reply>;
+type CommandSource = futures_util::stream::SplitStream<Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec>>;
+
+// ingest-bridge patch: runs the server side of the TLS handshake on the control connection,
+// returning `None` (the connection is to be closed) when it fails or when the client sent
+// bytes after AUTH TLS before seeing the 234: plain text pipelined there would otherwise be
+// read as if it had come over TLS (the STARTTLS command-injection class of bugs).
+async fn upgrade_to_tls<Storage, User>(
+    logger: &slog::Logger,
+    ftps_config: &FtpsConfig,
+    shared_session: &SharedSession<Storage, User>,
+    reply_sink: ReplySink,
+    command_source: CommandSource,
+) -> Option<Box<dyn AsyncReadAsyncWriteSendUnpin>>
+where
+    Storage: StorageBackend<User> + 'static,
+    Storage::Metadata: Metadata,
+    User: UserDetail + 'static,
+{
+    slog::info!(logger, "Upgrading control channel to TLS");
+    let framed = match reply_sink.reunite(command_source) {
+        Ok(framed) => framed,
+        Err(err) => {
+            slog::warn!(logger, "Closing control channel. Could not reunite its halves for TLS: {}", err);
+            return None;
+        }
+    };
+    let parts = framed.into_parts();
+    if !parts.read_buf.is_empty() {
+        slog::warn!(
+            logger,
+            "Closing control channel: the client sent {} bytes after AUTH TLS before the TLS handshake",
+            parts.read_buf.len()
+        );
+        return None;
+    }
+    let acceptor: tokio_rustls::TlsAcceptor = match ftps_config {
+        FtpsConfig::On { tls_config } => tls_config.clone().into(),
+        _ => {
+            slog::warn!(logger, "Closing control channel: AUTH TLS accepted without a TLS configuration");
+            return None;
+        }
+    };
+    match acceptor.accept(parts.io).await {
+        Ok(stream) => {
+            let s: &ServerConnection = stream.get_ref().1;
+            if let Some(certs) = s.peer_certificates() {
+                let mut session = shared_session.lock().await;
+                session.cert_chain = Some(certs.iter().map(|c| unftp_core::auth::ClientCert(c.as_ref().to_vec())).collect());
+            }
+            Some(Box::new(stream))
+        }
+        Err(err) => {
+            slog::warn!(logger, "Closing control channel. Could not upgrade to TLS: {}", err);
+            None
+        }
+    }
 }
 
 // gets the reply to be sent to the client and tells if the connection should be closed.
