@@ -418,6 +418,8 @@ async fn fifty_concurrent_uploads_land_within_a_small_memory_budget() {
         ..Options::default()
     })
     .await;
+    // Up to 50 sessions sharing 12 MiB: `ftp.data_receive_buffer = "auto"` gives each data
+    // connection a fixed receive buffer (down to 123 KiB) instead of the kernel's autotuning.
     let mut tasks = Vec::new();
     for i in 0..50u64 {
         // Every fifth upload needs parts; the rest fit in a first buffer or one PutObject.

@@ -201,8 +201,25 @@ pub struct FtpConfig {
     pub idle_timeout: Duration,
     /// A data connection that delivers no byte for this long fails the transfer.
     pub data_timeout: Duration,
+    /// The kernel receive buffer of passive data connections.
+    pub data_receive_buffer: ReceiveBuffer,
     /// Explicit FTPS, when configured.
     pub tls: Option<FtpTlsConfig>,
+}
+
+/// `ftp.data_receive_buffer`: how large a kernel receive buffer each passive data
+/// connection gets. Data a client sends while its upload waits for the memory budget sits in
+/// this buffer, outside `storage.memory_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveBuffer {
+    /// The kernel's autotuning while few FTP sessions are open; a share of
+    /// `storage.memory_limit` per session when many are.
+    Auto,
+    /// Always the kernel's autotuning.
+    Kernel,
+    /// This many bytes (`SO_RCVBUF`; the kernel doubles it for bookkeeping and caps it at
+    /// `net.core.rmem_max`).
+    Fixed(u32),
 }
 
 /// `[ftp.tls]`: explicit FTPS.
@@ -894,7 +911,31 @@ impl Validator<'_> {
                 raw.data_timeout,
                 Duration::from_secs(60),
             ),
+            data_receive_buffer: self.receive_buffer(raw.data_receive_buffer),
             tls,
+        }
+    }
+
+    fn receive_buffer(&mut self, value: Option<Text>) -> ReceiveBuffer {
+        let Some(t) = value else {
+            return ReceiveBuffer::Auto;
+        };
+        match t.get_ref().trim() {
+            "auto" => ReceiveBuffer::Auto,
+            "kernel" => ReceiveBuffer::Kernel,
+            text => match parse_size(text) {
+                Ok(n) if (4096..=1 << 30).contains(&n) => {
+                    ReceiveBuffer::Fixed(u32::try_from(n).unwrap_or(u32::MAX))
+                }
+                _ => {
+                    self.problem(
+                        "ftp.data_receive_buffer",
+                        Some(&t),
+                        "write \"auto\" (the default), \"kernel\" (always the kernel's autotuning) or a size from 4KiB to 1GiB, e.g. \"256KiB\"",
+                    );
+                    ReceiveBuffer::Auto
+                }
+            },
         }
     }
 
@@ -1550,6 +1591,29 @@ rules = [ { status = "2x9", outcome = "delivered" }, { body = "(", outcome = "re
             .expect("valid");
         assert!(c.upload.is_temp("a.uploading") && !c.upload.is_temp("a.part"));
         assert!(!c.upload.overwrite);
+    }
+
+    #[test]
+    fn the_data_receive_buffer_is_auto_kernel_or_a_size() {
+        let buffer = |value: &str| {
+            parse(&format!("[ftp]\ndata_receive_buffer = \"{value}\"\n"))
+                .map(|c| c.ftp.data_receive_buffer)
+        };
+        assert_eq!(
+            parse("").expect("valid").ftp.data_receive_buffer,
+            ReceiveBuffer::Auto
+        );
+        assert_eq!(buffer("auto").expect("valid"), ReceiveBuffer::Auto);
+        assert_eq!(buffer("kernel").expect("valid"), ReceiveBuffer::Kernel);
+        assert_eq!(
+            buffer("256KiB").expect("valid"),
+            ReceiveBuffer::Fixed(256 * 1024)
+        );
+        for bad in ["1KiB", "2GiB", "large"] {
+            let err = buffer(bad).expect_err(bad).to_string();
+            assert!(err.contains("ftp.data_receive_buffer"), "{err}");
+            assert!(err.contains("\"kernel\""), "says what to write: {err}");
+        }
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub struct RawFtp {
     pub passive_host: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub data_timeout: Option<Text>,
+    pub data_receive_buffer: Option<Text>,
     pub tls: Option<RawFtpTls>,
 }
 

@@ -3,6 +3,7 @@
 //! storage backend that streams STOR into the upload pipeline.
 
 mod backend;
+mod data_socket;
 mod session;
 mod tls;
 
@@ -14,6 +15,7 @@ use crate::config::FtpConfig;
 use crate::defender::{Admission, Refusal};
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
 use backend::S3Backend;
+use data_socket::{DataSocketBinder, OpenSessions};
 use libunftp::ServerBuilder;
 use libunftp::options::{FtpsRequired, PassiveHost};
 use session::{FtpUser, MetricsRef, Session, SessionAuthenticator, UserProvider};
@@ -37,6 +39,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
+    let open_sessions = OpenSessions::default();
     let mut sessions = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,6 +61,7 @@ pub async fn serve(
             shared.clone(),
             logins.clone(),
             metrics.clone(),
+            open_sessions.clone(),
         ));
     }
     // Sessions are detached: their uploads finish or abort under the pipeline's drain.
@@ -72,6 +76,7 @@ async fn serve_connection(
     shared: Arc<FtpShared>,
     logins: Arc<Logins>,
     metrics: Metrics,
+    open_sessions: OpenSessions,
 ) {
     let (remote_addr, _slot) = match shared
         .defender
@@ -91,7 +96,13 @@ async fn serve_connection(
         .defender
         .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");
     let session = Session::new(remote_addr, control, deadline);
-    let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone()) {
+    let _counted = open_sessions.enter();
+    let binder = DataSocketBinder {
+        policy: cfg.data_receive_buffer,
+        memory_limit: shared.pipeline.budget().limit(),
+        sessions: open_sessions,
+    };
+    let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone(), binder) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "ftp: cannot set up session");
@@ -159,6 +170,7 @@ fn build_server(
     logins: &Arc<Logins>,
     metrics: &Metrics,
     session: Arc<Session>,
+    binder: DataSocketBinder,
 ) -> Result<libunftp::Server<S3Backend, FtpUser>, libunftp::ServerError> {
     let backend_shared = shared.clone();
     let backend_session = session.clone();
@@ -183,6 +195,7 @@ fn build_server(
     .greeting(GREETING)
     .passive_ports(cfg.passive_ports.clone())
     .passive_host(passive_host)
+    .binder(binder)
     .idle_session_timeout(cfg.idle_timeout.as_secs().max(1));
     if let (Some(tls), Some(server_config)) = (&cfg.tls, &shared.tls) {
         builder = builder.ftps_manual::<std::path::PathBuf>(server_config.clone());
