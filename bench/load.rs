@@ -113,6 +113,9 @@ impl Client {
                 let channel = ssh.channel_open_session().await?;
                 channel.request_subsystem(true, "sftp").await?;
                 let sftp = russh_sftp::client::SftpSession::new(channel.into_stream()).await?;
+                // Like OpenSSH, wait as long as the server takes: a write the bridge holds
+                // while the memory budget is spent is backpressure, not a failure.
+                sftp.set_timeout(3600);
                 Ok(Client::Sftp { _ssh: ssh, sftp })
             }
             other => Err(format!("unknown protocol {other:?}: use ftp or sftp").into()),

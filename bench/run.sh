@@ -8,6 +8,8 @@
 # during one upload (VmHWM, reset before every upload).
 # Usage: bench/run.sh [SIZE_MIB] (default 1024). The S3 server's files live on tmpfs
 # (/dev/shm) when there is one, so disk writeback does not add noise; BENCH_STORE_DIR moves it.
+# PROFILE=1 adds one more upload per path under `perf record -a` and prints where the
+# machine's CPU went: per process, then the bridge's and the S3 server's hottest functions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
@@ -19,7 +21,8 @@ SFTP_PORT=${SFTP_PORT:-19022}
 RCLONE_PORT=${RCLONE_PORT:-19023}
 missing=()
 for tool in curl rclone sftp; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-[ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq curl rclone openssh-client >/dev/null; }
+[ "${PROFILE:-}" != 1 ] || command -v perf >/dev/null || missing+=(perf)
+[ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq curl rclone openssh-client $([ "${PROFILE:-}" = 1 ] && echo linux-perf) >/dev/null; }
 cargo build --release --quiet --bin ingest-bridge --example direct-upload
 BIN=target/release/ingest-bridge
 DIRECT=target/release/examples/direct-upload
@@ -31,7 +34,8 @@ STORE=$(mktemp -d -p "$STORE_BASE")
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK" "$STORE"' EXIT
 
 "$BIN" embedded-store --root "$STORE" --listen "127.0.0.1:$STORE_PORT" >"$WORK/store.log" 2>&1 &
-PIDS+=($!)
+STORE_PID=$!
+PIDS+=($STORE_PID)
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/file"
 
 HASH=$(printf 'bench' | "$BIN" hash-password)
@@ -127,3 +131,30 @@ Command: \`bench/run.sh $SIZE_MIB\`
 | OpenSSH sftp (aes128-gcm) → ingest-bridge → S3 | ${best[gcm]} MiB/s | $(ratio "${best[gcm]}") | $(per_gib "${cpu[gcm]}") s | ${rss[gcm]} MiB |
 | OpenSSH sftp (chacha20) → rclone serve sftp (vfs-cache-mode off) → S3 | ${best[rclone]} MiB/s | $(ratio "${best[rclone]}") | $(per_gib "${cpu[rclone]}") s | ${rss[rclone]} MiB |
 MD
+
+[ "${PROFILE:-}" = 1 ] || exit 0
+# profile NAME COMMAND...: one upload under a system-wide perf record; prints each party's
+# share of the machine's CPU time (idle included), then the hottest functions of the bridge
+# and of the S3 server.
+profile() {
+  local name=$1 data="$WORK/$1.perf"
+  shift
+  perf record -q -a -F 499 -g -o "$data" -- "$@" >/dev/null 2>"$WORK/$name.perf.log"
+  share() { # share FILTER...: percent of all samples that pass the filter
+    perf report -q -i "$data" --no-children "$@" --sort pid -g none --stdio 2>/dev/null |
+      awk '{ gsub("%", "", $1); s += $1 } END { printf "%.1f %%", s }'
+  }
+  echo
+  echo "#### $name: share of the machine's CPU time (2 cores × wall time = 100 %)"
+  echo "bridge $(share --pid "$BRIDGE"); S3 server $(share --pid "$STORE_PID");" \
+    "client $(share --comm curl,ssh,sftp,direct-upload); idle $(share --comm swapper)"
+  for who in "bridge:$BRIDGE" "S3 server:$STORE_PID"; do
+    echo "#### $name: the ${who%%:*}'s hottest functions (percent of all samples)"
+    perf report -q -i "$data" --no-children --pid "${who##*:}" --sort dso,symbol -g none --stdio \
+      >"$WORK/$name.top" 2>/dev/null || true
+    awk 'NF && n++ < 12' "$WORK/$name.top" | cut -c1-110
+  done
+}
+profile direct "$DIRECT" "http://127.0.0.1:$STORE_PORT" ingest direct-profile "$WORK/file" 16 4
+profile ftp curl -sS -T "$WORK/file" "ftp://bench:bench@127.0.0.1:$FTP_PORT/ftp-profile"
+profile sftp-gcm sftp -c aes128-gcm@openssh.com "${SSH_OPTS[@]}" -P "$SFTP_PORT" -b - bench@127.0.0.1 <<<"put $WORK/file gcm-profile"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark at scale, through the bridge into a local S3 server (s3s-fs, on disk):
 #   many small files: FILES of SMALL_KIB KiB over FTP and over SFTP, 16 clients at once;
-#   concurrency: UPLOADS uploads of BIG_MIB MiB over FTP all at once, memory_limit = 512MiB.
+#   concurrency: UPLOADS uploads of BIG_MIB MiB all at once over FTP, then over SFTP, with
+#   memory_limit = 512MiB.
 # Every upload's SHA-256 (known to the load generator, bench/load.rs) is checked against its
-# completion in the bridge's event log. Reports files/s, MiB/s, the bridge's CPU seconds and
-# its peak RSS (VmHWM, reset before each run).
+# completion in the bridge's event log. Reports files/s, MiB/s, the bridge's CPU seconds, its
+# peak RSS (VmHWM, reset before each run) and the machine's peak TCP socket memory (sampled
+# from /proc/net/sockstat every second: the buffers of clients and bridge alike).
 # Usage: bench/scale.sh [FILES] [UPLOADS] [BIG_MIB] (defaults 10000 1000 20; SMALL_KIB=64;
-# KEEP_WORK=1 keeps the logs).
+# KEEP_WORK=1 keeps the logs; RECEIVE_BUFFER sets ftp.data_receive_buffer, default auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${1:-10000}
@@ -40,6 +42,7 @@ max_connections_per_ip = 5000
 [ftp]
 listen = "127.0.0.1:$FTP_PORT"
 passive_ports = "44000-47999"
+data_receive_buffer = "${RECEIVE_BUFFER:-auto}"
 [sftp]
 listen = "127.0.0.1:$SFTP_PORT"
 host_keys = ["$WORK/data/host_key"]
@@ -92,10 +95,13 @@ run() {
   local name=$1 protocol=$2 files=$3 size=$4 clients=$5 port
   port=$([ "$protocol" = ftp ] && echo "$FTP_PORT" || echo "$SFTP_PORT")
   echo 5 >"/proc/$BRIDGE/clear_refs"
-  local cpu0 out cpu1
+  local cpu0 out cpu1 sampler
+  (peak=0; while :; do m=$(tcp_memory_mib); [ "$m" -gt "$peak" ] && peak=$m && echo "$peak" >"$WORK/$name.tcpmem"; sleep 1; done) &
+  sampler=$!
   cpu0=$(cpu_seconds "$BRIDGE")
   out=$("$LOAD" "$protocol" "127.0.0.1:$port" bench bench "$files" "$size" "$clients" "/$name" "$WORK/$name.manifest")
   cpu1=$(cpu_seconds "$BRIDGE")
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
   local rss unverified
   rss=$(peak_rss_mib "$BRIDGE")
   # The event log is written as completions are delivered: give the last ones 30 s.
@@ -104,7 +110,7 @@ run() {
     [ "$unverified" = 0 ] && break
     sleep 1
   done
-  result[$name]="$out|$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')|$rss|$unverified"
+  result[$name]="$out|$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')|$rss|$unverified|$(cat "$WORK/$name.tcpmem" 2>/dev/null || echo 0)"
   echo "$name: ${result[$name]}"
   rm -rf "${STORE:?}/ingest/$name"
 }
@@ -112,26 +118,28 @@ run() {
 run small-ftp ftp "$FILES" "${SMALL_KIB}K" 16
 run small-sftp sftp "$FILES" "${SMALL_KIB}K" 16
 run concurrent-ftp ftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
+run concurrent-sftp sftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
 
 field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"${result[$1]%%|*}"; }
 part() { cut -d'|' -f"$2" <<<"${result[$1]}"; }
 row() {
-  printf '| %s | %s of %s | %s | %s files/s | %s MiB/s | %s s | %s MiB | %s |\n' "$2" "$(field "$1" files)" "$3" \
-    "$(field "$1" seconds) s" "$(field "$1" files_per_s)" "$(field "$1" mib_per_s)" "$(part "$1" 2)" "$(part "$1" 3)" "$(part "$1" 4)"
+  printf '| %s | %s of %s | %s | %s files/s | %s MiB/s | %s s | %s MiB | %s MiB | %s |\n' "$2" "$(field "$1" files)" "$3" \
+    "$(field "$1" seconds) s" "$(field "$1" files_per_s)" "$(field "$1" mib_per_s)" "$(part "$1" 2)" "$(part "$1" 3)" "$(part "$1" 5)" "$(part "$1" 4)"
 }
 cat <<MD
 
 Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback, files on disk; bridge \`memory_limit = "512MiB"\`.
-Command: \`bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
+Command: \`${RECEIVE_BUFFER:+RECEIVE_BUFFER=$RECEIVE_BUFFER }bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
 
-| run | completed | wall time | files/s | MiB/s | bridge CPU | bridge peak RSS | SHA-256 mismatches |
-|---|---|---|---|---|---|---|---|
+| run | completed | wall time | files/s | MiB/s | bridge CPU | bridge peak RSS | peak TCP memory | SHA-256 mismatches |
+|---|---|---|---|---|---|---|---|---|
 $(row small-ftp "${SMALL_KIB} KiB files, FTP, 16 clients" "$FILES")
 $(row small-sftp "${SMALL_KIB} KiB files, SFTP, 16 clients" "$FILES")
 $(row concurrent-ftp "${BIG_MIB} MiB files, FTP, all at once" "$UPLOADS")
+$(row concurrent-sftp "${BIG_MIB} MiB files, SFTP, all at once" "$UPLOADS")
 MD
 
 # Any failed upload or unconfirmed SHA-256 fails the run (the CI smoke run relies on it).
-for name in small-ftp small-sftp concurrent-ftp; do
+for name in small-ftp small-sftp concurrent-ftp concurrent-sftp; do
   [ "$(field "$name" failed)" = 0 ] && [ "$(part "$name" 4)" = 0 ] || { echo "scale: $name had failures"; exit 1; }
 done

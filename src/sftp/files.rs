@@ -24,8 +24,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 
-/// Chunks queued between a session and its upload task.
-const WRITE_QUEUE: usize = 4;
+/// Chunks queued between a session and its upload task. Each chunk (up to 255 KiB) is
+/// outside the memory budget, and a session whose upload waits for the budget holds the
+/// queue full: 1,000 uploads at once peaked at 1,367 MiB with 4, 1,271 MiB with 1
+/// (`bench/scale.sh`), at the same single-upload throughput.
+const WRITE_QUEUE: usize = 1;
 /// Out-of-order bytes one file may hold while waiting for the gap before them.
 const REORDER_LIMIT: u64 = 8 * 1024 * 1024;
 /// Names per READDIR reply.
