@@ -8,7 +8,8 @@
 # peak RSS (VmHWM, reset before each run) and the machine's peak TCP socket memory (sampled
 # from /proc/net/sockstat every second: the buffers of clients and bridge alike).
 # Usage: bench/scale.sh [FILES] [UPLOADS] [BIG_MIB] (defaults 10000 1000 20; SMALL_KIB=64;
-# KEEP_WORK=1 keeps the logs; RECEIVE_BUFFER sets ftp.data_receive_buffer, default auto).
+# KEEP_WORK=1 keeps the logs; RECEIVE_BUFFER sets ftp.data_receive_buffer, default auto;
+# ONLY="concurrent-sftp ..." runs only the named runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${1:-10000}
@@ -58,7 +59,7 @@ username = "bench"
 password_hash = "$HASH"
 permissions = ["upload", "list", "mkdir"]
 TOML
-"$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
+${WRAP:-} "$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
 BRIDGE=$!
 PIDS+=($BRIDGE)
 for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
@@ -115,10 +116,13 @@ run() {
   rm -rf "${STORE:?}/ingest/$name"
 }
 
-run small-ftp ftp "$FILES" "${SMALL_KIB}K" 16
-run small-sftp sftp "$FILES" "${SMALL_KIB}K" 16
-run concurrent-ftp ftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
-run concurrent-sftp sftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
+ONLY_SET=${ONLY:+1}
+ONLY=${ONLY:-small-ftp small-sftp concurrent-ftp concurrent-sftp}
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+wanted small-ftp && run small-ftp ftp "$FILES" "${SMALL_KIB}K" 16
+wanted small-sftp && run small-sftp sftp "$FILES" "${SMALL_KIB}K" 16
+wanted concurrent-ftp && run concurrent-ftp ftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
+wanted concurrent-sftp && run concurrent-sftp sftp "$UPLOADS" "${BIG_MIB}M" "$UPLOADS"
 
 field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"${result[$1]%%|*}"; }
 part() { cut -d'|' -f"$2" <<<"${result[$1]}"; }
@@ -129,17 +133,20 @@ row() {
 cat <<MD
 
 Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback, files on disk; bridge \`memory_limit = "512MiB"\`.
-Command: \`${RECEIVE_BUFFER:+RECEIVE_BUFFER=$RECEIVE_BUFFER }bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
+Command: \`${RECEIVE_BUFFER:+RECEIVE_BUFFER=$RECEIVE_BUFFER }${ONLY_SET:+ONLY=\"$ONLY\" }bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
 
 | run | completed | wall time | files/s | MiB/s | bridge CPU | bridge peak RSS | peak TCP memory | SHA-256 mismatches |
 |---|---|---|---|---|---|---|---|---|
-$(row small-ftp "${SMALL_KIB} KiB files, FTP, 16 clients" "$FILES")
-$(row small-sftp "${SMALL_KIB} KiB files, SFTP, 16 clients" "$FILES")
-$(row concurrent-ftp "${BIG_MIB} MiB files, FTP, all at once" "$UPLOADS")
-$(row concurrent-sftp "${BIG_MIB} MiB files, SFTP, all at once" "$UPLOADS")
+$(
+  wanted small-ftp && row small-ftp "${SMALL_KIB} KiB files, FTP, 16 clients" "$FILES"
+  wanted small-sftp && row small-sftp "${SMALL_KIB} KiB files, SFTP, 16 clients" "$FILES"
+  wanted concurrent-ftp && row concurrent-ftp "${BIG_MIB} MiB files, FTP, all at once" "$UPLOADS"
+  wanted concurrent-sftp && row concurrent-sftp "${BIG_MIB} MiB files, SFTP, all at once" "$UPLOADS"
+  true
+)
 MD
 
 # Any failed upload or unconfirmed SHA-256 fails the run (the CI smoke run relies on it).
-for name in small-ftp small-sftp concurrent-ftp concurrent-sftp; do
+for name in $ONLY; do
   [ "$(field "$name" failed)" = 0 ] && [ "$(part "$name" 4)" = 0 ] || { echo "scale: $name had failures"; exit 1; }
 done

@@ -9,13 +9,12 @@
 //! uploads stall until `ftp.data_timeout` cuts them.
 
 use crate::config::ReceiveBuffer;
+use crate::upload::OpenSessions;
 use async_trait::async_trait;
 use libunftp::options::Binder;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpSocket;
 
 /// Below this the window would slow even a loopback client to a crawl.
@@ -23,32 +22,6 @@ const AUTO_FLOOR: u64 = 64 * 1024;
 /// At or above this share the kernel's autotuning is left alone: it would not grow a
 /// buffer much past this anyway (`net.core.rmem_max` is 4 MiB on common kernels).
 const AUTO_CEILING: u64 = 4 * 1024 * 1024;
-
-/// The FTP control connections open now; each may open a data connection.
-#[derive(Debug, Clone, Default)]
-pub struct OpenSessions(Arc<AtomicUsize>);
-
-impl OpenSessions {
-    /// Counts one session until the guard is dropped.
-    pub fn enter(&self) -> OpenSessionGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        OpenSessionGuard(self.0.clone())
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// Holds one place in [`OpenSessions`].
-#[derive(Debug)]
-pub struct OpenSessionGuard(Arc<AtomicUsize>);
-
-impl Drop for OpenSessionGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The `SO_RCVBUF` to ask for, or `None` for the kernel's autotuning.
 ///

@@ -14,8 +14,9 @@ use crate::auth::Logins;
 use crate::config::FtpConfig;
 use crate::defender::{Admission, Refusal};
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
+use crate::upload::OpenSessions;
 use backend::S3Backend;
-use data_socket::{DataSocketBinder, OpenSessions};
+use data_socket::DataSocketBinder;
 use libunftp::ServerBuilder;
 use libunftp::options::{FtpsRequired, PassiveHost};
 use session::{FtpUser, MetricsRef, Session, SessionAuthenticator, UserProvider};
@@ -39,7 +40,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
-    let open_sessions = OpenSessions::default();
+    let open_sessions = shared.pipeline.budget().sessions().clone();
     let mut sessions = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {

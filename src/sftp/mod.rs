@@ -12,6 +12,7 @@ use crate::auth::{AuthError, Logins, Secret, User};
 use crate::config::SftpConfig;
 use crate::defender::LoginDeadline;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
+use crate::upload::OpenSessionGuard;
 use files::SftpFiles;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
@@ -23,17 +24,32 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// SSH channel window: large, so one round trip does not limit a bulk upload.
+/// SSH channel window while few sessions share the memory budget: large, so one round trip
+/// does not limit a bulk upload over a long path.
 const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+/// The smallest window [`window_for`] gives; below it even a loopback client crawls.
+const MIN_WINDOW: u32 = 64 * 1024;
 /// Largest SSH packet we accept and send.
 const MAX_PACKET: u32 = 256 * 1024;
-/// SSH messages queued between the connection and its SFTP session. russh re-opens the
-/// window as packets arrive, not as they are consumed, so this queue is what bounds a
-/// session's buffered upload bytes (8 MiB with OpenSSH's 32 KiB packets). It must also hold
+/// SSH messages queued between the connection and its SFTP session. The window bounds the
+/// bytes queued (our russh patch re-opens it as the session consumes, not as packets
+/// arrive: `vendor/russh/PATCHES.md`); this bounds their number. It must also hold
 /// every request a client keeps outstanding: during a download the session's replies wait
 /// for the client's window while the connection, blocked on a full queue, cannot read the
 /// window adjustment — a deadlock seen with 32. OpenSSH and rclone keep 64 outstanding.
 const CHANNEL_BUFFER: usize = 256;
+
+/// The SSH window for each channel when `sessions` share `memory_limit`.
+///
+/// An upload that waits for the memory budget stops consuming, and its client may then send
+/// a window's worth more, which the bridge must hold outside the budget: at most
+/// `memory_limit / 2` over all sessions, the same share FTP gives its data sockets.
+fn window_for(memory_limit: u64, sessions: usize) -> u32 {
+    let share = memory_limit / (2 * sessions.max(1) as u64);
+    u32::try_from(share)
+        .unwrap_or(u32::MAX)
+        .clamp(MIN_WINDOW, WINDOW_SIZE)
+}
 
 /// Builds the russh server configuration from `[sftp]` and the loaded host keys.
 pub fn server_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> Arc<russh::server::Config> {
@@ -135,6 +151,7 @@ async fn serve_connection(
         user: None,
         login_deadline: deadline.clone(),
         channels: HashMap::new(),
+        _counted: shared.pipeline.budget().sessions().enter(),
         _active: GaugeGuard::new(
             metrics
                 .sessions_active
@@ -172,6 +189,8 @@ struct SshConnection {
     /// Closes the connection if no login comes in time.
     login_deadline: Arc<LoginDeadline>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Holds this connection's place among the sessions sharing the memory budget.
+    _counted: OpenSessionGuard,
     _active: GaugeGuard,
 }
 
@@ -219,6 +238,13 @@ impl SshConnection {
 
 impl russh::server::Handler for SshConnection {
     type Error = russh::Error;
+
+    /// Sizes every channel's window (when opened and each time it is re-opened) to this
+    /// session's share of the memory budget now.
+    fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
+        let budget = self.shared.pipeline.budget();
+        window_for(budget.limit(), budget.sessions().get())
+    }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let outcome = self

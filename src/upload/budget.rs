@@ -10,7 +10,7 @@
 
 use prometheus::IntGauge;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Budget accounting unit: semaphores count KiB so that terabytes fit in a permit count.
@@ -32,6 +32,7 @@ struct Inner {
     in_use: AtomicU64,
     peak: AtomicU64,
     gauge: IntGauge,
+    sessions: OpenSessions,
 }
 
 /// Bytes of budget held by one buffer; returned when dropped.
@@ -55,6 +56,34 @@ impl Drop for Reservation {
     }
 }
 
+/// The client sessions (FTP and SFTP) open now: each may stream an upload, so each is owed
+/// a share of the budget in the buffers the kernel and the SSH layer keep for it.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSessions(Arc<AtomicUsize>);
+
+impl OpenSessions {
+    /// Counts one session until the guard is dropped.
+    pub fn enter(&self) -> OpenSessionGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        OpenSessionGuard(self.0.clone())
+    }
+
+    /// How many are open.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Holds one place in [`OpenSessions`].
+#[derive(Debug)]
+pub struct OpenSessionGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenSessionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl MemoryBudget {
     /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool.
     pub fn new(limit: u64, gauge: IntGauge) -> MemoryBudget {
@@ -69,8 +98,14 @@ impl MemoryBudget {
                 in_use: AtomicU64::new(0),
                 peak: AtomicU64::new(0),
                 gauge,
+                sessions: OpenSessions::default(),
             }),
         }
+    }
+
+    /// The client sessions sharing the budget.
+    pub fn sessions(&self) -> &OpenSessions {
+        &self.inner.sessions
     }
 
     /// The largest part the budget can ever hold.

@@ -23,7 +23,7 @@ mod quota;
 mod rename;
 mod resume;
 
-pub use budget::{MemoryBudget, PROBE_SIZE, Reservation};
+pub use budget::{MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
 pub use quota::{QuotaExceeded, QuotaTicket, Quotas};
