@@ -92,6 +92,10 @@ fn version_is_printed() {
 }
 
 fn serve_with(config: &str) -> std::process::Output {
+    serve_with_env(config, &[])
+}
+
+fn serve_with_env(config: &str, env: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
     let config = config.replace("DATA", &dir.path().join("data").display().to_string());
@@ -99,6 +103,7 @@ fn serve_with(config: &str) -> std::process::Output {
     let mut child = bin()
         .args(["serve", "--config"])
         .arg(&path)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -114,6 +119,54 @@ fn serve_with(config: &str) -> std::process::Output {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn environment_variables_override_keys_and_are_named_in_problems() {
+    let check = |env: &[(&str, &str)]| {
+        let out = bin()
+            .args(["check-config", "--config", "config/ingest-bridge.toml"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(&[
+        ("INGEST_BRIDGE__STORAGE__MEMORY_LIMIT", "2GiB"),
+        ("INGEST_BRIDGE__SFTP__ENABLED", "false"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(&[("INGEST_BRIDGE__STORAGE__PART_SIZE", "1KiB")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("storage.part_size") && err.contains("INGEST_BRIDGE__STORAGE__PART_SIZE"),
+        "{err}"
+    );
+    let (code, err) = check(&[("INGEST_BRIDGE__STORAGE__NO_SUCH_KEY", "1")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("no_such_key") && err.contains("INGEST_BRIDGE__STORAGE__NO_SUCH_KEY"),
+        "{err}"
+    );
+    let (code, err) = check(&[("INGEST_BRIDGE__STORAGE", "x")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("does not name a key"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    // `serve` reads them too: the file's free port is replaced by a taken one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = serve_with_env(
+        "[server]\ndata_dir = \"DATA\"\n[ftp]\nlisten = \"127.0.0.1:0\"\n[sftp]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        &[("INGEST_BRIDGE__FTP__LISTEN", &listen)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ftp.listen") && err.contains(&port), "{err}");
 }
 
 #[test]

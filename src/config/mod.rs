@@ -5,6 +5,7 @@
 
 mod connector;
 mod env;
+pub mod overrides;
 mod raw;
 mod units;
 
@@ -497,13 +498,66 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads the file at `path`, applies `INGEST_BRIDGE__SECTION__KEY` variables from the
+    /// environment, and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse_with_overrides(
+            &text,
+            path,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// [`Config::parse`] after writing the `INGEST_BRIDGE__…` variables among `vars` into the
+    /// text; problems name the variable that set a key, and lines count the file's own lines.
+    pub fn parse_with_overrides(
+        text: &str,
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let applied = overrides::apply(text, vars).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })?;
+        if applied.keys.is_empty() {
+            return Self::parse(text, path);
+        }
+        Self::parse(&applied.text, path).map_err(|e| match e {
+            ConfigError::Invalid { path, problems } => ConfigError::Invalid {
+                path,
+                problems: problems
+                    .into_iter()
+                    .map(|mut p| {
+                        if let Some(var) = applied.variable_for(&p.key) {
+                            p.message =
+                                format!("{} (from the environment variable {var})", p.message);
+                            p.line = None;
+                        } else {
+                            p.line = p.line.and_then(|l| applied.file_line(l));
+                        }
+                        p
+                    })
+                    .collect(),
+            },
+            ConfigError::Syntax { path, message } => ConfigError::Syntax {
+                path,
+                message: format!(
+                    "{message}\n(with the environment overrides {} written in; lines count them)",
+                    applied
+                        .keys
+                        .iter()
+                        .map(|(_, var)| var.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            other => other,
+        })
     }
 
     /// Validates configuration text; `path` is only used in messages.
