@@ -334,8 +334,20 @@ fn serve(path: PathBuf) -> ExitCode {
             bridge.metrics_addr
         );
         reload_until_stopped(&bridge, &path).await;
-        tracing::info!("stopping: no new connections; waiting for running uploads");
+        tracing::info!(
+            "draining: /readyz fails, new connections and uploads are refused, running uploads may finish (server.drain_timeout); a second signal stops at once"
+        );
+        let pipeline = bridge.pipeline.clone();
+        let impatient = tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::warn!(
+                "second signal: cutting running uploads now (kept for a resume when resuming is on)"
+            );
+            pipeline.stop_now();
+        });
         bridge.shutdown().await;
+        impatient.abort();
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 const BUCKET_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `/readyz` waits for HeadBucket.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stop waits for queued completions to be delivered (or `shutdown_timeout`, if
+/// How long a stop waits for queued completions to be delivered (or `drain_timeout`, if
 /// shorter); what is left stays pending in the outbox.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -112,9 +112,9 @@ pub struct Bridge {
     users: Arc<UserDirectory>,
     defender: Arc<Defender>,
     certificates: Option<Arc<ftp::Certificates>>,
-    stop_accepting: CancellationToken,
-    stop_metrics: CancellationToken,
-    shutdown_timeout: Duration,
+    draining: CancellationToken,
+    stopped: CancellationToken,
+    drain_timeout: Duration,
 }
 
 /// Connections the kernel holds for a listener before it accepts them (capped by
@@ -244,8 +244,8 @@ impl Bridge {
         };
         let sftp_fingerprints = host_keys.iter().map(sftp::fingerprint).collect();
 
-        let stop_accepting = CancellationToken::new();
-        let stop_metrics = CancellationToken::new();
+        let draining = CancellationToken::new();
+        let stopped = CancellationToken::new();
         let defender = Arc::new(Defender::new(
             config.server.allowed_ips.clone(),
             config.defender.clone(),
@@ -273,7 +273,8 @@ impl Bridge {
                     shared,
                     logins.clone(),
                     metrics.clone(),
-                    stop_accepting.clone(),
+                    draining.clone(),
+                    stopped.clone(),
                 ));
                 Some(addr)
             }
@@ -293,7 +294,8 @@ impl Bridge {
                     shared,
                     logins.clone(),
                     metrics.clone(),
-                    stop_accepting.clone(),
+                    draining.clone(),
+                    stopped.clone(),
                 ));
                 Some(addr)
             }
@@ -302,7 +304,7 @@ impl Bridge {
         let readiness: metrics::Readiness = {
             let storage = storage.clone();
             let notifier = notifier.clone();
-            let accepting = stop_accepting.clone();
+            let accepting = draining.clone();
             let defender = defender.clone();
             let banned = metrics.defender_banned_addresses.clone();
             Arc::new(move || {
@@ -313,7 +315,10 @@ impl Bridge {
                 let accepting = accepting.clone();
                 Box::pin(async move {
                     let listeners = if accepting.is_cancelled() {
-                        Err("shutting down".to_string())
+                        Err(
+                            "draining: new connections are refused while running uploads finish"
+                                .to_string(),
+                        )
                     } else {
                         Ok(())
                     };
@@ -340,7 +345,7 @@ impl Bridge {
             metrics_listener,
             metrics.clone(),
             readiness,
-            stop_metrics.clone(),
+            stopped.clone(),
         ));
 
         Ok(Bridge {
@@ -355,9 +360,9 @@ impl Bridge {
             users,
             defender,
             certificates,
-            stop_accepting,
-            stop_metrics,
-            shutdown_timeout: config.server.shutdown_timeout,
+            draining,
+            stopped,
+            drain_timeout: config.server.drain_timeout,
         })
     }
 
@@ -389,19 +394,24 @@ impl Bridge {
         Ok(())
     }
 
-    /// Stops accepting, lets running uploads finish (up to `server.shutdown_timeout`), aborts
-    /// the rest, gives queued completions a last chance, then stops the metrics endpoint
-    /// and the embedded store.
+    /// Drains, then stops: `/readyz` fails at once, new connections are refused (FTP 421)
+    /// and new uploads from open sessions too; running uploads get `server.drain_timeout`
+    /// to finish, the rest are cut (kept for a resume when resuming is on); queued
+    /// completions get a last chance; then the listeners, the metrics endpoint and the
+    /// embedded store stop.
     pub async fn shutdown(self) {
-        self.stop_accepting.cancel();
+        // Readiness fails and new connections hear "service unavailable" from here on, so a
+        // load balancer stops sending while running uploads finish.
+        self.draining.cancel();
+        self.pipeline.begin_drain();
         let active = self.pipeline.active();
         if active > 0 {
-            tracing::info!(active, timeout = ?self.shutdown_timeout, "waiting for running uploads to finish");
+            tracing::info!(active, timeout = ?self.drain_timeout, "waiting for running uploads to finish");
         }
-        self.pipeline.shutdown(self.shutdown_timeout).await;
+        self.pipeline.shutdown(self.drain_timeout).await;
         if !self
             .notifier
-            .drain(self.shutdown_timeout.min(NOTIFY_DRAIN_TIMEOUT))
+            .drain(self.drain_timeout.min(NOTIFY_DRAIN_TIMEOUT))
             .await
         {
             tracing::warn!(
@@ -410,7 +420,7 @@ impl Bridge {
             );
         }
         self.notifier.stop();
-        self.stop_metrics.cancel();
+        self.stopped.cancel();
         if let Some(store) = &self.embedded {
             store.stop();
         }

@@ -13,7 +13,7 @@ async fn pending_completions_survive_a_restart_and_are_sent_once_with_the_same_i
     api.script.lock().unwrap().extend([503; 50]);
     let mut h = Harness::start(Options {
         notify_url: Some(api.url.clone()),
-        shutdown_timeout: "1s",
+        drain_timeout: "1s",
         ..Options::default()
     })
     .await;

@@ -158,8 +158,8 @@ pub enum LogFormat {
 pub struct ServerConfig {
     /// Host keys, event log and the embedded store live here.
     pub data_dir: PathBuf,
-    /// How long a stop waits for running uploads before aborting them.
-    pub shutdown_timeout: Duration,
+    /// How long a drain (SIGTERM) lets running uploads finish before cutting them.
+    pub drain_timeout: Duration,
     /// Client networks allowed to connect at all; empty allows every address.
     pub allowed_ips: Vec<ipnet::IpNet>,
     /// Open FTP + SFTP control connections at most; more are refused at accept.
@@ -716,14 +716,28 @@ impl Validator<'_> {
         }
     }
 
+    /// `server.drain_timeout`, or its old name `server.shutdown_timeout`; not both.
+    fn drain_timeout(&mut self, drain: Option<Text>, old_name: Option<Text>) -> Duration {
+        const DEFAULT: Duration = Duration::from_secs(300);
+        match (drain, old_name) {
+            (Some(_), Some(old)) => {
+                self.problem(
+                    "server.shutdown_timeout",
+                    Some(&old),
+                    "is the old name of server.drain_timeout, which is also set: remove it",
+                );
+                DEFAULT
+            }
+            (None, Some(old)) => self.duration("server.shutdown_timeout", Some(old), DEFAULT),
+            (drain, None) => self.duration("server.drain_timeout", drain, DEFAULT),
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = ServerConfig {
             data_dir: PathBuf::from(Self::text(raw.server.data_dir, "data").0),
-            shutdown_timeout: self.duration(
-                "server.shutdown_timeout",
-                raw.server.shutdown_timeout,
-                Duration::from_secs(300),
-            ),
+            drain_timeout: self
+                .drain_timeout(raw.server.drain_timeout, raw.server.shutdown_timeout),
             allowed_ips: self.networks("server.allowed_ips", raw.server.allowed_ips),
             max_connections: self.count(
                 "server.max_connections",

@@ -78,6 +78,8 @@ pub struct RawLog {
 #[serde(default, deny_unknown_fields)]
 pub struct RawServer {
     pub data_dir: Option<Text>,
+    pub drain_timeout: Option<Text>,
+    /// The name `drain_timeout` had before 0.2; still read.
     pub shutdown_timeout: Option<Text>,
     pub allowed_ips: Option<Vec<Text>>,
     pub max_connections: Option<serde_spanned::Spanned<i64>>,

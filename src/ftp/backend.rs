@@ -129,7 +129,8 @@ fn upload_error(e: UploadError) -> Error {
         UploadError::Storage(_)
         | UploadError::Notify(_)
         | UploadError::Internal(_)
-        | UploadError::ShuttingDown => ErrorKind::LocalError,
+        | UploadError::ShuttingDown
+        | UploadError::Draining => ErrorKind::LocalError,
     };
     Error::new(kind, e)
 }

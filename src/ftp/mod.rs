@@ -29,15 +29,20 @@ use tokio_util::sync::CancellationToken;
 /// Greeting sent on connect.
 const GREETING: &str = "ingest-bridge FTP ready";
 
-/// Serves FTP on `listener` until `stop` is cancelled; then stops accepting. Sessions in
-/// progress keep running (their uploads are drained by the pipeline).
+/// What a connection hears while the server drains.
+const DRAINING_REPLY: &str = "421 Service not available: this server is restarting; connect again (another server will answer).\r\n";
+
+/// Serves FTP on `listener`: sessions until `draining` is cancelled, then a 421 to every new
+/// connection until `stopped`. Sessions in progress keep running (their uploads are drained
+/// by the pipeline).
 pub async fn serve(
     listener: TcpListener,
     cfg: FtpConfig,
     shared: Arc<FtpShared>,
     logins: Arc<Logins>,
     metrics: Metrics,
-    stop: CancellationToken,
+    draining: CancellationToken,
+    stopped: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
     let open_sessions = shared.pipeline.budget().sessions().clone();
@@ -52,8 +57,12 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stop.cancelled() => break,
+            () = stopped.cancelled() => break,
         };
+        if draining.is_cancelled() {
+            say_and_close(stream, DRAINING_REPLY.to_string());
+            continue;
+        }
         while sessions.try_join_next().is_some() {}
         sessions.spawn(serve_connection(
             stream,
@@ -154,6 +163,11 @@ fn refuse(stream: TcpStream, admission: Admission) {
         }
         _ => "421 Connections from your address are not allowed.\r\n".to_string(),
     };
+    say_and_close(stream, reply);
+}
+
+/// Sends `reply` and closes, without waiting on a client that does not read.
+fn say_and_close(stream: TcpStream, reply: String) {
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         let mut stream = stream;

@@ -91,14 +91,16 @@ pub fn load_host_keys(cfg: &SftpConfig) -> Result<Vec<PrivateKey>, String> {
         .collect()
 }
 
-/// Serves SFTP on `listener` until `stop` is cancelled.
+/// Serves SFTP on `listener`: sessions until `draining` is cancelled, then new connections
+/// are closed at once (SSH has no way to say why before its handshake) until `stopped`.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     shared: Arc<SftpShared>,
     logins: Arc<Logins>,
     metrics: Metrics,
-    stop: CancellationToken,
+    draining: CancellationToken,
+    stopped: CancellationToken,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -110,8 +112,12 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stop.cancelled() => break,
+            () = stopped.cancelled() => break,
         };
+        if draining.is_cancelled() {
+            drop(stream);
+            continue;
+        }
         tokio::spawn(serve_connection(
             stream,
             peer,

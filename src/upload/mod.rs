@@ -95,6 +95,11 @@ pub enum UploadError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The server is draining before a restart: running uploads finish, new ones go elsewhere.
+    #[error(
+        "this server is restarting and takes no new uploads; upload again in a moment (another server will take it)"
+    )]
+    Draining,
     /// A resume cannot continue at the offset the client asked for.
     #[error("{0}")]
     Resume(String),
@@ -126,7 +131,8 @@ impl UploadError {
             | UploadError::Resume(_)
             | UploadError::Exists(_)
             | UploadError::NameNotAccepted { .. }
-            | UploadError::Refused(_) => UploadOutcome::Rejected,
+            | UploadError::Refused(_)
+            | UploadError::Draining => UploadOutcome::Rejected,
             UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
                 UploadOutcome::Aborted
             }
@@ -183,6 +189,8 @@ struct Inner {
     active: AtomicUsize,
     idle: Notify,
     stop: CancellationToken,
+    /// Set by [`Pipeline::begin_drain`]: new uploads are refused, running ones go on.
+    draining: CancellationToken,
     /// Temp names, overwrite and rename behaviour.
     upload: UploadConfig,
     /// Cut uploads and finished temporary ones.
@@ -260,6 +268,7 @@ impl Pipeline {
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
                 stop: CancellationToken::new(),
+                draining: CancellationToken::new(),
                 upload: upload.clone(),
                 quotas,
                 partials,
@@ -330,6 +339,9 @@ impl Pipeline {
         }
         if self.inner.stop.is_cancelled() {
             return Err(UploadError::ShuttingDown);
+        }
+        if self.inner.draining.is_cancelled() {
+            return Err(UploadError::Draining);
         }
         self.check_name(&req.user, req.path.file_name())
     }
@@ -526,9 +538,16 @@ impl Pipeline {
         ctx
     }
 
-    /// Waits up to `grace` for running uploads to finish, then stops the rest (they abort)
-    /// and waits briefly for their cleanup. New uploads are refused from the start.
+    /// Refuses new uploads from now on ([`UploadError::Draining`]); running ones go on.
+    pub fn begin_drain(&self) {
+        self.inner.draining.cancel();
+    }
+
+    /// Waits up to `grace` for running uploads to finish, then stops the rest (they end
+    /// as cut: kept for a resume when resuming is on) and waits briefly for their cleanup.
+    /// New uploads are refused from the start.
     pub async fn shutdown(&self, grace: Duration) {
+        self.begin_drain();
         let inner = &self.inner;
         let finished = tokio::time::timeout(grace, inner.wait_idle()).await.is_ok();
         inner.stop.cancel();

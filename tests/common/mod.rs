@@ -236,7 +236,7 @@ pub struct Options {
     pub notify_url: Option<String>,
     pub extra_storage: &'static str,
     pub data_timeout: &'static str,
-    pub shutdown_timeout: &'static str,
+    pub drain_timeout: &'static str,
     /// Replaces the whole `[notify]` section.
     pub notify_section: Option<String>,
     /// Appended to alice's `[[users]]` entry (e.g. a `[users.notify]` table).
@@ -258,7 +258,7 @@ impl Default for Options {
             notify_url: None,
             extra_storage: "",
             data_timeout: "10s",
-            shutdown_timeout: "10s",
+            drain_timeout: "10s",
             notify_section: None,
             alice_extra: String::new(),
             server_extra: "",
@@ -295,7 +295,7 @@ pub fn config_text(dir: &Path, store: &EmbeddedStore, opts: &Options) -> String 
         r#"
 [server]
 data_dir = "{data}"
-shutdown_timeout = "{shutdown}"
+drain_timeout = "{shutdown}"
 {server_extra}
 [ftp]
 listen = "127.0.0.1:0"
@@ -348,7 +348,7 @@ permissions = ["list", "download"]
             .public_key()
             .to_openssh()
             .expect("openssh public key"),
-        shutdown = opts.shutdown_timeout,
+        shutdown = opts.drain_timeout,
         data_timeout = opts.data_timeout,
         endpoint = store.url,
         ak = store.access_key,
@@ -638,6 +638,19 @@ pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) 
 
 /// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
 pub fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    let spawned = spawn_bridge_process(config);
+    (spawned.child, spawned.ftp)
+}
+
+/// A bridge running as its own process, with the addresses it printed.
+pub struct SpawnedBridge {
+    pub child: std::process::Child,
+    pub ftp: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+}
+
+/// Starts `ingest-bridge serve` as a real process and reads its addresses from stdout.
+pub fn spawn_bridge_process(config: &std::path::Path) -> SpawnedBridge {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-bridge"))
         .args(["serve", "--config"])
@@ -648,16 +661,24 @@ pub fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net:
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.strip_prefix("ftp listening on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("the bridge prints its FTP address");
+    let address = |line: &str, prefix: &str| -> Option<std::net::SocketAddr> {
+        let rest = line.strip_prefix(prefix)?;
+        let rest = rest.strip_prefix("http://").unwrap_or(rest);
+        rest.split(['/', ' ']).next()?.parse().ok()
+    };
+    let (mut ftp, mut metrics) = (None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        ftp = ftp.or_else(|| address(&line, "ftp listening on "));
+        metrics = metrics.or_else(|| address(&line, "metrics listening on "));
+        if metrics.is_some() {
+            break;
+        }
+    }
     // Keep reading so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    SpawnedBridge {
+        child,
+        ftp: ftp.expect("the bridge prints its FTP address"),
+        metrics: metrics.expect("the bridge prints its metrics address"),
+    }
 }

@@ -61,7 +61,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
 cat > "$WORK/config.toml" <<TOML
 [server]
 data_dir = "$WORK/data"
-shutdown_timeout = "30s"
+drain_timeout = "30s"
 # HAProxy below connects from 127.0.0.2 and names the client with a PROXY header.
 trusted_proxies = ["127.0.0.2/32"]
 [ftp]
