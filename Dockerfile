@@ -16,7 +16,9 @@ COPY config /etc/ingest-bridge
 USER ingest
 WORKDIR /var/lib/ingest-bridge
 ENV INGEST_BRIDGE_CONFIG=/etc/ingest-bridge/ingest-bridge.toml
-EXPOSE 2121 50000-50100 9100
+EXPOSE 2121 2222 50000-50100 9100
+# SIGTERM drains: running uploads finish (server.drain_timeout) before the process exits 0.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:9100/healthz || exit 1
 ENTRYPOINT ["ingest-bridge"]
 CMD ["serve"]
