@@ -172,3 +172,65 @@ async fn sigkill_mid_upload_leaves_no_partial_object_and_loses_no_completion() {
         Some(done.as_slice())
     );
 }
+
+/// An upload still running when `server.drain_timeout` runs out is cut like a dropped
+/// connection: its whole parts stay in S3, and after the restart the client resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_still_running_at_the_drain_deadline_is_kept_for_a_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        drain_timeout: "2s",
+        ..Options::default()
+    };
+    let (store, config) = common::store_and_config_file(dir.path(), &opts).await;
+    let source = data(14 * MIB, 21);
+    let mut first = common::spawn_bridge_process(&config);
+    let mut ftp = RawFtp::login(first.ftp).await;
+    let mut data_conn = ftp.data().await;
+    let (code, _) = ftp.command("STOR slow.bin").await;
+    assert!(code == 150 || code == 125);
+    data_conn
+        .write_all(&source[..12 * MIB])
+        .await
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::parts_in_store(&store.root) < 2 {
+        assert!(Instant::now() < deadline, "parts never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client stalls; the drain gives it 2 s, then cuts it and the process exits 0.
+    signal(&first.child, "TERM");
+    assert_eq!(
+        exit_within(&mut first.child, Duration::from_secs(30)),
+        Some(0)
+    );
+    drop(data_conn);
+    drop(ftp);
+
+    let mut second = common::spawn_bridge_process(&config);
+    let mut ftp = ftp_login(second.ftp).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        if let Ok(n) = ftp.size("slow.bin").await {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the cut upload is never shown");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(kept, 10 * MIB, "the two whole parts S3 holds");
+    ftp.resume_transfer(kept).await.expect("REST");
+    ftp.put_file(
+        "slow.bin",
+        &mut std::io::Cursor::new(source[kept..].to_vec()),
+    )
+    .await
+    .expect("resumed STOR");
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    let s3 = common::s3_client(&store).await;
+    let body = common::object_bytes(&s3, "alice/slow.bin").await;
+    assert!(
+        body.as_deref() == Some(source.as_slice()),
+        "the resumed object is whole"
+    );
+}

@@ -351,17 +351,8 @@ async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
         .await
         .expect("send");
     // Wait for two parts in the store, then crash: no chance to record anything more.
-    let parts_in_store = || {
-        std::fs::read_dir(&store.root)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().contains(".part-"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while parts_in_store() < 2 {
+    while common::parts_in_store(&store.root) < 2 {
         assert!(tokio::time::Instant::now() < deadline, "parts never landed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -636,6 +636,17 @@ pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) 
         .await;
 }
 
+/// Multipart parts the embedded store holds under `root`, of every upload.
+pub fn parts_in_store(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(".part-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Starts `ingest-bridge serve` as a real process; returns it and its FTP address.
 pub fn spawn_bridge(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
     let spawned = spawn_bridge_process(config);
