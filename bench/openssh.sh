@@ -42,12 +42,9 @@ username = "bench"
 public_keys = ["$(cat "$WORK/id.pub")"]
 permissions = ["upload", "list", "mkdir"]
 TOML
-"$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
-BRIDGE=$!
-PIDS+=($BRIDGE)
-for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
 # shellcheck source=bench/proc.sh
 source bench/proc.sh
+start_bridge
 
 head -c "$((FILE_MIB * 1048576))" /dev/urandom >"$WORK/file.bin"
 SHA=$(sha256sum "$WORK/file.bin" | cut -d' ' -f1)

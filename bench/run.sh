@@ -62,10 +62,9 @@ password_hash = "$HASH"
 public_keys = ["$(cat "$WORK/id.pub")"]
 permissions = ["upload", "list", "delete"]
 TOML
-"$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
-BRIDGE=$!
-PIDS+=($BRIDGE)
-for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/proc.sh
+source bench/proc.sh
+start_bridge
 S3_REMOTE=":s3,provider=Other,endpoint='http://127.0.0.1:$STORE_PORT',access_key_id=ingest-bridge,secret_access_key=ingest-bridge-secret,force_path_style=true:ingest"
 env -u AWS_CA_BUNDLE rclone serve sftp "$S3_REMOTE" --addr "127.0.0.1:$RCLONE_PORT" --user bench --authorized-keys "$WORK/id.pub" \
   --vfs-cache-mode off --key "$WORK/rclone_host_key" >"$WORK/rclone.log" 2>&1 &
@@ -74,8 +73,6 @@ PIDS+=($RCLONE)
 sleep 2
 SSH_OPTS=(-i "$WORK/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
 
-# shellcheck source=bench/proc.sh
-source bench/proc.sh
 max() { awk -v x="$1" -v y="$2" 'BEGIN { print (y > x) ? y : x }'; }
 
 # time_upload PID COMMAND...: runs the upload, prints "MiB/s CPU-seconds-of-PID peak-RSS-MiB".

@@ -59,13 +59,10 @@ username = "bench"
 password_hash = "$HASH"
 permissions = ["upload", "list", "mkdir"]
 TOML
-${WRAP:-} "$BIN" serve --config "$WORK/config.toml" >"$WORK/bridge.out" 2>"$WORK/bridge.err" &
-BRIDGE=$!
-PIDS+=($BRIDGE)
-for _ in $(seq 1 100); do grep -q "sftp listening" "$WORK/bridge.out" 2>/dev/null && break; sleep 0.1; done
-
 # shellcheck source=bench/proc.sh
 source bench/proc.sh
+start_bridge
+
 
 # verify MANIFEST: every "PATH SHA256" line has a completion with that SHA-256; prints the
 # number that do not.

@@ -209,22 +209,8 @@ async fn an_upload_still_running_at_the_drain_deadline_is_kept_for_a_resume() {
 
     let mut second = common::spawn_bridge_process(&config);
     let mut ftp = ftp_login(second.ftp).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let kept = loop {
-        if let Ok(n) = ftp.size("slow.bin").await {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "the cut upload is never shown");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let kept = common::resume_from_kept(&mut ftp, "slow.bin", &source).await;
     assert_eq!(kept, 10 * MIB, "the two whole parts S3 holds");
-    ftp.resume_transfer(kept).await.expect("REST");
-    ftp.put_file(
-        "slow.bin",
-        &mut std::io::Cursor::new(source[kept..].to_vec()),
-    )
-    .await
-    .expect("resumed STOR");
     let _ = second.child.kill();
     let _ = second.child.wait();
     let s3 = common::s3_client(&store).await;

@@ -371,23 +371,8 @@ async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
         ftp.transfer_type(suppaftp::types::FileType::Binary)
             .await
             .expect("TYPE I");
-        // The start-up reconciliation runs beside the first requests: wait for it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let kept = loop {
-            if let Ok(n) = ftp.size("crash.bin").await {
-                break n;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never shown");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let kept = common::resume_from_kept(&mut ftp, "crash.bin", &source).await;
         assert_eq!(kept, 10 * MIB, "the two whole parts S3 holds");
-        ftp.resume_transfer(kept).await.expect("REST");
-        ftp.put_file(
-            "crash.bin",
-            &mut std::io::Cursor::new(source[kept..].to_vec()),
-        )
-        .await
-        .expect("resumed STOR");
         let _ = ftp.quit().await;
     }
     .await;

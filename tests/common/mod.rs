@@ -636,6 +636,28 @@ pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) 
         .await;
 }
 
+/// Waits (up to 10 s: a restarted bridge finds its cut uploads beside the first requests)
+/// until `name` shows the length a cut upload kept, then resumes it with the rest of
+/// `source`; returns the kept length.
+pub async fn resume_from_kept(ftp: &mut AsyncFtpStream, name: &str, source: &[u8]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        if let Ok(n) = ftp.size(name).await {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut upload is never shown"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ftp.resume_transfer(kept).await.expect("REST");
+    ftp.put_file(name, &mut std::io::Cursor::new(source[kept..].to_vec()))
+        .await
+        .expect("resumed STOR");
+    kept
+}
+
 /// Multipart parts the embedded store holds under `root`, of every upload.
 pub fn parts_in_store(root: &Path) -> usize {
     std::fs::read_dir(root)
