@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 use tokio::sync::mpsc::Sender;
@@ -15,6 +15,8 @@ use crate::ChannelMsg;
 pub(crate) struct ReadProgress {
     received: AtomicU64,
     consumed: AtomicU64,
+    /// The reader is gone: nothing will be consumed, so nothing holds the window back.
+    reader_gone: AtomicBool,
     /// The session to wake when data is consumed; `None`: not flow-controlled this way.
     wake: Option<Arc<Notify>>,
 }
@@ -38,7 +40,7 @@ impl ReadProgress {
 
     /// Bytes queued for the reader and not yet read (0 when not flow-controlled this way).
     pub(crate) fn unconsumed(&self) -> u32 {
-        if self.wake.is_none() {
+        if self.wake.is_none() || self.reader_gone.load(Ordering::Acquire) {
             return 0;
         }
         let consumed = self.consumed.load(Ordering::Acquire);
@@ -56,8 +58,7 @@ impl ReadProgress {
 
     /// The reader is gone: nothing queued will be read, so nothing holds the window back.
     pub(crate) fn forget(&self) {
-        self.consumed
-            .store(self.received.load(Ordering::Acquire), Ordering::Release);
+        self.reader_gone.store(true, Ordering::Release);
         if let Some(wake) = &self.wake {
             wake.notify_one();
         }
