@@ -304,7 +304,7 @@ impl Bridge {
         let readiness: metrics::Readiness = {
             let storage = storage.clone();
             let notifier = notifier.clone();
-            let accepting = draining.clone();
+            let draining = draining.clone();
             let defender = defender.clone();
             let banned = metrics.defender_banned_addresses.clone();
             Arc::new(move || {
@@ -312,9 +312,9 @@ impl Bridge {
                 banned.set(i64::try_from(defender.banned_now()).unwrap_or(i64::MAX));
                 let storage = storage.clone();
                 let notifier = notifier.clone();
-                let accepting = accepting.clone();
+                let draining = draining.clone();
                 Box::pin(async move {
-                    let listeners = if accepting.is_cancelled() {
+                    let listeners = if draining.is_cancelled() {
                         Err(
                             "draining: new connections are refused while running uploads finish"
                                 .to_string(),
