@@ -3,7 +3,7 @@
 mod common;
 
 use common::raw_ftp::RawFtp;
-use common::{FakeApi, Options, PASSWORD, data, sha256_hex};
+use common::{FakeApi, Options, data, sha256_hex};
 use std::process::Child;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -11,14 +11,7 @@ use tokio::io::AsyncWriteExt;
 const MIB: usize = 1024 * 1024;
 
 async fn ftp_login(addr: std::net::SocketAddr) -> suppaftp::tokio::AsyncFtpStream {
-    let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(addr)
-        .await
-        .expect("connect");
-    ftp.login("alice", PASSWORD).await.expect("login");
-    ftp.transfer_type(suppaftp::types::FileType::Binary)
-        .await
-        .expect("TYPE I");
-    ftp
+    common::ftp_login_at(addr, "alice").await
 }
 
 fn signal(child: &Child, name: &str) {

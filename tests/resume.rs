@@ -364,13 +364,7 @@ async fn after_kill_9_mid_upload_the_parts_in_s3_are_resumable() {
 
     let (mut second, ftp_addr) = common::spawn_bridge(&config);
     let result = async {
-        let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(ftp_addr)
-            .await
-            .expect("connect");
-        ftp.login("alice", PASSWORD).await.expect("login");
-        ftp.transfer_type(suppaftp::types::FileType::Binary)
-            .await
-            .expect("TYPE I");
+        let mut ftp = common::ftp_login_at(ftp_addr, "alice").await;
         let kept = common::resume_from_kept(&mut ftp, "crash.bin", &source).await;
         assert_eq!(kept, 10 * MIB, "the two whole parts S3 holds");
         let _ = ftp.quit().await;

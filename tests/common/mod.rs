@@ -429,12 +429,7 @@ impl Harness {
     }
 
     pub async fn login(&self, user: &str) -> AsyncFtpStream {
-        let mut ftp = AsyncFtpStream::connect(self.ftp).await.expect("connect");
-        ftp.login(user, PASSWORD).await.expect("login");
-        ftp.transfer_type(suppaftp::types::FileType::Binary)
-            .await
-            .expect("TYPE I");
-        ftp
+        ftp_login_at(self.ftp, user).await
     }
 
     /// STOR of `bytes` at `path` as `user`; panics unless the server says 226.
@@ -634,6 +629,16 @@ pub async fn vanish_mid_sftp_upload(addr: SocketAddr, path: &str, bytes: &[u8]) 
         .ssh
         .disconnect(russh::Disconnect::ByApplication, "bye", "en")
         .await;
+}
+
+/// Logs in as `user` (password [`PASSWORD`]) at `addr`, binary mode.
+pub async fn ftp_login_at(addr: SocketAddr, user: &str) -> AsyncFtpStream {
+    let mut ftp = AsyncFtpStream::connect(addr).await.expect("connect");
+    ftp.login(user, PASSWORD).await.expect("login");
+    ftp.transfer_type(suppaftp::types::FileType::Binary)
+        .await
+        .expect("TYPE I");
+    ftp
 }
 
 /// Waits (up to 10 s: a restarted bridge finds its cut uploads beside the first requests)
