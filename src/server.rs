@@ -403,11 +403,11 @@ impl Bridge {
         // Readiness fails and new connections hear "service unavailable" from here on, so a
         // load balancer stops sending while running uploads finish.
         self.draining.cancel();
-        self.pipeline.begin_drain();
         let active = self.pipeline.active();
         if active > 0 {
             tracing::info!(active, timeout = ?self.drain_timeout, "waiting for running uploads to finish");
         }
+        // Refuses new uploads at once, then waits for the running ones.
         self.pipeline.shutdown(self.drain_timeout).await;
         if !self
             .notifier

@@ -28,6 +28,14 @@ pub struct Applied {
 const MARK: &str = "# set by ";
 
 impl Applied {
+    /// `text` with no override written in.
+    fn unchanged(text: &str) -> Applied {
+        Applied {
+            text: text.to_string(),
+            ..Applied::default()
+        }
+    }
+
     /// The variable that set `key`, if one did.
     pub fn variable_for(&self, key: &str) -> Option<&str> {
         self.keys
@@ -56,17 +64,11 @@ pub fn apply(
         .filter(|(name, _)| name.starts_with(PREFIX))
         .collect();
     if vars.is_empty() {
-        return Ok(Applied {
-            text: text.to_string(),
-            ..Applied::default()
-        });
+        return Ok(Applied::unchanged(text));
     }
     vars.sort();
     let Ok(mut doc) = text.parse::<DocumentMut>() else {
-        return Ok(Applied {
-            text: text.to_string(),
-            ..Applied::default()
-        });
+        return Ok(Applied::unchanged(text));
     };
     let mut problems = Vec::new();
     let mut keys = Vec::new();
@@ -125,17 +127,21 @@ fn set(doc: &mut DocumentMut, path: &[String], value: &str, var: &str) -> Result
     let mut table = doc.as_table_mut() as &mut dyn toml_edit::TableLike;
     let mut in_inline = false;
     for (depth, section) in sections.iter().enumerate() {
-        let name = sections[..=depth].join(".");
         let item = table
             .entry(section)
             .or_insert(Item::Table(toml_edit::Table::new()));
         in_inline |= item.is_inline_table();
-        let not_a_section = if item.is_array_of_tables() {
-            format!("[[{name}]] entries cannot be set from the environment; set them in the file")
-        } else {
-            format!("{name} is a value, not a section")
-        };
-        table = item.as_table_like_mut().ok_or(not_a_section)?;
+        let listed = item.is_array_of_tables();
+        table = item.as_table_like_mut().ok_or_else(|| {
+            let name = sections[..=depth].join(".");
+            if listed {
+                format!(
+                    "[[{name}]] entries cannot be set from the environment; set them in the file"
+                )
+            } else {
+                format!("{name} is a value, not a section")
+            }
+        })?;
     }
     let existing = table.get(key);
     if existing.is_some_and(|item| item.is_table_like() || item.is_array_of_tables()) {

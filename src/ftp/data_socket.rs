@@ -9,7 +9,7 @@
 //! uploads stall until `ftp.data_timeout` cuts them.
 
 use crate::config::ReceiveBuffer;
-use crate::upload::OpenSessions;
+use crate::upload::{OpenSessions, session_share};
 use async_trait::async_trait;
 use libunftp::options::Binder;
 use std::io;
@@ -25,15 +25,15 @@ const AUTO_CEILING: u64 = 4 * 1024 * 1024;
 
 /// The `SO_RCVBUF` to ask for, or `None` for the kernel's autotuning.
 ///
-/// `auto` gives each open session an equal share of `memory_limit`, halved because the kernel
-/// doubles the value it is given: the buffers of all data connections together then stay
-/// within about `memory_limit`, on top of the budget itself.
+/// `auto` gives each open session [`session_share`] (half an equal share of `memory_limit`);
+/// the kernel doubles the value it is given, so the buffers of all data connections together
+/// stay within about `memory_limit`, on top of the budget itself.
 pub fn receive_buffer(policy: ReceiveBuffer, memory_limit: u64, sessions: usize) -> Option<u32> {
     match policy {
         ReceiveBuffer::Kernel => None,
         ReceiveBuffer::Fixed(bytes) => Some(bytes),
         ReceiveBuffer::Auto => {
-            let share = memory_limit / (2 * sessions.max(1) as u64);
+            let share = session_share(memory_limit, sessions);
             (share < AUTO_CEILING).then(|| u32::try_from(share.max(AUTO_FLOOR)).unwrap_or(u32::MAX))
         }
     }

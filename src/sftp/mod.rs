@@ -12,7 +12,7 @@ use crate::auth::{AuthError, Logins, Secret, User};
 use crate::config::SftpConfig;
 use crate::defender::LoginDeadline;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
-use crate::upload::OpenSessionGuard;
+use crate::upload::{OpenSessionGuard, session_share};
 use files::SftpFiles;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
@@ -42,11 +42,10 @@ const CHANNEL_BUFFER: usize = 256;
 /// The SSH window for each channel when `sessions` share `memory_limit`.
 ///
 /// An upload that waits for the memory budget stops consuming, and its client may then send
-/// a window's worth more, which the bridge must hold outside the budget: at most
-/// `memory_limit / 2` over all sessions, the same share FTP gives its data sockets.
+/// a window's worth more, which the bridge must hold outside the budget: [`session_share`],
+/// at most `memory_limit / 2` over all sessions, as FTP gives its data sockets.
 fn window_for(memory_limit: u64, sessions: usize) -> u32 {
-    let share = memory_limit / (2 * sessions.max(1) as u64);
-    u32::try_from(share)
+    u32::try_from(session_share(memory_limit, sessions))
         .unwrap_or(u32::MAX)
         .clamp(MIN_WINDOW, WINDOW_SIZE)
 }

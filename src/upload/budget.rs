@@ -74,6 +74,13 @@ impl OpenSessions {
     }
 }
 
+/// Half of one session's equal share of `memory_limit` when `sessions` are open: what each
+/// may keep in buffers outside the budget (kernel receive buffers, SSH windows), so that all
+/// of them together stay within about half the limit.
+pub fn session_share(memory_limit: u64, sessions: usize) -> u64 {
+    memory_limit / (2 * sessions.max(1) as u64)
+}
+
 /// Holds one place in [`OpenSessions`].
 #[derive(Debug)]
 pub struct OpenSessionGuard(Arc<AtomicUsize>);

@@ -23,7 +23,9 @@ mod quota;
 mod rename;
 mod resume;
 
-pub use budget::{MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation};
+pub use budget::{
+    MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, session_share,
+};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
 pub use quota::{QuotaExceeded, QuotaTicket, Quotas};
@@ -189,7 +191,7 @@ struct Inner {
     active: AtomicUsize,
     idle: Notify,
     stop: CancellationToken,
-    /// Set by [`Pipeline::begin_drain`]: new uploads are refused, running ones go on.
+    /// Set when [`Pipeline::shutdown`] starts: new uploads are refused, running ones go on.
     draining: CancellationToken,
     /// Temp names, overwrite and rename behaviour.
     upload: UploadConfig,
@@ -538,17 +540,12 @@ impl Pipeline {
         ctx
     }
 
-    /// Refuses new uploads from now on ([`UploadError::Draining`]); running ones go on.
-    pub fn begin_drain(&self) {
-        self.inner.draining.cancel();
-    }
-
     /// Waits up to `grace` for running uploads to finish, then stops the rest (they end
     /// as cut: kept for a resume when resuming is on) and waits briefly for their cleanup.
-    /// New uploads are refused from the start.
+    /// New uploads are refused from the start ([`UploadError::Draining`]).
     pub async fn shutdown(&self, grace: Duration) {
-        self.begin_drain();
         let inner = &self.inner;
+        inner.draining.cancel();
         let finished = tokio::time::timeout(grace, inner.wait_idle()).await.is_ok();
         inner.stop.cancel();
         if !finished {
