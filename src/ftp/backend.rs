@@ -108,8 +108,12 @@ fn fs_error(e: FsError) -> Error {
         | FsError::Refused(_) => ErrorKind::PermissionDenied,
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
-        FsError::Storage(_) | FsError::Failed(_) => ErrorKind::LocalError,
+        FsError::Storage(_) | FsError::Failed(_) | FsError::Unrecorded(_) => ErrorKind::LocalError,
     };
+    if e.is_server_fault() {
+        tracing::warn!(error = %e, "ftp request failed");
+        return Error::new(kind, e.client_message());
+    }
     tracing::debug!(error = %e, "ftp request refused");
     Error::new(kind, e)
 }
@@ -132,6 +136,10 @@ fn upload_error(e: UploadError) -> Error {
         | UploadError::ShuttingDown
         | UploadError::Draining => ErrorKind::LocalError,
     };
+    // The pipeline logged and audited the details; the client gets the short reason.
+    if e.is_server_fault() {
+        return Error::new(kind, e.client_message());
+    }
     Error::new(kind, e)
 }
 

@@ -64,6 +64,10 @@ pub enum FsError {
     /// A limit or policy refuses the operation; the message says which.
     #[error("{0}")]
     Refused(String),
+    /// The operation happened but its completion could not be recorded (event log or
+    /// outbox); the message says why, for the log.
+    #[error("{0}")]
+    Unrecorded(String),
     /// Something else failed; the message says what.
     #[error("{0}")]
     Failed(String),

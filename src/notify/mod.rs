@@ -176,9 +176,8 @@ impl Notifier {
         fields: Map<String, Value>,
     ) -> Result<(), NotifyError> {
         let body = serde_json::to_vec(&completion)?;
-        self.inner.log.append(&body).await?;
         let Some(delivery) = &self.inner.delivery else {
-            return Ok(());
+            return self.inner.log.record(&body, async { Ok(()) }).await;
         };
         let id = completion.id.clone();
         let waiter = match delivery.mode {
@@ -194,13 +193,20 @@ impl Notifier {
         let entry = PendingEntry {
             id: id.clone(),
             key: completion.key,
-            body,
+            body: body.clone(),
             step: 0,
             fields,
             attempts: 0,
             since_ms: now_ms(),
         };
-        if let Err(e) = delivery.outbox.insert(entry).await {
+        // The log line and the outbox row stand or fall together: a client told of an
+        // error must not find its upload in either.
+        let recorded = self
+            .inner
+            .log
+            .record(&body, delivery.outbox.insert(entry))
+            .await;
+        if let Err(e) = recorded {
             self.forget_waiter(&id);
             return Err(e);
         }

@@ -141,14 +141,20 @@ fn fs_reply(e: FsError) -> StatusReply {
         FsError::Exists(_) | FsError::Refused(_) => {
             StatusCode::PermissionDenied.with_message(e.to_string())
         }
-        _ => failure(e.to_string()),
+        _ => {
+            if e.is_server_fault() {
+                tracing::warn!(error = %e, "sftp request failed");
+            }
+            failure(e.client_message())
+        }
     }
 }
 
 fn upload_reply(e: &UploadError) -> StatusReply {
     match e {
         UploadError::PermissionDenied => StatusCode::PermissionDenied.with_message(e.to_string()),
-        _ => failure(e.to_string()),
+        // The pipeline logged and audited the details; the client gets the short reason.
+        _ => failure(e.client_message()),
     }
 }
 

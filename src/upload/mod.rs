@@ -16,6 +16,7 @@
 
 mod budget;
 mod buffers;
+mod client_message;
 mod content_type;
 mod part_size;
 pub mod partials;
@@ -26,6 +27,7 @@ mod resume;
 pub use budget::{
     MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, session_share,
 };
+pub use client_message::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
 pub use quota::{QuotaExceeded, QuotaTicket, Quotas};

@@ -113,7 +113,7 @@ impl Pipeline {
             .enqueue(completion.clone(), fields)
             .await
             .map_err(|e| {
-                FsError::Failed(format!(
+                FsError::Unrecorded(format!(
                     "the rename happened but its completion could not be queued: {e}"
                 ))
             })?;

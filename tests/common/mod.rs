@@ -400,7 +400,11 @@ pub async fn s3_client(store: &EmbeddedStore) -> Storage {
 
 impl Harness {
     pub async fn start(opts: Options) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::start_in(tempfile::tempdir().expect("tempdir"), opts).await
+    }
+
+    /// [`Harness::start`] in a directory the test prepared (e.g. `data` on a small tmpfs).
+    pub async fn start_in(dir: TempDir, opts: Options) -> Harness {
         let store = EmbeddedStore::start(&dir.path().join("store"), "ingest", 0)
             .await
             .expect("store");
