@@ -1,11 +1,13 @@
 //! SFTP through a real SSH/SFTP client (russh + russh-sftp) into a real S3 store.
 
 mod common;
+mod sftp_wire;
 
 use common::{
     FakeApi, Harness, Login, Options, PASSWORD, client_key, data, metric, sftp_login, sha256_hex,
 };
 use russh_sftp::protocol::OpenFlags;
+use sftp_wire::{put_string, sftp_message, sftp_replies};
 use std::io::SeekFrom;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -425,47 +427,6 @@ async fn commands_and_shells_are_refused_at_once() {
         answer.is_ok(),
         "the server answers exec instead of leaving the client waiting"
     );
-}
-
-/// One SFTP message: length, type, body.
-fn sftp_message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut message = u32::try_from(body.len() + 1)
-        .expect("small")
-        .to_be_bytes()
-        .to_vec();
-    message.push(kind);
-    message.extend_from_slice(body);
-    message
-}
-
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&u32::try_from(s.len()).expect("small").to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// Reads SFTP replies off a raw channel: (type, request id, rest of the message).
-fn sftp_replies(
-    mut read: russh::ChannelReadHalf,
-) -> tokio::sync::mpsc::UnboundedReceiver<(u8, u32, Vec<u8>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(msg) = read.wait().await {
-            if let russh::ChannelMsg::Data { data } = msg {
-                buf.extend_from_slice(&data);
-            }
-            while buf.len() >= 4 {
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() < 4 + len {
-                    break;
-                }
-                let message: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
-                let id = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
-                let _ = tx.send((message[0], id, message[5..].to_vec()));
-            }
-        }
-    });
-    rx
 }
 
 /// An SFTP upload that waits for the memory budget holds back its client through the SSH

@@ -3,6 +3,7 @@
 
 mod files;
 mod keys;
+mod stream;
 
 pub use files::SftpShared;
 pub use keys::{fingerprint, load_or_generate};
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use stream::{Inbox, Progress, SftpStream, channel_stream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -29,15 +31,11 @@ use tokio_util::sync::CancellationToken;
 const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// The smallest window [`window_for`] gives; below it even a loopback client crawls.
 const MIN_WINDOW: u32 = 64 * 1024;
+/// How long a connection shut down for making no progress may take to end before the
+/// bridge stops waiting for it (its places are freed either way).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest SSH packet we accept and send.
 const MAX_PACKET: u32 = 256 * 1024;
-/// SSH messages queued between the connection and its SFTP session. The window bounds the
-/// bytes queued (our russh patch re-opens it as the session consumes, not as packets
-/// arrive: `vendor/russh/PATCHES.md`); this bounds their number. It must also hold
-/// every request a client keeps outstanding: during a download the session's replies wait
-/// for the client's window while the connection, blocked on a full queue, cannot read the
-/// window adjustment — a deadlock seen with 32. OpenSSH and rclone keep 64 outstanding.
-const CHANNEL_BUFFER: usize = 256;
 
 /// The SSH window for each channel when `sessions` share `memory_limit`.
 ///
@@ -71,7 +69,8 @@ pub fn server_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> Arc<russh::serv
         auth_rejection_time_initial: Some(Duration::ZERO),
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET,
-        channel_buffer_size: CHANNEL_BUFFER,
+        // No channel is read through russh's queue (`stream.rs`): its size does not matter.
+        // Counts SSH packets only; `serve_connection` also watches the SFTP sessions.
         inactivity_timeout: Some(cfg.idle_timeout),
         nodelay: true,
         preferred: russh::Preferred {
@@ -147,6 +146,9 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     let deadline = shared.defender.login_deadline(&stream, "");
+    // Shuts the connection down when its SFTP sessions stall, whatever russh is doing.
+    let socket = crate::defender::second_handle(&stream);
+    let progress = Progress::new();
     let connection = SshConnection {
         shared: shared.clone(),
         logins,
@@ -156,6 +158,9 @@ async fn serve_connection(
         user: None,
         login_deadline: deadline.clone(),
         channels: HashMap::new(),
+        sftp_streams: HashMap::new(),
+        largest_window: 0,
+        progress: progress.clone(),
         _counted: shared.pipeline.budget().sessions().enter(),
         _active: GaugeGuard::new(
             metrics
@@ -163,9 +168,28 @@ async fn serve_connection(
                 .with_label_values(&[Protocol::Sftp.as_str()]),
         ),
     };
+    let idle_timeout = config.inactivity_timeout;
     match russh::server::run_stream(config, stream, connection).await {
-        Ok(session) => {
-            if let Err(e) = session.await {
+        Ok(mut session) => {
+            let stalled = async {
+                match idle_timeout {
+                    Some(timeout) => progress.stalled(timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ended = tokio::select! {
+                ended = &mut session => ended,
+                () = stalled => {
+                    // Shut down, russh's loop sees the end of its socket and ends the
+                    // session, whose end ends its SFTP sessions (`stream.rs`).
+                    if let Some(socket) = &socket {
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                    }
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, session).await;
+                    Err(russh::Error::InactivityTimeout)
+                }
+            };
+            if let Err(e) = ended {
                 if matches!(e, russh::Error::InactivityTimeout) {
                     metrics
                         .limits_exceeded_total
@@ -193,7 +217,15 @@ struct SshConnection {
     user: Option<Arc<User>>,
     /// Closes the connection if no login comes in time.
     login_deadline: Arc<LoginDeadline>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Where each open channel's data goes, read by its SFTP session once it has one.
+    channels: HashMap<ChannelId, Inbox>,
+    /// The other end of each channel in `channels` that has no SFTP session yet.
+    sftp_streams: HashMap<ChannelId, SftpStream>,
+    /// The largest window any channel was given: more unread data is a client overrunning
+    /// its window.
+    largest_window: u32,
+    /// When the SFTP sessions last made progress, for `sftp.idle_timeout`.
+    progress: Arc<Progress>,
     /// Holds this connection's place among the sessions sharing the memory budget.
     _counted: OpenSessionGuard,
     _active: GaugeGuard,
@@ -248,7 +280,38 @@ impl russh::server::Handler for SshConnection {
     /// session's share of the memory budget now.
     fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
         let budget = self.shared.pipeline.budget();
-        window_for(budget.limit(), budget.sessions().get())
+        let window = window_for(budget.limit(), budget.sessions().get());
+        self.largest_window = self.largest_window.max(window);
+        window
+    }
+
+    /// Queues the client's data for the channel's SFTP session and returns at once: the
+    /// connection loop must never wait for a session, or the session's replies, waiting in
+    /// turn for window adjustments only that loop reads, never go out.
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(inbox) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        if inbox.push(data, self.largest_window).is_err() {
+            tracing::warn!(remote = %self.remote_addr, "sftp: the client sent more than its window allowed");
+            return Err(russh::Error::Inconsistent);
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        self.sftp_streams.remove(&channel);
+        Ok(())
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
@@ -301,7 +364,11 @@ impl russh::server::Handler for SshConnection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(channel.id(), channel);
+        let id = channel.id();
+        let (write, consumed) = channel.into_handler_data();
+        let (inbox, stream) = channel_stream(write, consumed, self.progress.clone());
+        self.channels.insert(id, inbox);
+        self.sftp_streams.insert(id, stream);
         reply.accept().await;
         Ok(())
     }
@@ -312,6 +379,9 @@ impl russh::server::Handler for SshConnection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Clients such as JSch and sshj wait for the server to close after their EOF.
+        if let Some(inbox) = self.channels.get(&channel) {
+            inbox.end();
+        }
         session.close(channel)?;
         Ok(())
     }
@@ -344,7 +414,7 @@ impl russh::server::Handler for SshConnection {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
-        let Some(channel) = self.channels.remove(&channel_id) else {
+        let Some(stream) = self.sftp_streams.remove(&channel_id) else {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
@@ -358,7 +428,7 @@ impl russh::server::Handler for SshConnection {
         let config = russh_sftp::server::Config {
             max_client_packet_len: files::MAX_MESSAGE,
         };
-        russh_sftp::server::run_with_config(channel.into_stream(), files, config).await;
+        russh_sftp::server::run_with_config(stream, files, config).await;
         Ok(())
     }
 }

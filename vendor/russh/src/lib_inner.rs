@@ -60,7 +60,10 @@ macro_rules! push_packet {
 }
 
 mod channels;
-pub use channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf};
+// ingest-bridge patch: `ConsumedBytes` (see `Channel::into_handler_data`).
+pub use channels::{
+    Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf, ConsumedBytes,
+};
 
 mod parsing;
 mod session;

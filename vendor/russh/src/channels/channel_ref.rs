@@ -50,8 +50,15 @@ impl ReadProgress {
 
     /// Called by the reader as it takes a data message off the queue.
     pub(crate) fn taken(&self, msg: &ChannelMsg) {
-        if let (Some(wake), ChannelMsg::Data { data }) = (&self.wake, msg) {
-            self.consumed.fetch_add(data.len() as u64, Ordering::AcqRel);
+        if let ChannelMsg::Data { data } = msg {
+            self.consumed(data.len());
+        }
+    }
+
+    /// The reader has taken `len` more bytes of data.
+    pub(crate) fn consumed(&self, len: usize) {
+        if let Some(wake) = &self.wake {
+            self.consumed.fetch_add(len as u64, Ordering::AcqRel);
             wake.notify_one();
         }
     }

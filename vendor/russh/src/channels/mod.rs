@@ -184,6 +184,29 @@ impl ChannelReadHalf {
     }
 }
 
+/// ingest-bridge patch: reports how much of a channel's data the application has consumed,
+/// for a channel whose data it takes from `Handler::data` instead of reading the channel
+/// (see [`Channel::into_handler_data`]). The session re-opens the channel's receive window
+/// as bytes are reported, so the application's own queue holds the peer back as a reader
+/// of the channel would. Dropping it releases the window.
+#[derive(Debug)]
+pub struct ConsumedBytes {
+    progress: Arc<ReadProgress>,
+}
+
+impl ConsumedBytes {
+    /// The application has taken `len` more bytes of the channel's data.
+    pub fn consumed(&self, len: usize) {
+        self.progress.consumed(len);
+    }
+}
+
+impl Drop for ConsumedBytes {
+    fn drop(&mut self) {
+        self.progress.forget();
+    }
+}
+
 /// A handle to the writing part of a session channel.
 ///
 /// Allows you to write to a channel without borrowing the session
@@ -522,6 +545,21 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     /// used to read and write concurrently.
     pub fn split(self) -> (ChannelReadHalf, ChannelWriteHalf<S>) {
         (self.read_half, self.write_half)
+    }
+
+    /// ingest-bridge patch: gives up reading this channel: its data then reaches only
+    /// `Handler::data` (the session's sends to the dropped reader fail at once, so a slow
+    /// application can never block the session loop), and the application reports what it
+    /// consumed through the returned [`ConsumedBytes`], which re-opens the window.
+    pub fn into_handler_data(self) -> (ChannelWriteHalf<S>, ConsumedBytes) {
+        let Channel {
+            mut read_half,
+            write_half,
+        } = self;
+        // The read half forgets its progress when dropped: hand it a stand-in.
+        let progress = std::mem::replace(&mut read_half.progress, ReadProgress::new(None));
+        drop(read_half);
+        (write_half, ConsumedBytes { progress })
     }
 
     /// Request a pseudo-terminal with the given characteristics.
