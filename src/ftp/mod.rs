@@ -142,8 +142,16 @@ fn count_libunftp_limits(metrics: &Metrics) {
     static IDLE_REPORTED: AtomicU64 = AtomicU64::new(0);
     static LINES_REPORTED: AtomicU64 = AtomicU64::new(0);
     for (reported, total, limit) in [
-        (&IDLE_REPORTED, libunftp::idle_session_timeouts(), "idle_timeout"),
-        (&LINES_REPORTED, libunftp::command_lines_too_long(), "line_length"),
+        (
+            &IDLE_REPORTED,
+            libunftp::idle_session_timeouts(),
+            "idle_timeout",
+        ),
+        (
+            &LINES_REPORTED,
+            libunftp::command_lines_too_long(),
+            "line_length",
+        ),
     ] {
         let before = reported.fetch_max(total, Ordering::AcqRel);
         if total > before {

@@ -66,7 +66,10 @@ impl Session {
     /// control connection is watched for [`CONTROL_SETTLE`] before the upload counts as
     /// confirmed. Bytes waiting on it prove nothing by themselves: they may be that `ABOR`
     /// (behind Telnet IP/DM, or inside TLS), which the control loop reads and signals.
-    pub async fn control_alive(&self, abort: Option<&libunftp::TransferAbort>) -> Result<(), String> {
+    pub async fn control_alive(
+        &self,
+        abort: Option<&libunftp::TransferAbort>,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + CONTROL_SETTLE;
         loop {
             if abort.is_some_and(libunftp::TransferAbort::is_aborted) {

@@ -169,7 +169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawFtp<S> {
 pub fn self_signed_certificate(
     dir: &std::path::Path,
     name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, CertificateDer<'static>) {
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    CertificateDer<'static>,
+) {
     let generated =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
     let cert = dir.join(format!("{name}.pem"));
