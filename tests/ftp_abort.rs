@@ -260,6 +260,7 @@ async fn an_endless_command_line_is_refused_without_being_buffered() {
     let bridge = Killed(spawned.child);
     let pid = bridge.0.id();
     let rss_before = status_kib(pid, "VmRSS");
+    let peak_before = status_kib(pid, "VmHWM");
 
     let stream = TcpStream::connect(ftp_addr).await.expect("connect");
     let (mut read_half, mut write_half) = stream.into_split();
@@ -283,7 +284,7 @@ async fn an_endless_command_line_is_refused_without_being_buffered() {
     }
     let peak = status_kib(pid, "VmHWM");
     eprintln!(
-        "sent {} KiB before the close; VmRSS before {rss_before} KiB, VmHWM after {peak} KiB",
+        "sent {} KiB before the close; before: VmRSS {rss_before} KiB, VmHWM {peak_before} KiB; VmHWM after {peak} KiB",
         sent / 1024
     );
     let got = tokio::time::timeout(Duration::from_secs(10), replies)
