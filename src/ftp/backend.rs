@@ -245,9 +245,12 @@ impl StorageBackend<FtpUser> for S3Backend {
             .await
             .map_err(upload_error)?;
         let session = self.session.clone();
+        // libunftp's ABOR signal for this transfer (our patch): an ABOR that comes just after
+        // the data connection ended must still cut the upload.
+        let abort = libunftp::transfer_abort();
         upload.set_commit_check(Arc::new(move || {
-            let session = session.clone();
-            Box::pin(async move { session.control_alive().await })
+            let (session, abort) = (session.clone(), abort.clone());
+            Box::pin(async move { session.control_alive(abort.as_ref()).await })
         }));
         if let Err(e) = upload.fill_from(&mut input, self.shared.data_timeout).await {
             upload.abort(&e).await;

@@ -128,23 +128,38 @@ async fn serve_connection(
     if let Err(e) = server.service(stream).await {
         tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
     }
-    count_idle_closes(&metrics);
+    count_libunftp_limits(&metrics);
     session.control_closed();
     tracing::debug!(remote = %remote_addr, "ftp session closed");
 }
 
 /// Adds libunftp's idle closes (`421 Session timed out`) to
-/// `limits_exceeded_total{limit="idle_timeout"}`. libunftp counts them per process, so the
-/// increase since the last report goes to whichever session ends next.
-fn count_idle_closes(metrics: &Metrics) {
-    static REPORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let total = libunftp::idle_session_timeouts();
-    let before = REPORTED.fetch_max(total, std::sync::atomic::Ordering::AcqRel);
-    if total > before {
-        metrics
-            .limits_exceeded_total
-            .with_label_values(&["idle_timeout"])
-            .inc_by(total - before);
+/// `limits_exceeded_total{limit="idle_timeout"}` and its overlong command lines (`500`, then
+/// closed) to `{limit="line_length"}`. libunftp counts them per process, so the increase since
+/// the last report goes to whichever session ends next.
+fn count_libunftp_limits(metrics: &Metrics) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static IDLE_REPORTED: AtomicU64 = AtomicU64::new(0);
+    static LINES_REPORTED: AtomicU64 = AtomicU64::new(0);
+    for (reported, total, limit) in [
+        (
+            &IDLE_REPORTED,
+            libunftp::idle_session_timeouts(),
+            "idle_timeout",
+        ),
+        (
+            &LINES_REPORTED,
+            libunftp::command_lines_too_long(),
+            "line_length",
+        ),
+    ] {
+        let before = reported.fetch_max(total, Ordering::AcqRel);
+        if total > before {
+            metrics
+                .limits_exceeded_total
+                .with_label_values(&[limit])
+                .inc_by(total - before);
+        }
     }
 }
 

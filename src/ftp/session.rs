@@ -57,23 +57,36 @@ impl Session {
         }
     }
 
-    /// Whether the control connection still stands: not closed by the control loop, no
-    /// end-of-stream or reset on the socket. In FTP stream mode the end of an upload is the
-    /// data connection closing, which a client that died mid-transfer does too; its control
-    /// connection closes alongside, which is what this sees. The two closes of a killed
-    /// client arrive microseconds apart in either order, so a quiet control connection is
-    /// watched for [`CONTROL_SETTLE`] before the upload counts as confirmed.
-    pub async fn control_alive(&self) -> Result<(), String> {
+    /// Whether the client still wants its upload: the control connection not closed by the
+    /// control loop, no end-of-stream or reset on the socket, and no `ABOR` (`abort`). In FTP
+    /// stream mode the end of an upload is the data connection closing, which a client that
+    /// died mid-transfer does too; its control connection closes alongside, which is what
+    /// this sees. The two closes of a killed client arrive microseconds apart in either order,
+    /// and a client that cancels may close the data connection just before its `ABOR`, so the
+    /// control connection is watched for [`CONTROL_SETTLE`] before the upload counts as
+    /// confirmed. Bytes waiting on it prove nothing by themselves: they may be that `ABOR`
+    /// (behind Telnet IP/DM, or inside TLS), which the control loop reads and signals.
+    pub async fn control_alive(
+        &self,
+        abort: Option<&libunftp::TransferAbort>,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + CONTROL_SETTLE;
         loop {
+            if abort.is_some_and(libunftp::TransferAbort::is_aborted) {
+                return Err("the client aborted the transfer (ABOR)".to_string());
+            }
             match self.control_state() {
                 ControlState::Gone => {
                     return Err("the control connection closed before the upload was confirmed; the transfer is treated as cut".to_string());
                 }
-                // The client is talking (ABOR, a pipelined command): alive.
-                ControlState::Readable => return Ok(()),
-                ControlState::Quiet if tokio::time::Instant::now() >= deadline => return Ok(()),
-                ControlState::Quiet => tokio::time::sleep(Duration::from_millis(1)).await,
+                ControlState::Readable | ControlState::Quiet
+                    if tokio::time::Instant::now() >= deadline =>
+                {
+                    return Ok(());
+                }
+                ControlState::Readable | ControlState::Quiet => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
         }
     }

@@ -30,6 +30,21 @@ impl RawFtp<TcpStream> {
         (ftp, greeting)
     }
 
+    /// Sends `bytes` with `MSG_OOB`, as a Telnet "Synch" sends its `DM`: the last byte is the
+    /// urgent one, which the server's kernel takes out of the stream.
+    pub fn send_urgent(&self, bytes: &[u8]) {
+        use std::os::fd::AsRawFd;
+        let fd = self.io.get_ref().as_raw_fd();
+        // SAFETY: a live buffer and its length, on a socket this connection owns.
+        let sent = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_OOB) };
+        assert_eq!(
+            usize::try_from(sent).ok(),
+            Some(bytes.len()),
+            "urgent send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Connects and logs in as alice, binary mode.
     pub async fn login(addr: SocketAddr) -> RawFtp {
         let (mut ftp, _) = RawFtp::connect(addr).await;
@@ -118,6 +133,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawFtp<S> {
         stream.flush().await.expect("flush");
     }
 
+    /// Sends raw bytes as they are (Telnet commands, unterminated lines).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let stream = self.io.get_mut();
+        stream.write_all(bytes).await.expect("send");
+        stream.flush().await.expect("flush");
+    }
+
     /// `USER alice`, `PASS`; asserts success.
     pub async fn log_in_as_alice(&mut self) {
         let (code, text) = self.command("USER alice").await;
@@ -141,4 +163,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawFtp<S> {
         ));
         TcpStream::connect(addr).await.expect("data connection")
     }
+}
+
+/// A self-signed certificate for "localhost" written as `<name>.pem` / `<name>.key` in `dir`.
+pub fn self_signed_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    CertificateDer<'static>,
+) {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write key");
+    (cert, key, generated.cert.der().clone())
+}
+
+/// A TLS client that trusts only `trusted`.
+pub fn client_config_trusting(trusted: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).expect("trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }

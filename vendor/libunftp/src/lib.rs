@@ -58,6 +58,17 @@ pub fn idle_session_timeouts() -> u64 {
     crate::server::IDLE_SESSION_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Control connections closed because a command line exceeded its bound
+/// (`MAX_COMMAND_LINE` bytes) in this process so far. (ingest-bridge patch: a client that never
+/// ends its line must not grow the server's memory; the embedding server counts it.)
+pub fn command_lines_too_long() -> u64 {
+    crate::server::COMMAND_LINES_TOO_LONG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// ingest-bridge patch: lets a storage backend refuse to commit an upload the client aborted
+/// with `ABOR` (see [`transfer_abort()`]).
+pub use crate::server::transfer_abort::{TransferAbort, transfer_abort};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[cfg(not(any(feature = "aws_lc_rs", feature = "ring")))]

@@ -135,6 +135,8 @@ pub enum ControlChanMsg {
     StorageError(storage::Error),
     /// Reply on the command channel
     CommandChannelReply(Reply),
+    /// ingest-bridge patch: ABOR cut the upload (426, then the data channel answers ABOR).
+    TransferAborted,
 }
 
 impl fmt::Display for ControlChanMsg {

@@ -11,6 +11,8 @@ use crate::{
 };
 
 use crate::server::chancomms::DataChanCmd;
+use crate::server::controlchan::{Reply, ReplyCode};
+use crate::server::transfer_abort::{self, AbortableReader, TransferAbort};
 use std::{path::PathBuf, sync::Arc};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -37,6 +39,8 @@ where
     pub data_abort_rx: Option<Receiver<()>>,
     // ingest-bridge patch: see `AnnouncedSizeReader`.
     pub allo_size: Option<u64>,
+    // ingest-bridge patch: ABOR aborts an upload (see `transfer_abort`).
+    pub transfer_abort: TransferAbort,
 }
 
 use std::fmt;
@@ -111,6 +115,9 @@ where
         let mut data_cmd_rx = self.data_cmd_rx.take().unwrap();
         let mut data_abort_rx = self.data_abort_rx.take().unwrap();
         let mut timeout_delay = Box::pin(tokio::time::sleep(std::time::Duration::from_secs(5 * 60)));
+        // ingest-bridge patch: an upload announced by STOR/APPE that this loop never ran still
+        // owes ABOR its reply.
+        let (abort, control_msg_tx, logger) = (self.transfer_abort.clone(), self.control_msg_tx.clone(), self.logger.clone());
         // TODO: Use configured timeout
         tokio::select! {
             Some(command) = data_cmd_rx.recv() => {
@@ -129,6 +136,7 @@ where
                 slog::warn!(self.logger, "Data channel connection timed out");
             }
         };
+        Self::answer_abor(&logger, &control_msg_tx, &abort, false).await;
         let mut session = session_arc.lock().await;
         session.data_busy = false;
     }
@@ -273,10 +281,17 @@ where
 
         let start_time = Instant::now();
         let (reader, closer) = Self::reader(self.socket, self.ftps_mode, "stor").await;
-        let put_result = self
-            .storage
-            .put((*self.user).as_ref().unwrap(), Self::announced(reader, self.allo_size), path.clone(), start_pos)
-            .await;
+        // ingest-bridge patch: ABOR fails the reader and is visible to `put` (`transfer_abort`).
+        self.transfer_abort.start();
+        let reader = AbortableReader {
+            inner: Self::announced(reader, self.allo_size),
+            abort: self.transfer_abort.clone(),
+        };
+        let put_result = transfer_abort::scope(
+            self.transfer_abort.clone(),
+            self.storage.put((*self.user).as_ref().unwrap(), reader, path.clone(), start_pos),
+        )
+        .await;
         if let Some(closer) = closer {
             closer.close().await;
         }
@@ -308,6 +323,7 @@ where
                 {
                     slog::error!(self.logger, "Could not notify control channel of successful STOR: {:?}", err);
                 }
+                Self::answer_abor(&self.logger, &tx, &self.transfer_abort, true).await;
             }
             Err(err) => {
                 slog::warn!(self.logger, "Error during STOR transfer after {}: {:?}", HumanDuration(duration), err);
@@ -317,9 +333,16 @@ where
                     categorize_and_register_error(&self.logger, &err, "stor");
                 }
 
-                if let Err(err) = tx.send(ControlChanMsg::StorageError(err)).await {
+                // ingest-bridge patch: an upload cut by ABOR says so.
+                let msg = if self.transfer_abort.is_aborted() {
+                    ControlChanMsg::TransferAborted
+                } else {
+                    ControlChanMsg::StorageError(err)
+                };
+                if let Err(err) = tx.send(msg).await {
                     slog::error!(self.logger, "Could not notify control channel of error with STOR: {:?}", err);
                 }
+                Self::answer_abor(&self.logger, &tx, &self.transfer_abort, false).await;
             }
         }
     }
@@ -337,10 +360,17 @@ where
 
         let start_time = Instant::now();
         let (reader, closer) = Self::reader(self.socket, self.ftps_mode, "appe").await;
-        let put_result = self
-            .storage
-            .put((*self.user).as_ref().unwrap(), Self::announced(reader, self.allo_size), path.clone(), start_pos)
-            .await;
+        // ingest-bridge patch: ABOR fails the reader and is visible to `put` (`transfer_abort`).
+        self.transfer_abort.start();
+        let reader = AbortableReader {
+            inner: Self::announced(reader, self.allo_size),
+            abort: self.transfer_abort.clone(),
+        };
+        let put_result = transfer_abort::scope(
+            self.transfer_abort.clone(),
+            self.storage.put((*self.user).as_ref().unwrap(), reader, path.clone(), start_pos),
+        )
+        .await;
         if let Some(closer) = closer {
             closer.close().await;
         }
@@ -369,15 +399,23 @@ where
                 {
                     slog::error!(self.logger, "Could not notify control channel of successful APPE: {:?}", err);
                 }
+                Self::answer_abor(&self.logger, &tx, &self.transfer_abort, true).await;
             }
             Err(err) => {
                 slog::warn!(self.logger, "Error during APPE transfer after {}: {:?}", HumanDuration(duration), err);
 
                 categorize_and_register_error(&self.logger, &err, "appe");
 
-                if let Err(err) = tx.send(ControlChanMsg::StorageError(err)).await {
+                // ingest-bridge patch: an upload cut by ABOR says so.
+                let msg = if self.transfer_abort.is_aborted() {
+                    ControlChanMsg::TransferAborted
+                } else {
+                    ControlChanMsg::StorageError(err)
+                };
+                if let Err(err) = tx.send(msg).await {
                     slog::error!(self.logger, "Could not notify control channel of error with APPE: {:?}", err);
                 }
+                Self::answer_abor(&self.logger, &tx, &self.transfer_abort, false).await;
             }
         }
     }
@@ -608,6 +646,23 @@ where
     }
 
     // ingest-bridge patch: see `AnnouncedSizeReader`.
+    // ingest-bridge patch: once the upload's own reply is queued, the reply to an ABOR that
+    // arrived during it (RFC 959 §4.1.3: the transfer's reply first, then ABOR's 226).
+    async fn answer_abor(logger: &slog::Logger, tx: &Sender<ControlChanMsg>, abort: &TransferAbort, completed: bool) {
+        if !abort.end() {
+            return;
+        }
+        let text = if completed {
+            "ABOR came after the transfer had completed"
+        } else {
+            "Transfer aborted"
+        };
+        let reply = Reply::new(ReplyCode::ClosingDataConnection, text);
+        if let Err(err) = tx.send(ControlChanMsg::CommandChannelReply(reply)).await {
+            slog::error!(logger, "Could not answer ABOR: {:?}", err);
+        }
+    }
+
     fn announced(reader: Box<dyn AsyncRead + Send + Unpin + Sync>, allo_size: Option<u64>) -> Box<dyn AsyncRead + Send + Unpin + Sync> {
         match allo_size {
             Some(announced) => Box::new(AnnouncedSizeReader {
@@ -717,6 +772,7 @@ where
             data_abort_rx: Some(data_abort_rx),
             data_cmd_rx: Some(data_cmd_rx),
             allo_size: None,
+            transfer_abort: session.transfer_abort.clone(),
         };
 
         // The control channel need to know if the data channel is busy so that it doesn't time out

@@ -107,6 +107,8 @@ where
     pub start_pos: u64,
     // ingest-bridge patch: the size announced by ALLO for the next upload.
     pub allo_size: Option<u64>,
+    // ingest-bridge patch: whether ABOR aborted the upload in progress (see `transfer_abort`).
+    pub transfer_abort: crate::server::transfer_abort::TransferAbort,
     // Tells if the data loop is running. The control channel need to know if the data channel is
     // busy so that it doesn't time out while the session is still in progress.
     pub data_busy: bool,
@@ -147,6 +149,7 @@ where
             collect_metrics: false,
             start_pos: 0,
             allo_size: None,
+            transfer_abort: Default::default(),
             data_busy: false,
             cert_chain: None,
             failed_logins: None,

@@ -1,4 +1,9 @@
-use super::{Reply, command::Command, error::ControlChanError, line_parser};
+use super::{
+    Reply,
+    command::Command,
+    error::{ControlChanError, ControlChanErrorKind},
+    line_parser,
+};
 
 use bytes::BytesMut;
 use std::io::Write;
@@ -12,11 +17,50 @@ pub struct FtpCodec {
     // is the next index to examine. The next time `decode` is called with `abcde\n`, we will only
     // look at `de\n` before returning.
     next_index: usize,
+    // ingest-bridge patch: an `ABOR\r` was taken without its `\n` (see `urgent_abor`), which
+    // is dropped if it still comes.
+    skip_lf: bool,
 }
 
 impl FtpCodec {
     pub fn new() -> Self {
-        FtpCodec { next_index: 0 }
+        FtpCodec { next_index: 0, skip_lf: false }
+    }
+}
+
+/// ingest-bridge patch: Python's ftplib sends `ABOR\r\n` as urgent data, and the kernel takes
+/// the last byte, the `\n`, out of the stream as the urgent byte. `ABOR\r` with nothing after
+/// it is then the whole command: the client waits for its reply.
+fn urgent_abor(pending: &[u8]) -> bool {
+    pending.len() == 5 && pending[..4].eq_ignore_ascii_case(b"ABOR") && pending[4] == b'\r'
+}
+
+/// ingest-bridge patch: the longest command line accepted, line end included. Real clients'
+/// lines (a long path in STOR) stay well under 1 KiB; unbounded, a client that never ends its
+/// line grew the buffer until memory ran out, before logging in.
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+// ingest-bridge patch: Telnet (RFC 854) on the control connection, as RFC 959 §4.1.3 has
+// clients send it before ABOR: IAC IP (interrupt) and the Synch, IAC DM. lftp's Ctrl-C sends
+// them, and upstream closed the session with "500 Invalid UTF8 in command".
+const IAC: u8 = 255;
+/// The first Telnet command byte (SE); below it, a byte after IAC is not a command.
+const FIRST_COMMAND: u8 = 240;
+/// WILL, WONT, DO and DONT take an option byte.
+const WILL: u8 = 251;
+const DONT: u8 = 254;
+
+/// How many bytes the Telnet sequence at the start of `bytes` (an IAC) takes out of the
+/// stream, or `None` until it is complete. `IAC IAC` is a literal 255: one byte goes.
+fn telnet_sequence(bytes: &[u8]) -> Option<usize> {
+    match *bytes.get(1)? {
+        IAC => Some(1),
+        WILL..=DONT if bytes.len() < 3 => None,
+        WILL..=DONT => Some(3),
+        FIRST_COMMAND.. => Some(2),
+        // A Synch's DM sent as TCP urgent data is taken out of the stream by the kernel: the
+        // IAC before it is followed by the next command's first byte, which is kept.
+        _ => Some(1),
     }
 }
 
@@ -26,16 +70,48 @@ impl Decoder for FtpCodec {
 
     // Here we decode the incoming bytes into a meaningful command. We'll split on newlines, and
     // parse the resulting line using `Command::parse()`. This method will be called by tokio.
+    //
+    // ingest-bridge patch: Telnet commands are taken out of the line (see `telnet_sequence`),
+    // and a line longer than `MAX_COMMAND_LINE` is an error, with no more than that buffered.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Command>, Self::Error> {
-        if let Some(newline_offset) = buf[self.next_index..].iter().position(|b| *b == b'\n') {
-            let newline_index = newline_offset + self.next_index;
-            let line = buf.split_to(newline_index + 1);
-            self.next_index = 0;
-            Ok(Some(line_parser::parse(line)?))
-        } else {
-            self.next_index = buf.len();
-            Ok(None)
+        if self.skip_lf && !buf.is_empty() {
+            self.skip_lf = false;
+            if buf[0] == b'\n' {
+                let _ = buf.split_to(1);
+            }
         }
+        let mut index = self.next_index;
+        while index < buf.len() && index < MAX_COMMAND_LINE {
+            match buf[index] {
+                b'\n' => {
+                    let line = buf.split_to(index + 1);
+                    self.next_index = 0;
+                    return Ok(Some(line_parser::parse(line)?));
+                }
+                IAC => {
+                    let Some(len) = telnet_sequence(&buf[index..]) else {
+                        break;
+                    };
+                    buf.copy_within(index + len.., index);
+                    buf.truncate(buf.len() - len);
+                    if len == 1 && buf.get(index) == Some(&IAC) {
+                        index += 1;
+                    }
+                }
+                _ => index += 1,
+            }
+        }
+        if index == buf.len() && urgent_abor(buf) {
+            let line = buf.split_to(index);
+            self.next_index = 0;
+            self.skip_lf = true;
+            return Ok(Some(line_parser::parse(line)?));
+        }
+        self.next_index = index;
+        if index >= MAX_COMMAND_LINE {
+            return Err(ControlChanErrorKind::CommandLineTooLong.into());
+        }
+        Ok(None)
     }
 }
 

@@ -180,7 +180,7 @@ where
     };
 
     let codec = FtpCodec::new();
-    let cmd_and_reply_stream: Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec> = codec.framed(Box::new(tcp_stream));
+    let cmd_and_reply_stream: Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec> = codec.framed(Box::new(super::urgent::UrgentSafeStream::new(tcp_stream)));
     let (mut reply_sink, mut command_source) = cmd_and_reply_stream.split();
 
     reply_sink.send(Reply::new(ReplyCode::ServiceReady, config.greeting)).await?;
@@ -362,6 +362,21 @@ fn handle_control_channel_error(logger: slog::Logger, error: ControlChanError) -
     match error.kind() {
         ControlChanErrorKind::UnknownCommand { .. } => (Reply::new(ReplyCode::CommandSyntaxError, "Command not implemented"), false),
         ControlChanErrorKind::Utf8Error => (Reply::new(ReplyCode::CommandSyntaxError, "Invalid UTF8 in command"), true),
+        // ingest-bridge patch: the line is not buffered further; the count feeds the embedding
+        // server's metrics (`command_lines_too_long`).
+        ControlChanErrorKind::CommandLineTooLong => {
+            crate::server::COMMAND_LINES_TOO_LONG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                Reply::new_with_string(
+                    ReplyCode::CommandSyntaxError,
+                    format!(
+                        "Command line too long (the limit is {} bytes); closing the connection",
+                        super::codecs::MAX_COMMAND_LINE
+                    ),
+                ),
+                true,
+            )
+        }
         ControlChanErrorKind::InvalidCommand => (Reply::new(ReplyCode::ParameterSyntaxError, "Invalid Parameter"), false),
         ControlChanErrorKind::ControlChannelTimeout => (
             // ingest-bridge patch: 421 as RFC 959 says for a server closing the connection
@@ -485,6 +500,11 @@ where
                 }
             }
             CommandChannelReply(reply) => Ok(reply),
+            // ingest-bridge patch: an upload cut by ABOR (see `transfer_abort`).
+            TransferAborted => {
+                self.session.lock().await.start_pos = 0;
+                Ok(Reply::new(ReplyCode::ConnectionClosed, "Transfer aborted; the upload was not completed"))
+            }
         }
     }
 

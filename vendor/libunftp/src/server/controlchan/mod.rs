@@ -18,6 +18,8 @@ mod line_parser;
 mod log;
 mod middleware;
 mod notify;
+// ingest-bridge patch: control reads that do not stall at TCP urgent data.
+mod urgent;
 
 use command::Command;
 pub(crate) use control_loop::{Config as LoopConfig, spawn as spawn_loop};

@@ -32,6 +32,13 @@ where
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
         let mut session = args.session.lock().await;
         let logger = args.logger;
+        // ingest-bridge patch: an upload in progress is aborted, not left to finish (upstream
+        // answered 226 and stored whatever arrived). Its data channel answers 426 for the
+        // transfer and then 226 for ABOR, in the order RFC 959 §4.1.3 gives.
+        if session.transfer_abort.request() {
+            slog::info!(logger, "ABOR: aborting the upload in progress");
+            return Ok(Reply::none());
+        }
         match session.data_abort_tx.take() {
             Some(tx) => {
                 tokio::spawn(async move {

@@ -44,6 +44,11 @@ where
         let logger = args.logger;
         match session.data_cmd_tx.take() {
             Some(tx) => {
+                // ingest-bridge patch: with the data connection already open, an ABOR from now
+                // on belongs to this upload, even before the data channel has picked it up.
+                if session.data_busy {
+                    session.transfer_abort.start();
+                }
                 tokio::spawn(async move {
                     if let Err(err) = tx.send(cmd).await {
                         slog::warn!(logger, "APPE: could not notify data channel. {}", err);
