@@ -166,16 +166,16 @@ async fn serve_connection(
     match russh::server::run_stream(config, stream, connection).await {
         Ok(session) => {
             if let Err(e) = session.await {
-                if matches!(e, russh::Error::InactivityTimeout) {
-                    metrics
-                        .limits_exceeded_total
-                        .with_label_values(&["idle_timeout"])
-                        .inc();
+                if let Some(limit) = crate::defender::ssh_limit(&e) {
+                    shared.defender.limit_exceeded(limit);
                 }
                 tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
             }
         }
         Err(e) => {
+            if let Some(limit) = crate::defender::ssh_limit(&e) {
+                shared.defender.limit_exceeded(limit);
+            }
             tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
         }
     }
