@@ -98,6 +98,10 @@ async fn hostile_input_is_cut_off(
     let sent = stream_until_closed(stream, prefix, fill).await;
     let took = started.elapsed();
     let grown = rss().saturating_sub(before);
+    eprintln!(
+        "{limit}: closed after {sent} bytes in {took:?}, RSS +{} KiB",
+        grown / 1024
+    );
     assert!(sent < IN_FLIGHT, "closed only after {sent} bytes ({limit})");
     assert!(
         took < Duration::from_secs(3),
@@ -170,6 +174,10 @@ async fn connections_that_declare_a_full_size_packet_before_the_login_hold_no_me
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let grown = rss().saturating_sub(before);
+    eprintln!(
+        "{CONNECTIONS} connections declaring 256 KiB: RSS +{} KiB",
+        grown / 1024
+    );
     assert!(
         grown < 16 * MIB as u64,
         "{CONNECTIONS} connections that sent 16 bytes of a packet grew RSS by {} MiB",
