@@ -131,7 +131,7 @@ async fn a_full_disk_tears_no_event_log_line_and_publishes_nothing() {
     let err = ftp_store(&h, "torn.bin", b"cut by the full disk")
         .await
         .expect_err("the completion cannot be recorded");
-    assert!(err.contains("451"), "{err}");
+    assert!(err.contains("451") && err.contains(NOT_RECORDED), "{err}");
     assert_no_internals(&err, &disk.data);
     assert_eq!(h.object("alice/torn.bin").await, None, "nothing published");
     assert_eq!(disk.events_text(), seed, "no half line left behind");
@@ -180,7 +180,7 @@ async fn a_completion_the_outbox_cannot_take_leaves_no_event_log_line() {
     let err = ftp_store(&h, "unrecorded.bin", b"the outbox is full")
         .await
         .expect_err("the completion cannot be recorded");
-    assert!(err.contains("451"), "{err}");
+    assert!(err.contains("451") && err.contains(NOT_RECORDED), "{err}");
     assert_no_internals(&err, &disk.data);
     let status = sftp_store(&h, "/unrecorded-sftp.bin", b"full here too")
         .await

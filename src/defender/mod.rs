@@ -229,6 +229,9 @@ impl Defender {
             Err(e) => {
                 tracing::warn!(protocol = protocol.as_str(), proxy = %peer, error = %e,
                     "connection from a trusted proxy dropped");
+                if matches!(e, ProxyError::TooLong(_)) {
+                    self.limit_exceeded("proxy_header");
+                }
                 refused("proxy_header");
                 return Err(Refusal::ProxyHeader);
             }
@@ -242,6 +245,16 @@ impl Defender {
                 Err(Refusal::Refused(admission))
             }
         }
+    }
+
+    /// Counts a connection closed because it sent more than a limit allows
+    /// (`limits_exceeded_total{limit}`).
+    pub fn limit_exceeded(&self, limit: &str) {
+        self.metrics
+            .0
+            .limits_exceeded_total
+            .with_label_values(&[limit])
+            .inc();
     }
 
     /// Decides on a new connection from `ip`.
@@ -373,6 +386,21 @@ impl Defender {
                 .filter(|r| r.banned_until.is_some_and(|u| u > now))
                 .count()
         })
+    }
+}
+
+/// The `limits_exceeded_total` label for an SSH connection that russh ended because its
+/// client passed a limit, `None` for every other end. Before a login the bridge reads at
+/// most a 255-byte identification line and packets of 35000 bytes (our russh patch); both
+/// limits close the connection, as SSH has no way to say why before its handshake.
+pub fn ssh_limit(error: &russh::Error) -> Option<&'static str> {
+    match error {
+        russh::Error::IdentificationTooLong => Some("line_length"),
+        // A size error names the length the client declared: above the 35000 bytes RFC 4253
+        // makes every implementation accept it met a limit; tiny ones are malformed packets.
+        russh::Error::PacketSize(declared) if *declared > 35_000 => Some("packet_size"),
+        russh::Error::InactivityTimeout => Some("idle_timeout"),
+        _ => None,
     }
 }
 

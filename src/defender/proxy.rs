@@ -14,6 +14,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest v1 header, CRLF included.
 const V1_MAX: usize = 107;
+/// The longest v2 address block (addresses and TLVs) we read. The format allows 65535 bytes;
+/// balancers send tens (AWS NLB's VPC endpoint id, Azure's link id, HAProxy's TLS details),
+/// and nothing is buffered for a connection before it is admitted beyond this.
+const V2_MAX_ADDRESS_BLOCK: usize = 4096;
 
 /// Why a connection from a trusted proxy was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,10 @@ pub enum ProxyError {
     /// Not a PROXY protocol header.
     #[error("not a PROXY protocol header: {0}")]
     Malformed(String),
+    /// Longer than a header may be (v1: 107 bytes; v2: [`V2_MAX_ADDRESS_BLOCK`]); counted in
+    /// `limits_exceeded_total{limit="proxy_header"}`.
+    #[error("PROXY header too long: {0}")]
+    TooLong(&'static str),
 }
 
 /// The client behind `peer`: read from the PROXY header when `peer` is a trusted proxy
@@ -54,7 +62,7 @@ async fn read_header(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
     if header.starts_with(b"PROXY ") {
         while !header.ends_with(b"\r\n") {
             if header.len() >= V1_MAX {
-                return Err(ProxyError::Malformed("v1 header without CRLF".into()));
+                return Err(ProxyError::TooLong("no CRLF within 107 bytes (v1)"));
             }
             header.push(stream.read_u8().await?);
         }
@@ -66,6 +74,9 @@ async fn read_header(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
             return Err(ProxyError::Malformed("bad v2 signature".into()));
         }
         let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
+        if len > V2_MAX_ADDRESS_BLOCK {
+            return Err(ProxyError::TooLong("v2 address block over 4096 bytes"));
+        }
         let start = header.len();
         header.resize(start + len, 0);
         stream.read_exact(&mut header[start..]).await?;

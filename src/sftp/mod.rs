@@ -190,16 +190,16 @@ async fn serve_connection(
                 }
             };
             if let Err(e) = ended {
-                if matches!(e, russh::Error::InactivityTimeout) {
-                    metrics
-                        .limits_exceeded_total
-                        .with_label_values(&["idle_timeout"])
-                        .inc();
+                if let Some(limit) = crate::defender::ssh_limit(&e) {
+                    shared.defender.limit_exceeded(limit);
                 }
                 tracing::debug!(remote = %remote_addr, error = %e, "sftp connection ended");
             }
         }
         Err(e) => {
+            if let Some(limit) = crate::defender::ssh_limit(&e) {
+                shared.defender.limit_exceeded(limit);
+            }
             tracing::debug!(remote = %remote_addr, error = %e, "ssh handshake failed")
         }
     }

@@ -110,6 +110,12 @@ pub enum Error {
     #[error("invalid SSH version string")]
     Version,
 
+    /// The peer's identification line (or a line before it) is longer than RFC 4253 §4.2's
+    /// 255 bytes. ingest-bridge patch: told apart from [`Error::Version`] so that a server
+    /// can count an input limit reached apart from a peer that does not speak SSH.
+    #[error("SSH identification line longer than 255 bytes")]
+    IdentificationTooLong,
+
     /// Error during key exchange.
     #[error("Key exchange failed")]
     Kex,

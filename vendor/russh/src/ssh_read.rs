@@ -174,7 +174,8 @@ impl<R: AsyncRead + Unpin> SshRead<R> {
                     ssh_id.bytes_read = bytes_read;
                     line_len
                 } else if ssh_id.total >= SSH_ID_MAX_LINE_LEN {
-                    return Err(Error::Version);
+                    // ingest-bridge patch: a distinct error, so the limit can be counted.
+                    return Err(Error::IdentificationTooLong);
                 } else {
                     trace!("bytes_read: {:?}", ssh_id.bytes_read);
                     continue;
@@ -183,7 +184,8 @@ impl<R: AsyncRead + Unpin> SshRead<R> {
 
             if ssh_id.bytes_read > 0 {
                 if ssh_id.bytes_read > SSH_ID_MAX_LINE_LEN {
-                    return Err(Error::Version);
+                    // ingest-bridge patch: a distinct error, so the limit can be counted.
+                    return Err(Error::IdentificationTooLong);
                 }
                 // If we have a full line, handle it.
                 if i >= 8 {
@@ -243,7 +245,7 @@ mod tests {
         let mut read = SshRead::new(data.as_bytes());
 
         let received = read.read_ssh_id().await;
-        assert!(matches!(received.err(), Some(Error::Version)));
+        assert!(matches!(received.err(), Some(Error::IdentificationTooLong)));
     }
 
     #[tokio::test]
@@ -261,7 +263,7 @@ mod tests {
         let mut read = SshRead::new(data.as_bytes());
 
         let received = read.read_ssh_id().await;
-        assert!(matches!(received.err(), Some(Error::Version)));
+        assert!(matches!(received.err(), Some(Error::IdentificationTooLong)));
     }
 
     #[tokio::test]

@@ -310,7 +310,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
             let len = cipher.decrypt_packet_length(seqn, &len);
             let len = BigEndian::read_u32(&len) as usize;
 
-            if len > MAXIMUM_PACKET_LEN {
+            // ingest-bridge patch: the limit is the buffer's (smaller before the client has
+            // logged in, see `SSHBuffer::max_packet_len`), never above `MAXIMUM_PACKET_LEN`.
+            if len > MAXIMUM_PACKET_LEN.min(buffer.max_packet_len) {
                 return Err(Error::PacketSize(len));
             }
 
@@ -331,13 +333,25 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
+    let end = buffer.len + 4;
+    trace!("read_exact {end:?}");
 
     let l = cipher.packet_length_to_read_for_block_length();
 
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    // ingest-bridge patch: the buffer grows as the packet's bytes arrive, in steps that
+    // double, instead of taking the declared length at once. A peer that declares a large
+    // packet and sends nothing more held that much memory per connection (256 KiB, before
+    // logging in); now it holds what it sent. The capacity stays for the next packets.
+    buffer.buffer.resize(l.min(end), 0);
+    let mut filled = l.min(end);
+    while filled < end {
+        let next = end.min(filled.saturating_mul(2).max(filled + READ_STEP));
+        buffer.buffer.reserve_exact(next - buffer.buffer.len());
+        buffer.buffer.resize(next, 0);
+        #[allow(clippy::indexing_slicing)] // resized to `next` above
+        stream.read_exact(&mut buffer.buffer[filled..next]).await?;
+        filled = next;
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;
@@ -365,6 +379,13 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
 pub(crate) const PACKET_LENGTH_LEN: usize = 4;
 
+/// ingest-bridge patch: the first step in which [`read`] grows its buffer.
+const READ_STEP: usize = 32 * 1024;
+/// ingest-bridge patch: the largest packet a server accepts before the client has logged in:
+/// RFC 4253 §6.1's 35000 bytes that every implementation must accept. Key exchange and
+/// authentication messages (post-quantum keys, certificates) are a few KiB.
+pub(crate) const MAXIMUM_PREAUTH_PACKET_LEN: usize = 35000;
+
 const MINIMUM_PACKET_LEN: usize = 16;
 // Keep the transport limit aligned with the 256 KiB channel packet baseline.
 const MAXIMUM_PACKET_LEN_BASELINE: usize = 256 * 1024;
@@ -376,7 +397,7 @@ const PADDING_LENGTH_LEN: usize = 1;
 const MAXIMUM_PADDING_LEN: usize = 19;
 const MAXIMUM_PACKET_LEN_HEADROOM: usize =
     PADDING_LENGTH_LEN + CHANNEL_EXTENDED_DATA_PACKET_OVERHEAD + MAXIMUM_PADDING_LEN;
-const MAXIMUM_PACKET_LEN: usize = MAXIMUM_PACKET_LEN_BASELINE + MAXIMUM_PACKET_LEN_HEADROOM;
+pub(crate) const MAXIMUM_PACKET_LEN: usize = MAXIMUM_PACKET_LEN_BASELINE + MAXIMUM_PACKET_LEN_HEADROOM;
 // Keep post-decompression growth within the same packet-acceptance model as
 // the transport read path.
 pub(crate) const MAXIMUM_DECOMPRESSED_PACKET_LEN: usize = MAXIMUM_PACKET_LEN;

@@ -1051,6 +1051,18 @@ pub trait Server {
     }
 }
 
+/// ingest-bridge patch: the largest packet to accept next: RFC 4253's 35000 bytes until the
+/// client has logged in (`InitCompression` follows a successful login), so a client that
+/// never logs in cannot make the server hold a 256 KiB packet per connection.
+pub(crate) fn incoming_packet_limit(common: &CommonSession<Arc<Config>>) -> usize {
+    match common.encrypted.as_ref().map(|enc| &enc.state) {
+        Some(EncryptedState::InitCompression | EncryptedState::Authenticated) => {
+            cipher::MAXIMUM_PACKET_LEN
+        }
+        _ => cipher::MAXIMUM_PREAUTH_PACKET_LEN,
+    }
+}
+
 async fn start_reading<R: AsyncRead + Unpin>(
     mut stream_read: R,
     mut buffer: SSHBuffer,

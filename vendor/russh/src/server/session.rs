@@ -648,7 +648,9 @@ impl Session {
         map_err!(self.common.packet_writer.flush_into(&mut stream).await)?;
 
         let (stream_read, mut stream_write) = stream.split();
-        let buffer = SSHBuffer::new();
+        let mut buffer = SSHBuffer::new();
+        // ingest-bridge patch: small packets only until the client logs in.
+        buffer.max_packet_len = incoming_packet_limit(&self.common);
 
         // Allow handing out references to the cipher
         let mut opening_cipher = Box::new(clear::Key) as Box<dyn OpeningKey + Send>;
@@ -767,6 +769,8 @@ impl Session {
                             std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                         }
                     }
+                    // ingest-bridge patch: full-size packets once the client has logged in.
+                    buffer.max_packet_len = incoming_packet_limit(&self.common);
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
                 () = &mut rekey_timer => {

@@ -483,7 +483,12 @@ where
                     reason.map_or_else(|| "File name not allowed".to_string(), |r| format!("File name not allowed: {r}")),
                 )),
                 ErrorKind::InsufficientStorageSpaceError => Ok(Reply::new(ReplyCode::OutOfSpace, "Insufficient storage space")),
-                ErrorKind::LocalError => Ok(Reply::new(ReplyCode::LocalError, "Local error")),
+                // ingest-bridge patch: say what to do ("… try again later"); the backend gives a
+                // short reason for the client and keeps server paths and library words for its log.
+                ErrorKind::LocalError => Ok(Reply::new_with_string(
+                    ReplyCode::LocalError,
+                    reason.unwrap_or_else(|| "Local error".to_string()),
+                )),
                 ErrorKind::PageTypeUnknown => Ok(Reply::new(ReplyCode::PageTypeUnknown, "Page type unknown")),
                 ErrorKind::TransientFileNotAvailable => Ok(Reply::new(ReplyCode::TransientFileError, "File not found")),
                 ErrorKind::PermanentFileNotAvailable => Ok(Reply::new(ReplyCode::FileError, "File not found")),
