@@ -33,6 +33,8 @@ struct Inner {
     peak: AtomicU64,
     gauge: IntGauge,
     sessions: OpenSessions,
+    /// Bytes of the part pool held by [`SessionCharge`]s now.
+    session_charged: AtomicU64,
 }
 
 /// Bytes of budget held by one buffer; returned when dropped.
@@ -53,6 +55,30 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let now = self.budget.in_use.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
         self.budget.gauge.set(now as i64);
+    }
+}
+
+/// Session charges may hold up to this many eighths of `memory_limit`: with the probe pool
+/// (an eighth), half the limit stays for parts.
+const SESSION_CHARGE_CAP: u64 = 3;
+
+/// One session's buffers, charged to the part pool until dropped ([`MemoryBudget::charge_session`]).
+pub struct SessionCharge {
+    _reservation: Reservation,
+    _counted: ChargeCounted,
+}
+
+/// A session charge's place under [`SESSION_CHARGE_CAP`].
+struct ChargeCounted {
+    budget: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for ChargeCounted {
+    fn drop(&mut self) {
+        self.budget
+            .session_charged
+            .fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -106,6 +132,7 @@ impl MemoryBudget {
                 peak: AtomicU64::new(0),
                 gauge,
                 sessions: OpenSessions::default(),
+                session_charged: AtomicU64::new(0),
             }),
         }
     }
@@ -156,6 +183,32 @@ impl MemoryBudget {
         Some(self.account(permit, n))
     }
 
+    /// Charges one session's own buffers (SSH window, requests being parsed, its tasks) to
+    /// the part pool for as long as the session lasts, waiting like a part would. Returns
+    /// `None`, uncharged, once session charges hold [`SESSION_CHARGE_CAP`] of the limit: the
+    /// rest of the part pool (at least a whole part, since `memory_limit` ≥ 2 parts) always
+    /// stays for uploads, so sessions never hold back the uploads that would end them.
+    pub async fn charge_session(&self, bytes: u64) -> Option<SessionCharge> {
+        let bytes = units(bytes) as u64 * UNIT;
+        let cap = self.inner.limit / 8 * SESSION_CHARGE_CAP;
+        let charged = &self.inner.session_charged;
+        charged
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + bytes <= cap).then_some(now + bytes)
+            })
+            .ok()?;
+        // Counted before waiting, and uncounted should the wait be abandoned.
+        let counted = ChargeCounted {
+            budget: self.inner.clone(),
+            bytes,
+        };
+        let pool = self.inner.parts.clone();
+        Some(SessionCharge {
+            _reservation: self.reserve(pool, bytes).await,
+            _counted: counted,
+        })
+    }
+
     async fn reserve(&self, pool: Arc<Semaphore>, bytes: u64) -> Reservation {
         let n = units(bytes) as u32;
         // The semaphores are never closed, so acquiring can only wait, not fail.
@@ -187,6 +240,7 @@ fn units(bytes: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
     fn budget(limit: u64) -> MemoryBudget {
         MemoryBudget::new(limit, IntGauge::new("t", "t").expect("gauge"))
@@ -220,5 +274,23 @@ mod tests {
             .await
             .expect("released budget is reusable");
         assert!(b.peak() <= b.limit());
+    }
+
+    #[tokio::test]
+    async fn session_charges_stop_at_their_cap_and_leave_parts_room() {
+        let b = budget(8 << 20);
+        let charges: Vec<_> = (0..40)
+            .filter_map(|_| b.charge_session(64 << 10).now_or_never().flatten())
+            .collect();
+        // 3/8 of 8 MiB = 3 MiB = 48 charges of 64 KiB; 40 fit, all charged at once.
+        assert_eq!(charges.len(), 40);
+        assert!(b.charge_session(1 << 20).now_or_never().flatten().is_none());
+        assert_eq!(b.in_use(), 40 * (64 << 10));
+        let part = b.reserve_part(4 << 20).now_or_never();
+        assert!(part.is_some(), "half the limit stays for parts");
+        drop(charges);
+        drop(part);
+        assert_eq!(b.in_use(), 0);
+        assert!(b.charge_session(3 << 20).now_or_never().flatten().is_some());
     }
 }

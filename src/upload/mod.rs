@@ -25,7 +25,8 @@ mod rename;
 mod resume;
 
 pub use budget::{
-    MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, session_share,
+    MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, SessionCharge,
+    session_share,
 };
 pub use client_message::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
