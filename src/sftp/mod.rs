@@ -42,12 +42,12 @@ const MAX_PACKET: u32 = 256 * 1024;
 /// peaked at 969 MiB with half (`bench/scale.sh`), and a window of 1/8 still reaches
 /// [`WINDOW_SIZE`] for a single session from 128 MiB up.
 const WINDOW_SHARE: u64 = 8;
-/// What one SFTP session holds of its own beyond its window's floor, charged to the memory
-/// budget while it lasts ([`MemoryBudget::charge_session`](crate::upload::MemoryBudget)):
-/// [`MIN_WINDOW`] of queued data, the WRITE request russh-sftp is parsing (it keeps the
-/// message and a copy of its data) and the one handed to the upload task, at the 32 KiB
-/// most clients write, and the connection's tasks (about 74 KiB in heap profiles).
-const SESSION_CHARGE: u64 = MIN_WINDOW as u64 + 3 * 32 * 1024 + 64 * 1024;
+/// What one SFTP session holds of its own, charged to the memory budget while it lasts
+/// ([`MemoryBudget::charge_session`](crate::upload::MemoryBudget)): a window at its floor
+/// (64 KiB), the WRITE request russh-sftp is parsing (it keeps the message and a copy of its
+/// data) and the one handed to the upload task, 96 KiB at the 32 KiB most clients write, and
+/// the connection's tasks (about 74 KiB in heap profiles), rounded up.
+const SESSION_CHARGE: u64 = 256 * 1024;
 
 /// The SSH window for each channel when `sessions` share `memory_limit`.
 ///

@@ -35,6 +35,8 @@ struct Inner {
     sessions: OpenSessions,
     /// Bytes of the part pool held by [`SessionCharge`]s now.
     session_charged: AtomicU64,
+    /// The most [`SessionCharge`]s may hold: the part pool less what is kept for parts.
+    session_charge_cap: u64,
 }
 
 /// Bytes of budget held by one buffer; returned when dropped.
@@ -58,17 +60,13 @@ impl Drop for Reservation {
     }
 }
 
-/// Session charges may hold up to this many eighths of `memory_limit`: with the probe pool
-/// (an eighth), half the limit stays for parts.
-const SESSION_CHARGE_CAP: u64 = 3;
-
 /// One session's buffers, charged to the part pool until dropped ([`MemoryBudget::charge_session`]).
 pub struct SessionCharge {
     _reservation: Reservation,
     _counted: ChargeCounted,
 }
 
-/// A session charge's place under [`SESSION_CHARGE_CAP`].
+/// A session charge's place under the cap.
 struct ChargeCounted {
     budget: Arc<Inner>,
     bytes: u64,
@@ -118,8 +116,9 @@ impl Drop for OpenSessionGuard {
 }
 
 impl MemoryBudget {
-    /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool.
-    pub fn new(limit: u64, gauge: IntGauge) -> MemoryBudget {
+    /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool,
+    /// of which session charges never take the last `kept_for_parts` bytes.
+    pub fn new(limit: u64, kept_for_parts: u64, gauge: IntGauge) -> MemoryBudget {
         let probe_pool = (limit / 8).max(PROBE_SIZE).min(limit / 2);
         let part_pool = limit - probe_pool;
         MemoryBudget {
@@ -133,6 +132,7 @@ impl MemoryBudget {
                 gauge,
                 sessions: OpenSessions::default(),
                 session_charged: AtomicU64::new(0),
+                session_charge_cap: (units(part_pool) as u64 * UNIT).saturating_sub(kept_for_parts),
             }),
         }
     }
@@ -185,12 +185,12 @@ impl MemoryBudget {
 
     /// Charges one session's own buffers (SSH window, requests being parsed, its tasks) to
     /// the part pool for as long as the session lasts, waiting like a part would. Returns
-    /// `None`, uncharged, once session charges hold [`SESSION_CHARGE_CAP`] of the limit: the
-    /// rest of the part pool (at least a whole part, since `memory_limit` ≥ 2 parts) always
-    /// stays for uploads, so sessions never hold back the uploads that would end them.
+    /// `None`, uncharged, once session charges would leave less than `kept_for_parts` of the
+    /// part pool: that much always stays for uploads, so sessions never hold back the uploads
+    /// that would end them.
     pub async fn charge_session(&self, bytes: u64) -> Option<SessionCharge> {
         let bytes = units(bytes) as u64 * UNIT;
-        let cap = self.inner.limit / 8 * SESSION_CHARGE_CAP;
+        let cap = self.inner.session_charge_cap;
         let charged = &self.inner.session_charged;
         charged
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
@@ -243,7 +243,7 @@ mod tests {
     use futures::FutureExt;
 
     fn budget(limit: u64) -> MemoryBudget {
-        MemoryBudget::new(limit, IntGauge::new("t", "t").expect("gauge"))
+        MemoryBudget::new(limit, limit / 2, IntGauge::new("t", "t").expect("gauge"))
     }
 
     #[tokio::test]
@@ -282,7 +282,7 @@ mod tests {
         let charges: Vec<_> = (0..40)
             .filter_map(|_| b.charge_session(64 << 10).now_or_never().flatten())
             .collect();
-        // 3/8 of 8 MiB = 3 MiB = 48 charges of 64 KiB; 40 fit, all charged at once.
+        // The part pool (7 MiB) less the 4 MiB kept for parts: 48 charges of 64 KiB; 40 fit.
         assert_eq!(charges.len(), 40);
         assert!(b.charge_session(1 << 20).now_or_never().flatten().is_none());
         assert_eq!(b.in_use(), 40 * (64 << 10));
