@@ -6,7 +6,8 @@
 //! bytes are read and returned when S3 has the part, so the sum of reservations never exceeds
 //! the limit. Parts are reserved whole and the part pool only ever holds buffers that are
 //! being filled or sent, so no set of uploads can wait on each other forever; the semaphores
-//! are fair (FIFO), so a fast upload cannot starve a slow one.
+//! are fair (FIFO), so a fast upload cannot starve a slow one. SFTP sessions also charge
+//! their own buffers to the part pool while they last, never its last `kept_for_parts`.
 
 use prometheus::IntGauge;
 use std::sync::Arc;
