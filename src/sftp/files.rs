@@ -11,7 +11,9 @@ use crate::auth::{PathError, User, VirtualPath};
 use crate::metrics::Protocol;
 use crate::namespace::{DirPages, Entry, FsError, Namespace};
 use crate::notify::CompletedUpload;
-use crate::upload::{Pipeline, RenameRequest, Reservation, Upload, UploadError, UploadRequest};
+use crate::upload::{
+    Pipeline, RenameRequest, Reservation, SessionCharge, Upload, UploadError, UploadRequest,
+};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
     StatusCode, Version,
@@ -42,8 +44,7 @@ pub const MAX_MESSAGE: u32 = 256 * 1024 + 1024;
 /// value, which leaves room for the message header inside a 256 KiB message. OpenSSH
 /// clients (8.7+) then move 255 KiB per request instead of 32 KiB: 8× fewer round trips
 /// and replies per GiB.
-const ADVERTISED_IO_LENGTH: u64 = 256 * 1024 - 1024;
-
+pub(super) const ADVERTISED_IO_LENGTH: u64 = 256 * 1024 - 1024;
 /// What every SFTP session shares.
 pub struct SftpShared {
     /// Uploads.
@@ -110,6 +111,8 @@ pub struct SftpFiles {
     open: HashMap<String, OpenFile>,
     next_handle: u64,
     initialised: bool,
+    /// This session's own buffers, charged to the memory budget while it lasts.
+    _charge: Option<SessionCharge>,
 }
 
 fn status(id: u32) -> Status {
@@ -231,8 +234,10 @@ impl SftpFiles {
         user: Arc<User>,
         remote_addr: SocketAddr,
         session_id: String,
+        charge: Option<SessionCharge>,
     ) -> SftpFiles {
         SftpFiles {
+            _charge: charge,
             shared,
             user,
             remote_addr,
@@ -396,12 +401,14 @@ impl russh_sftp::server::Handler for SftpFiles {
             return Err(StatusCode::OpUnsupported
                 .with_message(format!("extension {request} is not supported")));
         }
+        let budget = self.shared.pipeline.budget();
+        let io_length = super::advertised_io_length(budget.limit(), budget.sessions().get());
         // The reply is four uint64 fields after the id, not a length-prefixed string.
         let mut data = Vec::with_capacity(32);
         for field in [
             u64::from(MAX_MESSAGE),
-            ADVERTISED_IO_LENGTH,
-            ADVERTISED_IO_LENGTH,
+            io_length,
+            io_length,
             0, // open handles: no fixed limit
         ] {
             data.extend_from_slice(&field.to_be_bytes());

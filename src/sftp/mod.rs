@@ -13,7 +13,7 @@ use crate::auth::{AuthError, Logins, Secret, User};
 use crate::config::SftpConfig;
 use crate::defender::LoginDeadline;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
-use crate::upload::{OpenSessionGuard, session_share};
+use crate::upload::OpenSessionGuard;
 use files::SftpFiles;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
@@ -37,15 +37,43 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest SSH packet we accept and send.
 const MAX_PACKET: u32 = 256 * 1024;
 
+/// All windows together get `memory_limit / WINDOW_SHARE` while enough sessions are open to
+/// reach [`MIN_WINDOW`]: an eighth, not FTP's half, because 1,000 SFTP uploads on 512 MiB
+/// peaked at 969 MiB with half (`bench/scale.sh`), and a window of 1/8 still reaches
+/// [`WINDOW_SIZE`] for a single session from 128 MiB up.
+const WINDOW_SHARE: u64 = 8;
+/// What one SFTP session holds of its own, charged to the memory budget while it lasts
+/// ([`MemoryBudget::charge_session`](crate::upload::MemoryBudget)): a window at its floor
+/// (64 KiB), the WRITE request russh-sftp is parsing (it keeps the message and a copy of its
+/// data) and the one handed to the upload task, 96 KiB at the 32 KiB most clients write, and
+/// the connection's tasks (about 74 KiB in heap profiles), rounded up.
+const SESSION_CHARGE: u64 = 256 * 1024;
+
 /// The SSH window for each channel when `sessions` share `memory_limit`.
 ///
 /// An upload that waits for the memory budget stops consuming, and its client may then send
-/// a window's worth more, which the bridge must hold outside the budget: [`session_share`],
-/// at most `memory_limit / 2` over all sessions, as FTP gives its data sockets.
+/// a window's worth more, which the bridge holds: at most `memory_limit / WINDOW_SHARE`
+/// over all sessions until each is down to [`MIN_WINDOW`], which [`SESSION_CHARGE`] counts.
 fn window_for(memory_limit: u64, sessions: usize) -> u32 {
-    u32::try_from(session_share(memory_limit, sessions))
+    u32::try_from(memory_limit / (WINDOW_SHARE * sessions.max(1) as u64))
         .unwrap_or(u32::MAX)
         .clamp(MIN_WINDOW, WINDOW_SIZE)
+}
+
+/// READ and WRITE lengths advertised while windows are small: what clients without the
+/// extension move, and what the session charge (`SESSION_CHARGE`) counts per request.
+const CROWDED_IO_LENGTH: u64 = 32 * 1024;
+
+/// The lengths a new session is told: 255 KiB while its window holds a whole message,
+/// 32 KiB once so many sessions share the budget that it does not. russh-sftp keeps each
+/// WRITE twice while it parses it and the session hands one more to its upload, so 1,000
+/// OpenSSH uploads would otherwise hold about 750 MiB in requests outside the budget.
+fn advertised_io_length(memory_limit: u64, sessions: usize) -> u64 {
+    if u64::from(window_for(memory_limit, sessions)) >= u64::from(files::MAX_MESSAGE) {
+        files::ADVERTISED_IO_LENGTH
+    } else {
+        CROWDED_IO_LENGTH
+    }
 }
 
 /// Builds the russh server configuration from `[sftp]` and the loaded host keys.
@@ -419,16 +447,54 @@ impl russh::server::Handler for SshConnection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let files = SftpFiles::new(
+        let (shared, remote_addr, session_id) = (
             self.shared.clone(),
-            user,
             self.remote_addr,
             self.session_id.clone(),
         );
-        let config = russh_sftp::server::Config {
-            max_client_packet_len: files::MAX_MESSAGE,
-        };
-        russh_sftp::server::run_with_config(stream, files, config).await;
+        // The charge may wait for uploads to return parts; the connection loop must not.
+        tokio::spawn(async move {
+            let charge = shared
+                .pipeline
+                .budget()
+                .charge_session(SESSION_CHARGE)
+                .await;
+            let files = SftpFiles::new(shared, user, remote_addr, session_id, charge);
+            let config = russh_sftp::server::Config {
+                max_client_packet_len: files::MAX_MESSAGE,
+            };
+            russh_sftp::server::run_with_config(stream, files, config).await;
+        });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_share_an_eighth_of_the_budget_between_their_floor_and_ceiling() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(
+            window_for(512 * MIB, 1),
+            WINDOW_SIZE,
+            "one upload keeps 16 MiB"
+        );
+        assert_eq!(window_for(1024 * MIB, 4), WINDOW_SIZE);
+        assert_eq!(window_for(512 * MIB, 16), 4 * MIB as u32);
+        assert_eq!(window_for(512 * MIB, 1000), 67_108, "just above the floor");
+        assert_eq!(window_for(512 * MIB, 2000), MIN_WINDOW);
+        assert_eq!(window_for(0, 0), MIN_WINDOW);
+    }
+
+    #[test]
+    fn crowded_sessions_are_told_to_write_32_kib() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(
+            advertised_io_length(512 * MIB, 10),
+            files::ADVERTISED_IO_LENGTH
+        );
+        assert_eq!(advertised_io_length(512 * MIB, 1000), 32 * 1024);
     }
 }

@@ -6,7 +6,8 @@
 //! bytes are read and returned when S3 has the part, so the sum of reservations never exceeds
 //! the limit. Parts are reserved whole and the part pool only ever holds buffers that are
 //! being filled or sent, so no set of uploads can wait on each other forever; the semaphores
-//! are fair (FIFO), so a fast upload cannot starve a slow one.
+//! are fair (FIFO), so a fast upload cannot starve a slow one. SFTP sessions also charge
+//! their own buffers to the part pool while they last, never its last `kept_for_parts`.
 
 use prometheus::IntGauge;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ struct Inner {
     peak: AtomicU64,
     gauge: IntGauge,
     sessions: OpenSessions,
+    /// Bytes of the part pool held by [`SessionCharge`]s now.
+    session_charged: AtomicU64,
+    /// The most [`SessionCharge`]s may hold: the part pool less what is kept for parts.
+    session_charge_cap: u64,
 }
 
 /// Bytes of budget held by one buffer; returned when dropped.
@@ -53,6 +58,26 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let now = self.budget.in_use.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
         self.budget.gauge.set(now as i64);
+    }
+}
+
+/// One session's buffers, charged to the part pool until dropped ([`MemoryBudget::charge_session`]).
+pub struct SessionCharge {
+    _reservation: Reservation,
+    _counted: ChargeCounted,
+}
+
+/// A session charge's place under the cap.
+struct ChargeCounted {
+    budget: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for ChargeCounted {
+    fn drop(&mut self) {
+        self.budget
+            .session_charged
+            .fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -92,8 +117,9 @@ impl Drop for OpenSessionGuard {
 }
 
 impl MemoryBudget {
-    /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool.
-    pub fn new(limit: u64, gauge: IntGauge) -> MemoryBudget {
+    /// Splits `limit` into the probe pool (an eighth, at least one probe) and the part pool,
+    /// of which session charges never take the last `kept_for_parts` bytes.
+    pub fn new(limit: u64, kept_for_parts: u64, gauge: IntGauge) -> MemoryBudget {
         let probe_pool = (limit / 8).max(PROBE_SIZE).min(limit / 2);
         let part_pool = limit - probe_pool;
         MemoryBudget {
@@ -106,6 +132,8 @@ impl MemoryBudget {
                 peak: AtomicU64::new(0),
                 gauge,
                 sessions: OpenSessions::default(),
+                session_charged: AtomicU64::new(0),
+                session_charge_cap: (units(part_pool) as u64 * UNIT).saturating_sub(kept_for_parts),
             }),
         }
     }
@@ -156,6 +184,32 @@ impl MemoryBudget {
         Some(self.account(permit, n))
     }
 
+    /// Charges one session's own buffers (SSH window, requests being parsed, its tasks) to
+    /// the part pool for as long as the session lasts, waiting like a part would. Returns
+    /// `None`, uncharged, once session charges would leave less than `kept_for_parts` of the
+    /// part pool: that much always stays for uploads, so sessions never hold back the uploads
+    /// that would end them.
+    pub async fn charge_session(&self, bytes: u64) -> Option<SessionCharge> {
+        let bytes = units(bytes) as u64 * UNIT;
+        let cap = self.inner.session_charge_cap;
+        let charged = &self.inner.session_charged;
+        charged
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + bytes <= cap).then_some(now + bytes)
+            })
+            .ok()?;
+        // Counted before waiting, and uncounted should the wait be abandoned.
+        let counted = ChargeCounted {
+            budget: self.inner.clone(),
+            bytes,
+        };
+        let pool = self.inner.parts.clone();
+        Some(SessionCharge {
+            _reservation: self.reserve(pool, bytes).await,
+            _counted: counted,
+        })
+    }
+
     async fn reserve(&self, pool: Arc<Semaphore>, bytes: u64) -> Reservation {
         let n = units(bytes) as u32;
         // The semaphores are never closed, so acquiring can only wait, not fail.
@@ -187,9 +241,10 @@ fn units(bytes: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
     fn budget(limit: u64) -> MemoryBudget {
-        MemoryBudget::new(limit, IntGauge::new("t", "t").expect("gauge"))
+        MemoryBudget::new(limit, limit / 2, IntGauge::new("t", "t").expect("gauge"))
     }
 
     #[tokio::test]
@@ -220,5 +275,23 @@ mod tests {
             .await
             .expect("released budget is reusable");
         assert!(b.peak() <= b.limit());
+    }
+
+    #[tokio::test]
+    async fn session_charges_stop_at_their_cap_and_leave_parts_room() {
+        let b = budget(8 << 20);
+        let charges: Vec<_> = (0..40)
+            .filter_map(|_| b.charge_session(64 << 10).now_or_never().flatten())
+            .collect();
+        // The part pool (7 MiB) less the 4 MiB kept for parts: 48 charges of 64 KiB; 40 fit.
+        assert_eq!(charges.len(), 40);
+        assert!(b.charge_session(1 << 20).now_or_never().flatten().is_none());
+        assert_eq!(b.in_use(), 40 * (64 << 10));
+        let part = b.reserve_part(4 << 20).now_or_never();
+        assert!(part.is_some(), "half the limit stays for parts");
+        drop(charges);
+        drop(part);
+        assert_eq!(b.in_use(), 0);
+        assert!(b.charge_session(3 << 20).now_or_never().flatten().is_some());
     }
 }

@@ -25,7 +25,8 @@ mod rename;
 mod resume;
 
 pub use budget::{
-    MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, session_share,
+    MemoryBudget, OpenSessionGuard, OpenSessions, PROBE_SIZE, Reservation, SessionCharge,
+    session_share,
 };
 pub use client_message::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
@@ -252,7 +253,12 @@ impl Pipeline {
         metrics
             .buffer_bytes_limit
             .set(i64::try_from(cfg.memory_limit).unwrap_or(i64::MAX));
-        let budget = MemoryBudget::new(cfg.memory_limit, metrics.buffer_bytes_in_use.clone());
+        // Two parts always stay for uploads, whatever sessions charge for their buffers.
+        let budget = MemoryBudget::new(
+            cfg.memory_limit,
+            2 * cfg.part_size,
+            metrics.buffer_bytes_in_use.clone(),
+        );
         let sizes = PartSizes::new(
             cfg.part_size.min(budget.max_part()),
             cfg.max_part_size.min(budget.max_part()),
