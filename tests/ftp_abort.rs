@@ -6,7 +6,7 @@
 mod common;
 
 use common::raw_ftp::{RawFtp, client_config_trusting, self_signed_certificate};
-use common::{Harness, Options, data, metric};
+use common::{Harness, Options, data, metric, metrics_at};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,24 +16,6 @@ const MIB: usize = 1024 * 1024;
 const IAC: u8 = 255;
 const IP: u8 = 244;
 const DM: u8 = 242;
-
-/// Waits until `key`'s cut upload is kept (its record no longer running); returns its length.
-async fn kept_bytes(h: &Harness, key: &str) -> Option<u64> {
-    let store =
-        ingest_bridge::upload::PartialStore::open(&h.config.server.data_dir).expect("store");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match store.get(key.to_string()).await.expect("read") {
-            Some(r) if !r.active => return Some(r.durable_bytes),
-            None if tokio::time::Instant::now() > deadline - Duration::from_secs(8) => {
-                return None;
-            }
-            _ => {}
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Sends 12 MiB into an upload and lets the bridge take them: two 5 MiB parts reach S3.
 async fn send_and_settle<W: AsyncWrite + Unpin>(data_conn: &mut W) {
@@ -64,7 +46,7 @@ async fn assert_426_then_226<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(ftp: 
 
 /// What a cut upload leaves: its whole parts kept for a resume, no object, no completion.
 async fn assert_cut(h: &Harness, key: &str) {
-    assert_eq!(kept_bytes(h, key).await, Some(10 * MIB as u64), "{key}");
+    assert_eq!(h.kept_bytes(key).await, Some(10 * MIB as u64), "{key}");
     assert!(h.object(key).await.is_none(), "nothing published at {key}");
     assert!(
         h.events().iter().all(|e| e["key"] != key),
@@ -229,18 +211,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .expect("field")
 }
 
-/// `GET /metrics` from a bridge running as a process.
-async fn metrics_of(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.expect("read");
-    out
-}
-
 /// Kills the bridge process however the test ends.
 struct Killed(std::process::Child);
 
@@ -304,7 +274,7 @@ async fn an_endless_command_line_is_refused_without_being_buffered() {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let m = metrics_of(metrics_addr).await;
+        let m = metrics_at(metrics_addr).await;
         let counted = metric(
             &m,
             "ingest_bridge_limits_exceeded_total",

@@ -3,24 +3,15 @@
 
 mod common;
 
-use common::raw_ftp::RawFtp;
+use common::raw_ftp::{
+    RawFtp, client_config_trusting as client_config, self_signed_certificate as certificate,
+};
 use common::{Harness, Options, PASSWORD, metric};
 use rustls::pki_types::CertificateDer;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// A self-signed certificate for "localhost" written as `<name>.pem` / `<name>.key`.
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
-    std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write key");
-    (cert, key, generated.cert.der().clone())
-}
 
 fn tls_section(cert: &Path, key: &Path, required: bool) -> String {
     format!(
@@ -41,21 +32,6 @@ async fn tls_bridge(required: bool) -> (Harness, CertificateDer<'static>, tempfi
     })
     .await;
     (h, der, certs)
-}
-
-fn client_config(trusted: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in trusted {
-        roots.add(cert.clone()).expect("trust anchor");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }
 
 /// Connects, upgrades with AUTH TLS and logs in as alice; returns the control connection

@@ -26,24 +26,6 @@ async fn ftp_die_mid_upload(addr: SocketAddr, path: &str, bytes: &[u8]) {
     drop(data);
 }
 
-/// Waits until `key`'s cut upload is kept (its record no longer running); returns its length.
-async fn kept_bytes(h: &Harness, key: &str) -> Option<u64> {
-    let store =
-        ingest_bridge::upload::PartialStore::open(&h.config.server.data_dir).expect("store");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match store.get(key.to_string()).await.expect("read") {
-            Some(r) if !r.active => return Some(r.durable_bytes),
-            None if tokio::time::Instant::now() > deadline - Duration::from_secs(8) => {
-                return None;
-            }
-            _ => {}
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn completions_for(h: &Harness, key: &str) -> Vec<serde_json::Value> {
     h.events().into_iter().filter(|e| e["key"] == key).collect()
 }
@@ -53,10 +35,7 @@ async fn ftp_cut_inside_a_part_resumes_with_rest_and_stor() {
     let h = Harness::start(Options::default()).await;
     let source = data(17 * MIB, 11);
     ftp_die_mid_upload(h.ftp, "clip.mxf", &source[..12 * MIB]).await;
-    assert_eq!(
-        kept_bytes(&h, "alice/clip.mxf").await,
-        Some(10 * MIB as u64)
-    );
+    assert_eq!(h.kept_bytes("alice/clip.mxf").await, Some(10 * MIB as u64));
     assert!(
         h.object("alice/clip.mxf").await.is_none(),
         "nothing published"
@@ -115,7 +94,7 @@ async fn ftp_cut_on_a_part_boundary_resumes_with_appe() {
     ftp_die_mid_upload(h.ftp, "boundary.bin", &source[..10 * MIB]).await;
     // The second part's buffer was exactly full: it is a whole part and is kept.
     assert_eq!(
-        kept_bytes(&h, "alice/boundary.bin").await,
+        h.kept_bytes("alice/boundary.bin").await,
         Some(10 * MIB as u64)
     );
     let mut ftp = h.login("alice").await;
@@ -165,7 +144,7 @@ async fn a_client_whose_data_connection_closes_just_before_its_control_connectio
     tokio::time::sleep(Duration::from_millis(1)).await;
     drop(ftp);
     assert_eq!(
-        kept_bytes(&h, "alice/killed.bin").await,
+        h.kept_bytes("alice/killed.bin").await,
         Some(10 * MIB as u64)
     );
     assert!(
@@ -189,10 +168,7 @@ async fn allo_size_disagreeing_with_the_data_cuts_the_upload() {
     drop(data_conn);
     let (code, text) = ftp.reply().await;
     assert!((400..600).contains(&code), "not a success: {text}");
-    assert_eq!(
-        kept_bytes(&h, "alice/allo.bin").await,
-        Some(10 * MIB as u64)
-    );
+    assert_eq!(h.kept_bytes("alice/allo.bin").await, Some(10 * MIB as u64));
     assert!(h.object("alice/allo.bin").await.is_none());
     assert!(h.events().is_empty());
 }
@@ -203,10 +179,7 @@ async fn sftp_cut_resumes_with_a_write_at_the_kept_length_even_after_a_restart()
     let mut h = Harness::start(Options::default()).await;
     let source = data(16 * MIB, 15);
     common::vanish_mid_sftp_upload(h.sftp, "/reel.mov", &source[..12 * MIB]).await;
-    assert_eq!(
-        kept_bytes(&h, "alice/reel.mov").await,
-        Some(10 * MIB as u64)
-    );
+    assert_eq!(h.kept_bytes("alice/reel.mov").await, Some(10 * MIB as u64));
 
     // The bridge restarts between the cut and the resume.
     h.shutdown().await;
@@ -249,7 +222,7 @@ async fn kept_uploads_expire_after_the_resume_window() {
     })
     .await;
     ftp_die_mid_upload(h.ftp, "old.bin", &data(11 * MIB, 16)).await;
-    assert_eq!(kept_bytes(&h, "alice/old.bin").await, Some(10 * MIB as u64));
+    assert_eq!(h.kept_bytes("alice/old.bin").await, Some(10 * MIB as u64));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !h.open_multipart_ids().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "never expired");

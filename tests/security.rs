@@ -5,7 +5,7 @@
 mod common;
 
 use common::raw_ftp::RawFtp;
-use common::{Harness, Login, Options, PASSWORD, metric, sftp_login};
+use common::{Harness, Login, Options, PASSWORD, metric, sftp_login, sftp_login_within};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
@@ -234,17 +234,12 @@ async fn connection_limits_refuse_the_extra_connection_on_both_protocols() {
         "the limit counts both protocols"
     );
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match sftp_login(h.sftp, "alice", Login::Password(PASSWORD)).await {
-            Ok(_) => break,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "a closed connection frees its place: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sftp_login_within(
+        h.sftp,
+        Duration::from_secs(5),
+        "a closed connection frees its place",
+    )
+    .await;
     let m = h.metrics_text().await;
     assert_eq!(
         metric(

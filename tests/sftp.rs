@@ -7,7 +7,7 @@ use common::{
     FakeApi, Harness, Login, Options, PASSWORD, client_key, data, metric, sftp_login, sha256_hex,
 };
 use russh_sftp::protocol::OpenFlags;
-use sftp_wire::{put_string, sftp_message, sftp_replies};
+use sftp_wire::{RawSftp, WRITE_NEW, put_string, sftp_message};
 use std::io::SeekFrom;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -455,38 +455,15 @@ async fn an_upload_waiting_for_the_budget_holds_its_client_back_with_the_ssh_win
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let stream = tokio::net::TcpStream::connect(h.sftp)
-        .await
-        .expect("connect");
-    let config = Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect_stream(config, stream, common::TrustingClient)
-        .await
-        .expect("ssh");
-    let auth = ssh
-        .authenticate_password("alice", PASSWORD)
-        .await
-        .expect("auth");
-    assert!(auth.success());
-    let channel = ssh.channel_open_session().await.expect("channel");
-    channel
-        .request_subsystem(true, "sftp")
-        .await
-        .expect("subsystem");
-    let (read, write) = channel.split();
-    let mut replies = sftp_replies(read);
-    write
-        .data(&sftp_message(1, &3u32.to_be_bytes())[..])
-        .await
-        .expect("INIT");
-    assert_eq!(replies.recv().await.expect("VERSION").0, 2);
-    let mut open = 1u32.to_be_bytes().to_vec();
-    put_string(&mut open, b"/stalled.bin");
-    open.extend_from_slice(&(0x02u32 | 0x08 | 0x10).to_be_bytes()); // WRITE|CREAT|TRUNC
-    open.extend_from_slice(&0u32.to_be_bytes());
-    write.data(&sftp_message(3, &open)[..]).await.expect("OPEN");
-    let (kind, _, body) = replies.recv().await.expect("HANDLE");
-    assert_eq!(kind, 102, "OPEN answered with a handle");
-    let handle = body[4..].to_vec();
+    let mut sftp = RawSftp::start(h.sftp).await;
+    let handle = sftp.open("/stalled.bin", WRITE_NEW).await;
+    // The writer task owns the write half; the replies are read here. `_ssh` keeps the
+    // connection open.
+    let RawSftp {
+        ssh: _ssh,
+        write,
+        mut replies,
+    } = sftp;
 
     // Write 12 MiB in 32 KiB requests without waiting for replies, as OpenSSH pipelines.
     let content = data(12 * MIB, 2);

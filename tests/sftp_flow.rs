@@ -4,7 +4,7 @@
 mod common;
 mod sftp_wire;
 
-use common::{Harness, Login, Options, PASSWORD, data, metric, sftp_login};
+use common::{Harness, Options, PASSWORD, data, metric, sftp_login_within};
 use sftp_wire::{READ, RawSftp};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -144,17 +144,12 @@ async fn place_is_freed(h: &Harness, within: Duration) -> Duration {
     let _ = ftp.quit().await;
     drop(ftp);
     // The FTP session's place is freed as its connection closes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match sftp_login(h.sftp, "alice", Login::Password(PASSWORD)).await {
-            Ok(_) => break,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "an SFTP login from the same address: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sftp_login_within(
+        h.sftp,
+        Duration::from_secs(5),
+        "an SFTP login from the same address",
+    )
+    .await;
     took
 }
 

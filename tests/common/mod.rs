@@ -483,16 +483,26 @@ impl Harness {
     }
 
     pub async fn metrics_text(&self) -> String {
-        let addr = self.bridge().metrics_addr;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.expect("read");
-        out
+        metrics_at(self.bridge().metrics_addr).await
+    }
+
+    /// Waits until `key`'s cut upload is kept (its record no longer running); returns its
+    /// length, `None` when none is kept.
+    pub async fn kept_bytes(&self, key: &str) -> Option<u64> {
+        let store =
+            ingest_bridge::upload::PartialStore::open(&self.config.server.data_dir).expect("store");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.get(key.to_string()).await.expect("read") {
+                Some(r) if !r.active => return Some(r.durable_bytes),
+                None if tokio::time::Instant::now() > deadline - Duration::from_secs(8) => {
+                    return None;
+                }
+                _ => {}
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn shutdown(&mut self) {
@@ -500,6 +510,19 @@ impl Harness {
             b.shutdown().await;
         }
     }
+}
+
+/// `GET /metrics` from the endpoint at `addr` (a bridge in process or spawned).
+pub async fn metrics_at(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    out
 }
 
 /// Deterministic pseudo-random bytes.
@@ -613,6 +636,19 @@ pub async fn sftp_login_over(
         .await
         .map_err(|e| e.to_string())?;
     Ok(SftpClient { ssh, sftp })
+}
+
+/// Alice logs in over SFTP, retrying for up to `within` while a place is being freed;
+/// panics with `why` if no login succeeds by then.
+pub async fn sftp_login_within(addr: SocketAddr, within: Duration, why: &str) -> SftpClient {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match sftp_login(addr, "alice", Login::Password(PASSWORD)).await {
+            Ok(client) => return client,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{why}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Alice opens `path` over SFTP, writes `bytes`, and vanishes: the SSH connection ends
