@@ -154,23 +154,21 @@ impl Validator<'_> {
                 http::Method::POST
             }
         };
-        let (url, url_at) = match raw.url {
-            Some(t) => (t.get_ref().clone(), Some(t)),
+        let url = match raw.url {
+            Some(t) => t.into_inner(),
             None => {
                 self.problem(
                     &format!("{key}.url"),
                     None,
                     "every step needs a url (a template, e.g. \"https://api.example.com/media\")",
                 );
-                (String::new(), None)
+                String::new()
             }
         };
-        let url = self.env(&format!("{key}.url"), url, url_at.as_ref());
         self.template(&format!("{key}.url"), &url);
         let mut headers = BTreeMap::new();
         for (name, value) in raw.headers {
             let at = format!("{key}.headers.{name}");
-            let value = self.env(&at, value, None);
             if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 self.problem(&at, None, "not a valid HTTP header name");
             }
@@ -289,18 +287,17 @@ impl Validator<'_> {
                 .into_iter()
                 .map(|(name, value)| {
                     let at = format!("{key}.{what}.{name}");
-                    let value = this.env(&at, value, None);
                     this.template(&at, &value);
                     (name, value)
                 })
                 .collect::<BTreeMap<_, _>>()
         };
         if let Some(t) = json {
-            let t = self.env(&format!("{key}.json"), t.clone(), None);
+            let t = t.clone();
             self.template(&format!("{key}.json"), &t);
             StepBody::Json(t)
         } else if let Some(t) = text {
-            let t = self.env(&format!("{key}.body"), t.clone(), None);
+            let t = t.clone();
             self.template(&format!("{key}.body"), &t);
             StepBody::Text {
                 template: t,
@@ -389,7 +386,6 @@ impl Validator<'_> {
         let mut headers = BTreeMap::new();
         for (name, value) in raw {
             let at = format!("{key}.{name}");
-            let value = self.env(&at, value, None);
             if http::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || http::header::HeaderValue::from_str(&value).is_err()
             {
@@ -402,14 +398,7 @@ impl Validator<'_> {
 
     pub(super) fn user_notify(&mut self, key: &str, raw: RawUserNotify) -> UserNotifyConfig {
         let headers = self.literal_headers(&format!("{key}.headers"), raw.headers);
-        let vars = raw
-            .vars
-            .into_iter()
-            .map(|(name, value)| {
-                let value = self.env(&format!("{key}.vars.{name}"), value, None);
-                (name, value)
-            })
-            .collect();
+        let vars = raw.vars.into_iter().collect();
         UserNotifyConfig { headers, vars }
     }
 }

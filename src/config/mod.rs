@@ -562,6 +562,14 @@ impl Config {
 
     /// Validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let expanded =
+            env::expand_document(text, |name| std::env::var(name).ok()).map_err(|problems| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems,
+                }
+            })?;
+        let text = expanded.as_str();
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
@@ -595,18 +603,6 @@ impl Validator<'_> {
             .filter(|b| *b == b'\n')
             .count()
             + 1
-    }
-
-    /// `value` with `${NAME}` replaced from the environment; on a problem, reports it and
-    /// returns "" (the run stops at validation anyway).
-    fn env(&mut self, key: &str, value: String, at: Option<&Text>) -> String {
-        match env::expand_env(&value, |name| std::env::var(name).ok()) {
-            Ok(expanded) => expanded,
-            Err(message) => {
-                self.problem(key, at, message);
-                String::new()
-            }
-        }
     }
 
     fn problem(&mut self, key: &str, at: Option<&Text>, message: impl Into<String>) {
@@ -809,7 +805,6 @@ impl Validator<'_> {
             return AuthConfig::default();
         };
         let (url, url_at) = Self::text(raw.url, "");
-        let url = self.env("auth.http.url", url, url_at.as_ref());
         if !url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             self.problem(
                 "auth.http.url",
@@ -1009,7 +1004,6 @@ impl Validator<'_> {
 
     fn storage(&mut self, raw: raw::RawStorage) -> StorageConfig {
         let (endpoint_text, endpoint_at) = Self::text(raw.endpoint, "embedded");
-        let endpoint_text = self.env("storage.endpoint", endpoint_text, endpoint_at.as_ref());
         let endpoint = match endpoint_text.as_str() {
             "embedded" => Endpoint::Embedded,
             "" | "aws" => Endpoint::Aws,
@@ -1075,9 +1069,7 @@ impl Validator<'_> {
             );
         }
         let access_key_id = raw.access_key_id.unwrap_or_default();
-        let access_key_id = self.env("storage.access_key_id", access_key_id, None);
         let secret_access_key = raw.secret_access_key.unwrap_or_default();
-        let secret_access_key = self.env("storage.secret_access_key", secret_access_key, None);
         if access_key_id.is_empty() != secret_access_key.is_empty() {
             self.problem(
                 "storage.secret_access_key",
@@ -1132,7 +1124,6 @@ impl Validator<'_> {
 
     fn notify(&mut self, raw: raw::RawNotify) -> NotifyConfig {
         let (url, url_at) = Self::text(raw.url, "");
-        let url = self.env("notify.url", url, url_at.as_ref());
         let url = if url.is_empty() {
             None
         } else {
@@ -1150,7 +1141,6 @@ impl Validator<'_> {
         };
         let headers = self.literal_headers("notify.headers", raw.headers);
         let (secret, secret_at) = Self::text(raw.signing_secret, "");
-        let secret = self.env("notify.signing_secret", secret, secret_at.as_ref());
         let signing_secret = if secret.is_empty() {
             None
         } else {

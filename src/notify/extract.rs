@@ -1,6 +1,8 @@
 //! Reading fields out of an API's answer: JSON or XML, by a dotted path (`data.items.0.id`).
 //! For XML the path starts below the root element and array indices pick the n-th child of
-//! that name, so `<xml><result><id>0_a</id></result></xml>` answers `result.id`.
+//! that name, so `<xml><result><id>0_a</id></result></xml>` answers `result.id`. A name
+//! with no exact match falls back to one that differs only in case, so the default error
+//! path `message` also reads S3's `<Error><Message>` and a `{"Message": …}`.
 
 use serde_json::Value;
 
@@ -54,7 +56,11 @@ impl Document {
 fn json_get<'a>(mut v: &'a Value, path: &str) -> Option<&'a Value> {
     for segment in path.split('.').filter(|s| !s.is_empty()) {
         v = match v {
-            Value::Object(map) => map.get(segment)?,
+            Value::Object(map) => map.get(segment).or_else(|| {
+                map.iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case(segment))
+                    .map(|(_, value)| value)
+            })?,
             Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
             _ => return None,
         };
@@ -74,10 +80,15 @@ fn xml_get(text: &str, path: &str) -> Option<String> {
             }
             None => 0,
         };
-        node = node
-            .children()
-            .filter(|c| c.is_element() && c.tag_name().name() == name)
-            .nth(index)?;
+        let named = |exact: bool| {
+            node.children()
+                .filter(move |c| {
+                    let tag = c.tag_name().name();
+                    c.is_element() && (tag == name || !exact && tag.eq_ignore_ascii_case(name))
+                })
+                .nth(index)
+        };
+        node = named(true).or_else(|| named(false))?;
     }
     let text: String = node
         .descendants()
@@ -110,6 +121,30 @@ mod tests {
         assert_eq!(d.text("result.id").as_deref(), Some("0_abc"));
         assert_eq!(d.text("result.item.1").as_deref(), Some("b"));
         assert_eq!(d.text("result.nope"), None);
+    }
+
+    #[test]
+    fn names_fall_back_to_a_case_insensitive_match() {
+        let s3 = Document::parse(
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        );
+        assert_eq!(s3.text("message").as_deref(), Some("Request has expired"));
+        let json =
+            Document::parse(br#"{"Message":"upper","message2":"x","data":{"ID":"7","id":"8"}}"#);
+        assert_eq!(json.text("message").as_deref(), Some("upper"));
+        assert_eq!(
+            json.text("data.id").as_deref(),
+            Some("8"),
+            "an exact match wins"
+        );
+        assert_eq!(json.text("data.Id").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn an_empty_path_is_the_whole_answer() {
+        // Kaltura's session.start answers a bare JSON string (format=1).
+        let ks = Document::parse(br#""djJ8MTIzfDEyMw==""#);
+        assert_eq!(ks.text("").as_deref(), Some("djJ8MTIzfDEyMw=="));
     }
 
     #[test]
