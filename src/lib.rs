@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod notify;
 pub mod outbound;
+pub mod progress;
 pub mod server;
 pub mod sftp;
 pub mod storage;

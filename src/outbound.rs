@@ -13,6 +13,22 @@ pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// A client for connector steps: no overall deadline (each request sets its own, or is
+/// watched for progress), and redirects followed only when `redirects` (Standard Webhooks:
+/// a 3xx is a failure).
+pub fn step_client(redirects: bool) -> reqwest::Result<reqwest::Client> {
+    let policy = if redirects {
+        reqwest::redirect::Policy::limited(10)
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    reqwest::Client::builder()
+        .redirect(policy)
+        .connect_timeout(Duration::from_secs(30))
+        .user_agent(concat!("ingest-bridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Literal headers (validated with the config) as a `HeaderMap`.
 pub fn header_map(headers: &BTreeMap<String, String>) -> HeaderMap {
     headers

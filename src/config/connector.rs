@@ -4,8 +4,13 @@
 //! not a dead letter days later.
 
 use super::Validator;
-use super::raw::{RawRule, RawStep, RawUserNotify};
+use super::raw::{RawParts, RawRule, RawStep, RawUserNotify};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// S3's smallest part (but the last), and its largest.
+const MIN_PART: u64 = 5 << 20;
+const MAX_PART: u64 = 5 << 30;
 
 /// One templated HTTP request.
 #[derive(Debug, Clone)]
@@ -28,6 +33,41 @@ pub struct StepConfig {
     pub rules: Vec<RuleConfig>,
     /// `create` only: template of the object path (inside the user's home).
     pub key: Option<String>,
+    /// A minijinja expression: the step runs only when it is true (`size > 5000000000`).
+    pub when: Option<String>,
+    /// Whether 3xx answers are followed (off: a redirect is a failure, per Standard Webhooks).
+    pub follow_redirects: bool,
+    /// Push the object part by part: this step's request then asks for each part's URL.
+    pub parts: Option<PartsConfig>,
+}
+
+/// `parts = { size, url, method, keep_header }`: how a step pushes the object in parts. The
+/// step's own request is sent once per part (templates see `part_number`, `part_offset`,
+/// `part_size`) and answers the URL the part's bytes go to; the header kept from each part's
+/// answer (S3's `ETag`) is recorded, with the part, before the next part starts.
+#[derive(Debug, Clone)]
+pub struct PartsConfig {
+    /// Bytes per part (the last may be smaller).
+    pub size: u64,
+    /// Path of the part's URL in the answer.
+    pub url: String,
+    /// Method the part's bytes go with.
+    pub method: http::Method,
+    /// Header of the part's answer that is kept (`etag` in the recorded parts).
+    pub keep_header: String,
+}
+
+/// `[notify.auth]`: how the connector obtains a token, which templates see as `auth.token`.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// The token request.
+    pub step: StepConfig,
+    /// Path of the token in the answer (empty: the whole answer, e.g. a bare JSON string).
+    pub token: String,
+    /// Path of the token's lifetime in seconds in the answer, if it says.
+    pub expires_in: Option<String>,
+    /// Lifetime when the answer does not say.
+    pub ttl: Duration,
 }
 
 /// The body of a step's request.
@@ -98,6 +138,10 @@ pub enum RuleOutcome {
     Retry,
     /// Refused for good.
     Permanent,
+    /// The credentials were refused: renew the `[notify.auth]` token and try again.
+    Reauth,
+    /// Go back to the rule's `step`, forgetting what it and later steps extracted.
+    Restart,
 }
 
 /// One classification rule: status and/or a regex on the body.
@@ -109,6 +153,8 @@ pub struct RuleConfig {
     pub body: Option<regex::Regex>,
     /// The classification.
     pub outcome: RuleOutcome,
+    /// `restart` only: the step to go back to.
+    pub restart: Option<String>,
 }
 
 /// When the client hears success.
@@ -235,6 +281,40 @@ impl Validator<'_> {
                 "the create step runs before the object exists; it cannot send it",
             );
         }
+        if let Some(when) = &raw.when {
+            let env = minijinja::Environment::new();
+            if let Err(e) = env.compile_expression(when) {
+                self.problem(
+                    &format!("{key}.when"),
+                    None,
+                    format!("expression error: {e}"),
+                );
+            }
+            if is_create {
+                self.problem(&format!("{key}.when"), None, "the create step always runs");
+            }
+        }
+        let parts = raw.parts.map(|p| self.parts(&format!("{key}.parts"), p));
+        if parts.is_some() && (is_create || body.carries_object()) {
+            self.problem(
+                &format!("{key}.parts"),
+                None,
+                "a parts step's own request asks for each part's URL: it sends no object, and create cannot push",
+            );
+        }
+        for (field, given) in [
+            ("token", raw.token.is_some()),
+            ("expires_in", raw.expires_in.is_some()),
+            ("ttl", raw.ttl.is_some()),
+        ] {
+            if given {
+                self.problem(
+                    &format!("{key}.{field}"),
+                    None,
+                    "only [notify.auth] has a token, expires_in or ttl",
+                );
+            }
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -248,7 +328,96 @@ impl Validator<'_> {
             message: raw.message.unwrap_or_else(|| "message".into()),
             rules,
             key: object_key,
+            when: raw.when,
+            follow_redirects: raw.follow_redirects.unwrap_or(false),
+            parts,
         })
+    }
+
+    fn parts(&mut self, key: &str, raw: RawParts) -> PartsConfig {
+        let size_at = raw.size.clone();
+        let size = self.size(&format!("{key}.size"), raw.size, 100 << 20);
+        if !(MIN_PART..=MAX_PART).contains(&size) {
+            self.problem(
+                &format!("{key}.size"),
+                size_at.as_ref(),
+                "parts go to S3: between 5MiB and 5GiB",
+            );
+        }
+        let method_text = raw.method.unwrap_or_else(|| "PUT".into());
+        let method = http::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+            .unwrap_or_else(|_| {
+                self.problem(
+                    &format!("{key}.method"),
+                    None,
+                    format!("{method_text:?} is not an HTTP method"),
+                );
+                http::Method::PUT
+            });
+        PartsConfig {
+            size,
+            url: raw.url.unwrap_or_else(|| {
+                self.problem(
+                    &format!("{key}.url"),
+                    None,
+                    "where the part's URL is in the answer, e.g. url = \"uploadUrl\"",
+                );
+                String::new()
+            }),
+            method,
+            keep_header: raw.keep_header.unwrap_or_else(|| "ETag".into()),
+        }
+    }
+
+    /// `[notify.auth]`: a step whose answer carries a token.
+    pub(super) fn token(&mut self, mut raw: RawStep) -> Option<TokenConfig> {
+        let key = "notify.auth";
+        let token = raw.token.take().unwrap_or_else(|| "access_token".into());
+        let expires_in = raw
+            .expires_in
+            .take()
+            .or_else(|| (token == "access_token").then(|| "expires_in".into()));
+        let ttl_at = raw.ttl.clone();
+        let ttl = self.duration(
+            &format!("{key}.ttl"),
+            raw.ttl.take(),
+            Duration::from_secs(3600),
+        );
+        if ttl < Duration::from_secs(2) {
+            self.problem(&format!("{key}.ttl"), ttl_at.as_ref(), "at least 2s");
+        }
+        let mut step = self.step(key, raw, false)?;
+        if step.body.carries_object() || step.parts.is_some() || step.when.is_some() {
+            self.problem(key, None, "a token request sends no object and always runs");
+            return None;
+        }
+        if matches!(step.body, StepBody::Completion) {
+            step.body = StepBody::Empty;
+        }
+        Some(TokenConfig {
+            step,
+            token,
+            expires_in,
+            ttl,
+        })
+    }
+
+    /// Every restart rule goes back to a step at or before its own.
+    pub(super) fn restarts(&mut self, steps: &[StepConfig]) {
+        for (i, step) in steps.iter().enumerate() {
+            for rule in &step.rules {
+                let Some(target) = &rule.restart else {
+                    continue;
+                };
+                if !steps[..=i].iter().any(|s| &s.name == target) {
+                    self.problem(
+                        &format!("notify.steps[{i}].rules"),
+                        None,
+                        format!("restart goes back to {target:?}, which is not this step or one before it"),
+                    );
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -354,19 +523,32 @@ impl Validator<'_> {
             Some("duplicate") => RuleOutcome::Duplicate,
             Some("retry") => RuleOutcome::Retry,
             Some("permanent") => RuleOutcome::Permanent,
+            Some("reauth") => RuleOutcome::Reauth,
+            Some("restart") => RuleOutcome::Restart,
             other => {
                 self.problem(
                     &format!("{key}.outcome"),
                     None,
-                    format!("{other:?}: write delivered, duplicate, retry or permanent"),
+                    format!(
+                        "{other:?}: write delivered, duplicate, retry, permanent, reauth or restart"
+                    ),
                 );
                 return None;
             }
         };
+        if (outcome == RuleOutcome::Restart) != raw.step.is_some() {
+            self.problem(
+                &format!("{key}.step"),
+                None,
+                "a restart rule names the step to go back to (step = \"entry\"), and only a restart rule does",
+            );
+            return None;
+        }
         Some(RuleConfig {
             status,
             body,
             outcome,
+            restart: raw.step,
         })
     }
 

@@ -82,7 +82,8 @@ pub fn expand_document(
     }
     let mut out = text.to_string();
     // Later spans first, so earlier ones stay valid.
-    walk.edits.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+    walk.edits
+        .sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
     for (span, expanded) in walk.edits {
         let repr = toml_edit::Formatted::new(expanded)
             .display_repr()

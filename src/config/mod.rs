@@ -19,7 +19,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use connector::{
-    DeliveryMode, RuleConfig, RuleOutcome, StatusMatch, StepBody, StepConfig, UserNotifyConfig,
+    DeliveryMode, PartsConfig, RuleConfig, RuleOutcome, StatusMatch, StepBody, StepConfig,
+    TokenConfig, UserNotifyConfig,
 };
 pub use units::{format_size, parse_duration, parse_size};
 
@@ -340,6 +341,11 @@ pub struct NotifyConfig {
     pub sync_timeout: Duration,
     /// Lifetime of `presigned_get_url`.
     pub presign_ttl: Duration,
+    /// A push step fails when no byte was accepted (or, after the last, no answer came) for
+    /// this long; its whole duration is not limited.
+    pub progress_timeout: Duration,
+    /// How a token is obtained, renewed and shared (`auth.token` in templates).
+    pub auth: Option<TokenConfig>,
     /// Runs when an upload starts, before any byte goes to S3.
     pub create: Option<StepConfig>,
     /// Run in order once the object is durable; empty: POST the completion to `url`.
@@ -562,12 +568,20 @@ impl Config {
 
     /// Validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `${NAME}` values taken from `lookup` instead of the process
+    /// environment (tests, tools that hold their own variables).
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let expanded =
-            env::expand_document(text, |name| std::env::var(name).ok()).map_err(|problems| {
-                ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    problems,
-                }
+            env::expand_document(text, lookup).map_err(|problems| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
             })?;
         let text = expanded.as_str();
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
@@ -1190,6 +1204,19 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, s)| self.step(&format!("notify.steps[{i}]"), s, false))
             .collect();
+        self.restarts(&steps);
+        if create
+            .iter()
+            .flat_map(|c| &c.rules)
+            .any(|r| r.restart.is_some())
+        {
+            self.problem(
+                "notify.create.rules",
+                None,
+                "the create step cannot restart: the client is waiting",
+            );
+        }
+        let auth = raw.auth.and_then(|a| self.token(a));
         if create.is_some() && steps.is_empty() && url.is_none() {
             self.problem(
                 "notify.steps",
@@ -1224,6 +1251,12 @@ impl Validator<'_> {
             mode,
             sync_timeout: self.duration("notify.sync_timeout", raw.sync_timeout, timeout),
             presign_ttl,
+            progress_timeout: self.duration(
+                "notify.progress_timeout",
+                raw.progress_timeout,
+                Duration::from_secs(60),
+            ),
+            auth,
             create,
             steps,
         }

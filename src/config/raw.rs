@@ -156,6 +156,8 @@ pub struct RawNotify {
     pub mode: Option<Text>,
     pub sync_timeout: Option<Text>,
     pub presign_ttl: Option<Text>,
+    pub progress_timeout: Option<Text>,
+    pub auth: Option<RawStep>,
     pub create: Option<RawStep>,
     pub steps: Vec<RawStep>,
 }
@@ -180,6 +182,25 @@ pub struct RawStep {
     pub message: Option<String>,
     pub key: Option<String>,
     pub rules: Vec<RawRule>,
+    pub when: Option<String>,
+    pub follow_redirects: Option<bool>,
+    pub parts: Option<RawParts>,
+    /// `[notify.auth]` only: where the token is in the answer.
+    pub token: Option<String>,
+    /// `[notify.auth]` only: where its lifetime (seconds) is in the answer.
+    pub expires_in: Option<String>,
+    /// `[notify.auth]` only: the lifetime when the answer has none.
+    pub ttl: Option<Text>,
+}
+
+/// `parts = { … }` of a step: push the object part by part to URLs the platform hands out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawParts {
+    pub size: Option<Text>,
+    pub url: Option<String>,
+    pub method: Option<String>,
+    pub keep_header: Option<String>,
 }
 
 /// One classification rule of a step.
@@ -189,6 +210,7 @@ pub struct RawRule {
     pub status: Option<String>,
     pub body: Option<String>,
     pub outcome: Option<String>,
+    pub step: Option<String>,
 }
 
 /// `[users.notify]`: one user's additions to every connector request.

@@ -3,25 +3,23 @@
 //! out the fields later steps need. Without `[[notify.steps]]` the connector is the
 //! contract's default: one POST of the completion JSON to `notify.url`.
 
-use super::extract::Document;
-use super::http::{classify, parse_retry_after, sign};
-use crate::config::{
-    NotifyConfig, RuleOutcome, StepBody, StepConfig, UserConfig, UserNotifyConfig,
-};
+use super::http::sign;
+use super::token::{Token, Tokens};
+use crate::config::{NotifyConfig, StepBody, StepConfig, UserConfig, UserNotifyConfig};
 use crate::storage::Storage;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use minijinja::Environment;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Bytes of an answer kept for classification, extraction and error messages.
-const MAX_ANSWER: usize = 1 << 20;
+pub(super) const MAX_ANSWER: usize = 1 << 20;
 /// Characters of an unparsed answer quoted in an error.
-const SNIPPET: usize = 200;
+pub(super) const SNIPPET: usize = 200;
 
 /// How one step ended.
 #[derive(Debug)]
@@ -44,6 +42,23 @@ pub enum StepOutcome {
     Refused {
         /// The API's message (or status and a snippet of its answer).
         message: String,
+    },
+    /// Part of the step is done (a part pushed): record `fields`, then run it again.
+    Progress {
+        /// All fields the step has so far (the finished parts).
+        fields: Map<String, Value>,
+    },
+    /// Go back to step `step`, forgetting what it and later steps extracted.
+    Restart {
+        /// Index of the step to run next.
+        step: usize,
+        /// Why, for logs and `outbox list`.
+        error: String,
+    },
+    /// The credentials were refused even after renewing them: try again later.
+    Reauth {
+        /// The API's words.
+        error: String,
     },
 }
 
@@ -79,27 +94,36 @@ pub struct StoredObject<'a> {
 
 /// One step about to run: what its templates and body are made from.
 #[derive(Clone, Copy)]
-struct Call<'a> {
-    step: &'a StepConfig,
+pub(super) struct Call<'a> {
+    pub step: &'a StepConfig,
     /// Names its templates: "create" or "steps<index>".
-    prefix: &'a str,
-    ctx: &'a Map<String, Value>,
-    idempotency: &'a str,
-    completion_body: &'a [u8],
-    object: Option<&'a StoredObject<'a>>,
+    pub prefix: &'a str,
+    pub ctx: &'a Map<String, Value>,
+    pub idempotency: &'a str,
+    pub completion_body: &'a [u8],
+    pub object: Option<&'a StoredObject<'a>>,
 }
 
 /// The configured connector.
 pub struct Connector {
-    env: Environment<'static>,
+    pub(super) env: Environment<'static>,
     create: Option<StepConfig>,
-    steps: Vec<StepConfig>,
+    pub(super) steps: Vec<StepConfig>,
     /// `notify.url` for the default step (used literally, never as a template).
     default_url: Option<String>,
-    client: reqwest::Client,
-    headers: HeaderMap,
+    /// Follows no redirect.
+    pub(super) client: reqwest::Client,
+    /// For steps with `follow_redirects`.
+    pub(super) redirecting: reqwest::Client,
+    /// Deadline of a request that pushes no object.
+    pub(super) timeout: Duration,
+    /// How long a push may go without progress.
+    pub(super) progress_timeout: Duration,
+    /// `[notify.auth]`'s token, when configured.
+    pub(super) tokens: Option<Tokens>,
+    pub(super) headers: HeaderMap,
     signing_key: Option<Vec<u8>>,
-    storage: Storage,
+    pub(super) storage: Storage,
     presign_ttl: Duration,
     /// Per-user settings; swapped whole when users are reloaded.
     users: ArcSwap<HashMap<String, UserNotifyConfig>>,
@@ -114,7 +138,8 @@ impl Connector {
         users: &[UserConfig],
         storage: Storage,
     ) -> Result<Connector, String> {
-        let client = crate::outbound::client(cfg.timeout).map_err(|e| e.to_string())?;
+        let client = crate::outbound::step_client(false).map_err(|e| e.to_string())?;
+        let redirecting = crate::outbound::step_client(true).map_err(|e| e.to_string())?;
         let headers = crate::outbound::header_map(&cfg.headers);
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -127,9 +152,10 @@ impl Connector {
                 .map_err(|e| format!("{name}: {e}"))
         };
         let named: Vec<(String, &StepConfig)> = cfg
-            .create
+            .auth
             .iter()
-            .map(|s| ("create".to_string(), s))
+            .map(|a| ("auth".to_string(), &a.step))
+            .chain(cfg.create.iter().map(|s| ("create".to_string(), s)))
             .chain(
                 cfg.steps
                     .iter()
@@ -171,6 +197,10 @@ impl Connector {
             steps: cfg.steps.clone(),
             default_url: cfg.url.clone(),
             client,
+            redirecting,
+            timeout: cfg.timeout,
+            progress_timeout: cfg.progress_timeout,
+            tokens: cfg.auth.clone().map(Tokens::new),
             headers,
             signing_key: cfg.signing_secret.clone(),
             storage,
@@ -186,6 +216,9 @@ impl Connector {
                 message: "message".into(),
                 rules: Vec::new(),
                 key: None,
+                when: None,
+                follow_redirects: false,
+                parts: None,
             },
         })
     }
@@ -200,6 +233,22 @@ impl Connector {
         self.steps
             .get(index)
             .map_or("complete", |s| s.name.as_str())
+    }
+
+    /// The fields step `index` and the steps after it extract (dropped when a delivery
+    /// restarts at `index`).
+    pub fn fields_from(&self, index: usize) -> Vec<String> {
+        self.steps
+            .iter()
+            .skip(index)
+            .flat_map(|s| {
+                let parts = s
+                    .parts
+                    .as_ref()
+                    .map(|_| super::parts::PARTS_FIELD.to_string());
+                s.extract.keys().cloned().chain(parts)
+            })
+            .collect()
     }
 
     /// Whether uploads first run a `create` step.
@@ -264,7 +313,7 @@ impl Connector {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let idempotency = format!("{id}.{}", step.name);
+        let idempotency = step_key(&id, &step.name);
         let mut last_error = String::new();
         // The client is waiting: a few quick tries, not the outbox's patient schedule.
         for attempt in 0..3u32 {
@@ -297,13 +346,19 @@ impl Connector {
                     return Ok(Created { fields, path });
                 }
                 StepOutcome::Refused { message } => return Err(CreateError::Refused(message)),
-                StepOutcome::Retry { error, .. } => last_error = error,
+                StepOutcome::Retry { error, .. } | StepOutcome::Reauth { error } => {
+                    last_error = error;
+                }
+                StepOutcome::Progress { .. } | StepOutcome::Restart { .. } => {
+                    last_error = "the create step cannot push parts or restart".into();
+                }
             }
         }
         Err(CreateError::Unavailable(last_error))
     }
 
-    /// Runs step `index` of a completion.
+    /// Runs step `index` of a completion: skipped when its `when` is false, one part at a
+    /// time for a parts step.
     pub async fn run_step(
         &self,
         index: usize,
@@ -316,22 +371,49 @@ impl Connector {
         let Some(step) = self.steps.get(index) else {
             return self.run_default(ctx, id, completion_body).await;
         };
+        if let Some(when) = &step.when {
+            match self.holds(when, ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return StepOutcome::Done {
+                        duplicate: false,
+                        fields: Map::new(),
+                    };
+                }
+                Err(message) => return StepOutcome::Refused { message },
+            }
+        }
         let idempotency = if last {
             id.to_string()
         } else {
-            format!("{id}.{}", step.name)
+            step_key(id, &step.name)
         };
-        self.run(Call {
+        let prefix = format!("steps{index}");
+        let call = Call {
             step,
-            prefix: &format!("steps{index}"),
+            prefix: &prefix,
             ctx,
             idempotency: &idempotency,
             completion_body,
             object: Some(object),
-        })
-        .await
+        };
+        if let Some(parts) = &step.parts {
+            return self.push_part(call, parts, object).await;
+        }
+        self.run(call).await
     }
 
+    /// Whether the expression `when` is true for `ctx`.
+    fn holds(&self, when: &str, ctx: &Map<String, Value>) -> Result<bool, String> {
+        let expression = self
+            .env
+            .compile_expression(when)
+            .map_err(|e| format!("when {when:?}: {e}"))?;
+        expression
+            .eval(Value::Object(ctx.clone()))
+            .map(|v| v.is_true())
+            .map_err(|e| format!("when {when:?}: {e}"))
+    }
     /// The contract's call: POST the completion JSON to `notify.url`.
     async fn run_default(&self, ctx: &Map<String, Value>, id: &str, body: &[u8]) -> StepOutcome {
         let Some(url) = &self.default_url else {
@@ -348,11 +430,11 @@ impl Connector {
         let request = self.signed(request, id, body).body(body.to_vec());
         let username = ctx.get("username").and_then(Value::as_str).unwrap_or("");
         let user_headers = self.user_headers(username);
-        self.send(request.headers(user_headers), &self.default_step)
-            .await
+        let request = request.headers(user_headers).timeout(self.timeout);
+        self.send(request, &self.default_step, None).await
     }
 
-    fn signed(
+    pub(super) fn signed(
         &self,
         request: reqwest::RequestBuilder,
         id: &str,
@@ -376,7 +458,7 @@ impl Connector {
         self.users.store(Arc::new(user_settings(users)));
     }
 
-    fn user_headers(&self, username: &str) -> HeaderMap {
+    pub(super) fn user_headers(&self, username: &str) -> HeaderMap {
         self.users
             .load()
             .get(username)
@@ -384,7 +466,7 @@ impl Connector {
             .unwrap_or_default()
     }
 
-    fn render(&self, name: &str, ctx: &Map<String, Value>) -> Result<String, String> {
+    pub(super) fn render(&self, name: &str, ctx: &Map<String, Value>) -> Result<String, String> {
         let template = self
             .env
             .get_template(name)
@@ -394,218 +476,73 @@ impl Connector {
             .map_err(|e| format!("cannot render {name}: {e}"))
     }
 
-    /// Renders, sends and classifies one configured step.
-    async fn run(&self, call: Call<'_>) -> StepOutcome {
-        match self.build(call).await {
-            Ok(request) => self.send(request, call.step).await,
-            Err(outcome) => outcome,
-        }
-    }
-
-    async fn build(&self, call: Call<'_>) -> Result<reqwest::RequestBuilder, StepOutcome> {
-        let Call {
-            step,
-            prefix,
-            ctx,
-            idempotency,
-            completion_body,
-            object,
-        } = call;
-        let refused = |message: String| StepOutcome::Refused { message };
-        let render = |name: String| self.render(&name, ctx).map_err(refused);
-        let url = render(format!("{prefix}.url"))?;
-        let url = reqwest::Url::parse(url.trim())
-            .map_err(|e| refused(format!("step {}: {url:?} is not a URL: {e}", step.name)))?;
-        let mut headers = self.headers.clone();
-        for name in step.headers.keys() {
-            let value = render(format!("{prefix}.headers.{name}"))?;
-            match (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value.trim()),
-            ) {
-                (Ok(n), Ok(v)) => {
-                    headers.insert(n, v);
-                }
-                _ => {
-                    return Err(refused(format!(
-                        "step {}: header {name} renders to an invalid value",
-                        step.name
-                    )));
-                }
-            }
-        }
-        let username = ctx.get("username").and_then(Value::as_str).unwrap_or("");
-        headers.extend(self.user_headers(username));
-        let request = self
-            .client
-            .request(step.method.clone(), url)
-            .header("Idempotency-Key", idempotency);
-        let request = match &step.body {
-            StepBody::Completion => self
-                .signed(request, idempotency, completion_body)
-                .header(CONTENT_TYPE, "application/json")
-                .body(completion_body.to_vec()),
-            StepBody::Empty => request,
-            StepBody::Json(_) => {
-                let body = render(format!("{prefix}.body"))?;
-                if let Err(e) = serde_json::from_str::<Value>(&body) {
-                    return Err(refused(format!(
-                        "step {}: the json template did not render JSON ({e}); use the tojson filter for values",
-                        step.name
-                    )));
-                }
-                self.signed(request, idempotency, body.as_bytes())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body)
-            }
-            StepBody::Text { content_type, .. } => {
-                let body = render(format!("{prefix}.body"))?;
-                self.signed(request, idempotency, body.as_bytes())
-                    .header(CONTENT_TYPE, content_type.as_str())
-                    .body(body)
-            }
-            StepBody::Form(fields) => {
-                let mut form = Vec::new();
-                for name in fields.keys() {
-                    form.push((name.clone(), render(format!("{prefix}.fields.{name}"))?));
-                }
-                request.form(&form)
-            }
-            StepBody::Multipart {
-                fields, file_field, ..
-            } => {
-                let Some(object) = object else {
-                    return Err(refused("no object to send".into()));
-                };
-                let mut form = reqwest::multipart::Form::new();
-                for name in fields.keys() {
-                    form = form.text(name.clone(), render(format!("{prefix}.fields.{name}"))?);
-                }
-                let file_name = render(format!("{prefix}.file_name"))?;
-                let body = self.object_body(object).await?;
-                let part = reqwest::multipart::Part::stream_with_length(body, object.size)
-                    .file_name(file_name)
-                    .mime_str(object.content_type)
-                    .map_err(|e| refused(e.to_string()))?;
-                request.multipart(form.part(file_field.clone(), part))
-            }
-            StepBody::Object => {
-                let Some(object) = object else {
-                    return Err(refused("no object to send".into()));
-                };
-                let body = self.object_body(object).await?;
-                request
-                    .header(CONTENT_TYPE, object.content_type)
-                    .header(CONTENT_LENGTH, object.size)
-                    .body(body)
-            }
-        };
-        // Configured headers win over the defaults set with the body.
-        Ok(request.headers(headers))
-    }
-
-    /// The object's bytes, streamed from S3 with bounded memory.
-    async fn object_body(&self, object: &StoredObject<'_>) -> Result<reqwest::Body, StepOutcome> {
-        let stream = self
-            .storage
-            .get(object.key, 0)
-            .await
-            .map_err(|e| StepOutcome::Retry {
-                after: None,
-                error: format!("cannot read the object back from S3: {e}"),
-            })?;
-        let reader = stream.into_async_read();
-        Ok(reqwest::Body::wrap_stream(
-            tokio_util::io::ReaderStream::new(reader),
-        ))
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder, step: &StepConfig) -> StepOutcome {
-        let mut response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return StepOutcome::Retry {
-                    after: None,
-                    error: format!("{}: {}", step.name, error_chain(&e)),
-                };
-            }
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let mut body = Vec::new();
+    /// Renders, sends and classifies one configured step. With `[notify.auth]`, templates
+    /// see `auth.token`; when the API refuses it (HTTP 401, or a `reauth` rule), the token
+    /// is renewed and the step sent once more.
+    pub(super) async fn run(&self, call: Call<'_>) -> StepOutcome {
+        let mut refused_before = false;
         loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = MAX_ANSWER.saturating_sub(body.len());
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let token = match self.token().await {
+                Ok(token) => token,
+                Err(error) => return StepOutcome::Retry { after: None, error },
+            };
+            let ctx = with_token(call.ctx, token.as_ref());
+            let outcome = match self
+                .build(Call {
+                    ctx: ctx.as_ref(),
+                    ..call
+                })
+                .await
+            {
+                Ok((request, pushed)) => self.send(request, call.step, pushed).await,
+                Err(outcome) => outcome,
+            };
+            match (outcome, token, &self.tokens) {
+                (StepOutcome::Reauth { error }, Some(token), Some(tokens)) if !refused_before => {
+                    tracing::info!(step = %call.step.name, error = %error, "credentials refused; renewing them");
+                    tokens.refused(token.generation);
+                    refused_before = true;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    return StepOutcome::Retry {
-                        after: None,
-                        error: format!("{}: reading the answer: {}", step.name, error_chain(&e)),
-                    };
-                }
+                (outcome, ..) => return outcome,
             }
-        }
-        let text = String::from_utf8_lossy(&body);
-        let outcome = step
-            .rules
-            .iter()
-            .find(|r| {
-                r.status.is_none_or(|s| s.matches(status.as_u16()))
-                    && r.body.as_ref().is_none_or(|b| b.is_match(&text))
-            })
-            .map(|r| r.outcome)
-            .unwrap_or_else(|| classify(status));
-        let doc = Document::parse(&body);
-        let message = || {
-            doc.text(&step.message).unwrap_or_else(|| {
-                let snippet: String = text.chars().take(SNIPPET).collect();
-                if snippet.trim().is_empty() {
-                    format!("HTTP {}", status.as_u16())
-                } else {
-                    format!("HTTP {}: {}", status.as_u16(), snippet.trim())
-                }
-            })
-        };
-        match outcome {
-            RuleOutcome::Delivered | RuleOutcome::Duplicate => {
-                let duplicate = outcome == RuleOutcome::Duplicate;
-                let mut fields = Map::new();
-                for (name, path) in &step.extract {
-                    match doc.get(path) {
-                        Some(v) => {
-                            fields.insert(name.clone(), v);
-                        }
-                        None if duplicate => {}
-                        None => {
-                            return StepOutcome::Refused {
-                                message: format!(
-                                    "step {}: the answer (HTTP {}) has no {path:?} for {name}",
-                                    step.name,
-                                    status.as_u16()
-                                ),
-                            };
-                        }
-                    }
-                }
-                StepOutcome::Done { duplicate, fields }
-            }
-            RuleOutcome::Retry => StepOutcome::Retry {
-                after: retry_after,
-                error: format!("{}: {}", step.name, message()),
-            },
-            RuleOutcome::Permanent => StepOutcome::Refused { message: message() },
         }
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The Idempotency-Key (and Standard Webhooks `webhook-id`) of a step before the last: the
+/// completion's id and the step's name, with no `.` (the spec forbids it in ids).
+pub(super) fn step_key(id: &str, step: &str) -> String {
+    let name: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{id}_{name}")
+}
+
+/// `ctx` with `auth.token` when there is a token.
+fn with_token<'a>(
+    ctx: &'a Map<String, Value>,
+    token: Option<&Token>,
+) -> std::borrow::Cow<'a, Map<String, Value>> {
+    match token {
+        None => std::borrow::Cow::Borrowed(ctx),
+        Some(token) => {
+            let mut ctx = ctx.clone();
+            let mut auth = Map::new();
+            auth.insert("token".into(), Value::String(token.value.clone()));
+            ctx.insert("auth".into(), Value::Object(auth));
+            std::borrow::Cow::Owned(ctx)
+        }
+    }
+}
+
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -5,12 +5,16 @@
 //! Knows nothing about FTP or SFTP: it receives [`CompletedUpload`] records. It reads
 //! objects back from S3 only to presign or push them.
 
+mod answer;
 mod connector;
 mod event_log;
 mod extract;
 mod http;
 mod outbox;
+mod parts;
 mod record;
+mod request;
+mod token;
 mod worker;
 
 pub use connector::{CreateError, Created};

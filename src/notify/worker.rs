@@ -18,6 +18,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// Due entries read from the outbox at once; each is re-checked when its delivery starts.
 const PREFETCH: usize = 256;
 
+/// Restarts one delivery run may make at once; more wait like a retry (a platform that
+/// keeps asking for a restart must not be called in a tight loop).
+const RESTARTS_AT_ONCE: u32 = 2;
+
 /// Runs until the notifier stops.
 pub(super) async fn run(inner: Arc<Inner>) {
     let Some(delivery) = inner.delivery.as_ref() else {
@@ -142,6 +146,7 @@ async fn deliver(inner: &Inner, id: &str) {
         content_type: &content_type,
     };
     let mut duplicate = false;
+    let mut restarts = 0;
     while entry.step < connector.step_count() {
         let step_name = connector.step_name(entry.step).to_string();
         let started = Instant::now();
@@ -180,39 +185,48 @@ async fn deliver(inner: &Inner, id: &str) {
                     }
                 }
             }
-            StepOutcome::Retry { after, error } => {
-                inner
-                    .metrics
-                    .notifications_total
-                    .with_label_values(&["retried"])
-                    .inc();
-                entry.attempts = entry.attempts.saturating_add(1);
-                let age =
-                    Duration::from_millis(u64::try_from(now_ms() - entry.since_ms).unwrap_or(0));
-                if age >= delivery.max_age {
-                    let message = format!(
-                        "gave up after {} (notify.max_age): {error}",
-                        humantime::format_duration(Duration::from_secs(age.as_secs()))
-                    );
-                    tracing::error!(id = %entry.id, key = %entry.key, step = %step_name, "{message}");
-                    inner
-                        .metrics
-                        .notifications_total
-                        .with_label_values(&["failed"])
-                        .inc();
-                    inner.finished(&entry, State::Dead, Some(message)).await;
-                    return;
-                }
-                let wait = backoff(entry.attempts - 1, after, delivery.max_backoff);
-                tracing::warn!(id = %entry.id, step = %step_name, error = %error, retry_in = ?wait, "completion call failed; retrying");
-                let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+            StepOutcome::Progress { fields } => {
+                // A part pushed: record it before the next, so it is never sent again.
+                entry.fields.extend(fields);
+                entry.attempts = 0;
                 if let Err(e) = delivery
                     .outbox
-                    .reschedule(&entry.id, entry.attempts, at, error)
+                    .advance(&entry.id, entry.step, &entry.fields)
                     .await
                 {
-                    tracing::error!(id = %entry.id, error = %e, "cannot schedule the retry");
+                    tracing::error!(id = %entry.id, error = %e, "cannot record a finished part; it may be sent again");
                 }
+            }
+            StepOutcome::Restart { step, error } => {
+                restarts += 1;
+                let to = connector.step_name(step).to_string();
+                let dropped: serde_json::Map<String, serde_json::Value> = connector
+                    .fields_from(step)
+                    .into_iter()
+                    .filter_map(|field| entry.fields.remove_entry(&field))
+                    .collect();
+                // What the platform made before (an entry id) is named, so it can be found.
+                tracing::warn!(id = %entry.id, step = %step_name, to = %to, error = %error,
+                    dropped = %serde_json::Value::Object(dropped), "connector step restarts an earlier step");
+                entry.step = step;
+                if let Err(e) = delivery
+                    .outbox
+                    .advance(&entry.id, entry.step, &entry.fields)
+                    .await
+                {
+                    tracing::error!(id = %entry.id, error = %e, "cannot record a restart");
+                }
+                if restarts > RESTARTS_AT_ONCE {
+                    retry(inner, &mut entry, &step_name, None, error).await;
+                    return;
+                }
+            }
+            StepOutcome::Retry { after, error } => {
+                retry(inner, &mut entry, &step_name, after, error).await;
+                return;
+            }
+            StepOutcome::Reauth { error } => {
+                retry(inner, &mut entry, &step_name, None, error).await;
                 return;
             }
             StepOutcome::Refused { message } => {
@@ -236,4 +250,48 @@ async fn deliver(inner: &Inner, id: &str) {
         .inc();
     tracing::info!(id = %entry.id, key = %entry.key, outcome, "completion delivered");
     inner.finished(&entry, State::Delivered, None).await;
+}
+
+/// Schedules the next attempt of `entry` (or gives up after `notify.max_age`).
+async fn retry(
+    inner: &Inner,
+    entry: &mut PendingEntry,
+    step_name: &str,
+    after: Option<Duration>,
+    error: String,
+) {
+    let Some(delivery) = inner.delivery.as_ref() else {
+        return;
+    };
+    inner
+        .metrics
+        .notifications_total
+        .with_label_values(&["retried"])
+        .inc();
+    entry.attempts = entry.attempts.saturating_add(1);
+    let age = Duration::from_millis(u64::try_from(now_ms() - entry.since_ms).unwrap_or(0));
+    if age >= delivery.max_age {
+        let message = format!(
+            "gave up after {} (notify.max_age): {error}",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        );
+        tracing::error!(id = %entry.id, key = %entry.key, step = %step_name, "{message}");
+        inner
+            .metrics
+            .notifications_total
+            .with_label_values(&["failed"])
+            .inc();
+        inner.finished(entry, State::Dead, Some(message)).await;
+        return;
+    }
+    let wait = backoff(entry.attempts - 1, after, delivery.max_backoff);
+    tracing::warn!(id = %entry.id, step = %step_name, error = %error, retry_in = ?wait, "completion call failed; retrying");
+    let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+    if let Err(e) = delivery
+        .outbox
+        .reschedule(&entry.id, entry.attempts, at, error)
+        .await
+    {
+        tracing::error!(id = %entry.id, error = %e, "cannot schedule the retry");
+    }
 }

@@ -13,6 +13,7 @@ use crate::auth::{AuthError, Logins, Secret, User};
 use crate::config::SftpConfig;
 use crate::defender::LoginDeadline;
 use crate::metrics::{GaugeGuard, Metrics, Protocol};
+use crate::progress::Progress;
 use crate::upload::OpenSessionGuard;
 use files::SftpFiles;
 use russh::keys::PrivateKey;
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use stream::{Inbox, Progress, SftpStream, channel_stream};
+use stream::{Inbox, SftpStream, channel_stream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 

@@ -9,17 +9,15 @@
 //! russh re-opens as the session takes bytes out ([`ConsumedBytes`]), so a session that
 //! stops consuming (an upload waiting for the memory budget) still holds its client back.
 
+use crate::progress::Progress;
 use russh::server::Msg;
 use russh::{ChannelWriteHalf, ConsumedBytes};
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
 /// Data received on a channel and not yet taken by its session.
 #[derive(Default)]
@@ -97,42 +95,6 @@ impl Drop for Inbox {
     }
 }
 
-/// When an SSH connection's SFTP sessions last made progress: took a request's bytes or
-/// wrote a reply's. Kept apart from SSH traffic, which a client that no longer reads
-/// replies (or that sends keepalives only) may still produce.
-pub struct Progress {
-    start: Instant,
-    /// Milliseconds from `start` to the last progress.
-    last: AtomicU64,
-}
-
-impl Progress {
-    /// Progress as of now.
-    pub fn new() -> Arc<Progress> {
-        Arc::new(Progress {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-        })
-    }
-
-    fn made(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.fetch_max(now, Ordering::Relaxed);
-    }
-
-    /// Returns once `timeout` has passed without progress.
-    pub async fn stalled(&self, timeout: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
-}
-
 /// The SFTP session's end of a channel: reads what the client sent, writes replies
 /// through russh's channel writer (which waits for the client's window). Dropping it
 /// closes the channel.
@@ -190,7 +152,7 @@ impl AsyncRead for SftpStream {
             queue.bytes -= taken;
             drop(queue);
             this.consumed.consumed(taken);
-            this.progress.made();
+            this.progress.touch();
             return Poll::Ready(Ok(()));
         }
         if queue.ended {
@@ -220,7 +182,7 @@ impl AsyncWrite for SftpStream {
         if let Poll::Ready(Ok(n)) = written
             && n > 0
         {
-            this.progress.made();
+            this.progress.touch();
         }
         written
     }
@@ -251,6 +213,7 @@ impl Drop for SftpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn progress_stalls_only_after_the_timeout_without_progress() {
@@ -261,7 +224,7 @@ mod tests {
             async move { progress.stalled(timeout).await }
         });
         tokio::time::sleep(Duration::from_millis(600)).await;
-        progress.made();
+        progress.touch();
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(!watch.is_finished(), "progress 600 ms ago");
         tokio::time::sleep(Duration::from_millis(800)).await;

@@ -347,6 +347,23 @@ impl Storage {
         Ok(self.call("GetObject", request.send()).await?.body)
     }
 
+    /// GetObject of `length` bytes from `offset` (a ranged GET; `length` > 0).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        let last = offset + length.max(1) - 1;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={offset}-{last}"));
+        Ok(self.call("GetObject", request.send()).await?.body)
+    }
+
     /// A presigned GET URL for `key`, valid for `ttl` (signed locally; no request is made).
     pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
         let fail = |message: String| StorageError {

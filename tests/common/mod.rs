@@ -2,6 +2,7 @@
 //! a bridge configured against both, driven by real client crates.
 #![allow(dead_code)]
 
+pub mod platforms;
 pub mod raw_ftp;
 
 use bytes::Bytes;
@@ -247,6 +248,8 @@ pub struct Options {
     pub ftp_extra: String,
     /// Extra lines in `[sftp]`.
     pub sftp_extra: String,
+    /// Environment variables `${NAME}` in the config sees (before the process's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -264,6 +267,7 @@ impl Default for Options {
             server_extra: "",
             ftp_extra: String::new(),
             sftp_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -411,7 +415,14 @@ impl Harness {
         let text = config_text(dir.path(), &store, &opts);
         let config_path = dir.path().join("ingest-bridge.toml");
         std::fs::write(&config_path, &text).expect("write config");
-        let config = Config::parse(&text, &config_path).expect("test config is valid");
+        let config = Config::parse_with_env(&text, &config_path, |name| {
+            opts.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(name).ok())
+        })
+        .expect("test config is valid");
         let bridge = Bridge::start(config.clone()).await.expect("bridge starts");
         let ftp = bridge.ftp_addr.expect("ftp enabled");
         let sftp = bridge.sftp_addr.expect("sftp enabled");
