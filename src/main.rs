@@ -292,15 +292,19 @@ fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Logs to stderr: `RUST_LOG` if set, else `level` (with noisy libraries quietened).
+/// Logs to stderr: `RUST_LOG` if set, else `level` (with noisy libraries quietened); in
+/// colour only when stderr is a terminal.
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},libunftp=warn,s3s=off,aws_config=warn,aws_smithy_runtime=warn"
         ))
     });
+    // Colour codes only for a person at a terminal, not in files, pipes or log shippers.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

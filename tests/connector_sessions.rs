@@ -172,9 +172,56 @@ async fn streamdiver_tokens_are_fetched_shared_and_renewed_before_and_after_they
     );
     assert_eq!(fetch(&a.files[0].url).await, first);
     assert_eq!(sd.creates_for("a.mp4"), 1);
-    // The token is a secret at rest too: nowhere in the outbox.
-    let outbox = std::fs::read(h.config.server.data_dir.join("outbox.sqlite3")).expect("outbox");
-    assert!(!String::from_utf8_lossy(&outbox).contains("access_token"));
+    // The tokens are secrets at rest too: in no file of data_dir (outbox, WAL, event log).
+    let tokens: Vec<String> = sd
+        .api
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.header("authorization")?
+                .strip_prefix("Bearer ")
+                .map(String::from)
+        })
+        .collect();
+    assert!(!tokens.is_empty());
+    for file in std::fs::read_dir(&h.config.server.data_dir).expect("data_dir") {
+        let path = file.expect("entry").path();
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for token in &tokens {
+            assert!(
+                !text.contains(token.as_str()),
+                "a token in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamamg_refusal_is_a_dead_letter_with_its_message() {
+    let amg = StreamAmg::start_with("amg-key", &["e0000000-0000-4000-8000-000000000000"]).await;
+    let base = amg.base();
+    let h = start(example("streamamg.toml"), &streamamg_env(&base, "amg-key")).await;
+    h.upload("alice", "refused.mp4", b"bytes").await;
+    let outbox = ingest_bridge::notify::Outbox::open(&h.config.server.data_dir).expect("outbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead = outbox
+            .list(Some(ingest_bridge::notify::State::Dead))
+            .await
+            .expect("list");
+        if let Some(entry) = dead.first() {
+            let error = entry.last_error.as_deref().unwrap_or_default();
+            assert!(error.contains("Failed to create attributes"), "{error}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(amg.creates(), 0, "refused: nothing created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1232,6 +1232,19 @@ impl Validator<'_> {
             );
         }
         let timeout = self.duration("notify.timeout", raw.timeout, Duration::from_secs(30));
+        let progress_at = raw.progress_timeout.clone();
+        let progress_timeout = self.duration(
+            "notify.progress_timeout",
+            raw.progress_timeout,
+            Duration::from_secs(60),
+        );
+        if progress_timeout < Duration::from_secs(1) {
+            self.problem(
+                "notify.progress_timeout",
+                progress_at.as_ref(),
+                "at least 1s: a push that may not pause for a second would be cut by any hiccup",
+            );
+        }
         NotifyConfig {
             url,
             timeout,
@@ -1251,11 +1264,7 @@ impl Validator<'_> {
             mode,
             sync_timeout: self.duration("notify.sync_timeout", raw.sync_timeout, timeout),
             presign_ttl,
-            progress_timeout: self.duration(
-                "notify.progress_timeout",
-                raw.progress_timeout,
-                Duration::from_secs(60),
-            ),
+            progress_timeout,
             auth,
             create,
             steps,
@@ -1615,6 +1624,53 @@ rules = [ { status = "2x9", outcome = "delivered" }, { body = "(", outcome = "re
         ] {
             assert!(text_has(&err, key), "{key} missing in:\n{err}");
         }
+    }
+
+    #[test]
+    fn token_parts_restart_and_when_mistakes_are_config_errors() {
+        let err = parse(
+            r#"
+[notify]
+progress_timeout = "0s"
+[notify.auth]
+url = "https://sso.example.com/token"
+ttl = "1s"
+object = true
+[[notify.steps]]
+name = "first"
+url = "https://api.example.com/a"
+when = "size >"
+token = "x"
+rules = [ { status = "403", outcome = "restart", step = "later" }, { outcome = "restart" } ]
+[[notify.steps]]
+name = "later"
+url = "https://api.example.com/b"
+parts = { size = "1MiB" }
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "notify.progress_timeout",
+            "notify.auth.ttl",
+            "notify.auth (",
+            "notify.steps[0].when",
+            "notify.steps[0].token",
+            "notify.steps[0].rules[1].step",
+            "notify.steps[1].parts.size",
+            "notify.steps[1].parts.url",
+        ] {
+            assert!(text_has(&err, key), "{key} missing in:\n{err}");
+        }
+        let err = parse(
+            "[[notify.steps]]\nname = \"a\"\nurl = \"https://x.example/a\"\nrules = [{ outcome = \"restart\", step = \"b\" }]\n[[notify.steps]]\nname = \"b\"\nurl = \"https://x.example/b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("notify.steps[0].rules") && err.contains("not this step or one before it"),
+            "{err}"
+        );
     }
 
     fn text_has(text: &str, key: &str) -> bool {
