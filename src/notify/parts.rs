@@ -18,6 +18,9 @@ pub const PARTS_FIELD: &str = "parts";
 /// Where the part's URL is put among the URL request's extracted fields.
 const PART_URL: &str = "part_url";
 
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+
 /// S3's words for a presigned URL used after it expired: a fresh URL is asked for next time.
 const EXPIRED: &str = "Request has expired";
 
@@ -38,13 +41,17 @@ impl Connector {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let count = object.size.div_ceil(parts.size).max(1);
+        // S3 takes at most 10,000 parts: a larger object gets larger parts.
+        let part_size = parts
+            .size
+            .max(object.size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
+        let count = object.size.div_ceil(part_size).max(1);
         let number = done.len() as u64 + 1;
         if number > count {
             return finished(done);
         }
-        let offset = (number - 1) * parts.size;
-        let length = parts.size.min(object.size - offset);
+        let offset = (number - 1) * part_size;
+        let length = part_size.min(object.size - offset);
         let mut ctx = call.ctx.clone();
         ctx.insert("part_number".into(), json!(number));
         ctx.insert("part_offset".into(), json!(offset));
