@@ -6,12 +6,13 @@
 use super::{AuthError, User};
 use crate::config::{HttpAuthConfig, Permission};
 use crate::metrics::{Metrics, Protocol};
+use parking_lot::Mutex;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Cached logins kept before expired ones are dropped.
@@ -151,9 +152,8 @@ impl HttpAuth {
             Err(why) => return Err(self.unavailable(why)),
         };
         self.count("allowed");
-        if !self.ttl.is_zero()
-            && let Ok(mut cache) = self.cache.lock()
-        {
+        if !self.ttl.is_zero() {
+            let mut cache = self.cache.lock();
             let now = Instant::now();
             if cache.len() > PRUNE_ABOVE {
                 cache.retain(|_, (expires, _)| *expires > now);
@@ -164,7 +164,7 @@ impl HttpAuth {
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Arc<User>> {
-        let cache = self.cache.lock().ok()?;
+        let cache = self.cache.lock();
         cache
             .get(key)
             .filter(|(expires, _)| *expires > Instant::now())

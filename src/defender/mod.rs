@@ -20,9 +20,10 @@ use crate::config::DefenderConfig;
 use crate::metrics::{Metrics, Protocol};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest ban, however often an address comes back.
@@ -118,17 +119,13 @@ impl LoginDeadline {
     }
 
     fn release(&self) {
-        if let Ok(mut socket) = self.socket.lock() {
-            *socket = None;
-        }
+        *self.socket.lock() = None;
     }
 
     /// Closes the connection if nobody released the deadline; says `farewell` first.
     fn expire(&self, farewell: &str, metrics: &Metrics) {
         use std::io::Write;
-        let Ok(mut socket) = self.socket.lock() else {
-            return;
-        };
+        let mut socket = self.socket.lock();
         if let Some(socket) = socket.take() {
             metrics
                 .limits_exceeded_total
@@ -156,13 +153,12 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.defender.open.lock() {
-            open.total = open.total.saturating_sub(1);
-            if let Some(n) = open.by_ip.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.by_ip.remove(&self.ip);
-                }
+        let mut open = self.defender.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_ip.remove(&self.ip);
             }
         }
     }
@@ -264,9 +260,7 @@ impl Defender {
             return Admission::NotAllowed;
         }
         let now = Instant::now();
-        let Ok(records) = self.records.lock() else {
-            return Admission::Allowed;
-        };
+        let records = self.records.lock();
         match records.get(&ip).and_then(|r| r.banned_until) {
             Some(until) if until > now => Admission::Banned(until - now),
             _ => Admission::Allowed,
@@ -282,9 +276,7 @@ impl Defender {
             refused => return Err(refused),
         }
         let ip = ip.to_canonical();
-        let Ok(mut open) = self.open.lock() else {
-            return Err(Admission::TooManyConnections);
-        };
+        let mut open = self.open.lock();
         let refused = if open.total >= self.limits.total {
             Some(Admission::TooManyConnections)
         } else if open.by_ip.get(&ip).copied().unwrap_or(0) >= self.limits.per_ip {
@@ -335,9 +327,7 @@ impl Defender {
             return;
         }
         let now = Instant::now();
-        let Ok(mut records) = self.records.lock() else {
-            return;
-        };
+        let mut records = self.records.lock();
         if records.len() > PRUNE_ABOVE {
             let window = self.cfg.window;
             records.retain(|_, r| {
@@ -381,11 +371,11 @@ impl Defender {
     /// Addresses banned right now (for the gauge at scrape time).
     pub fn banned_now(&self) -> usize {
         let now = Instant::now();
-        self.records.lock().map_or(0, |r| {
-            r.values()
-                .filter(|r| r.banned_until.is_some_and(|u| u > now))
-                .count()
-        })
+        self.records
+            .lock()
+            .values()
+            .filter(|r| r.banned_until.is_some_and(|u| u > now))
+            .count()
     }
 }
 

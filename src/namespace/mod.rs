@@ -14,8 +14,8 @@ use crate::storage::{Listing, ObjectInfo, Storage, StorageError};
 use crate::upload::PartialStore;
 use crate::upload::partials::PartialRecord;
 use aws_sdk_s3::primitives::ByteStream;
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// A file or directory as clients see it.
@@ -102,17 +102,12 @@ impl Namespace {
     }
 
     fn made_dir(&self, key_prefix: &str) -> bool {
-        self.made_dirs
-            .lock()
-            .map(|d| d.contains(key_prefix))
-            .unwrap_or(false)
+        self.made_dirs.lock().contains(key_prefix)
     }
 
     /// Made directories whose parent is `parent_prefix`, as names.
     fn made_children(&self, parent_prefix: &str) -> Vec<String> {
-        let Ok(dirs) = self.made_dirs.lock() else {
-            return Vec::new();
-        };
+        let dirs = self.made_dirs.lock();
         dirs.iter()
             .filter_map(|d| d.strip_prefix(parent_prefix))
             .filter_map(|rest| rest.strip_suffix('/'))
@@ -257,9 +252,7 @@ impl Namespace {
             return Err(FsError::Unsupported("a file with that name exists"));
         }
         let prefix = format!("{}{}", user.home, path.dir_prefix());
-        if let Ok(mut dirs) = self.made_dirs.lock() {
-            dirs.insert(prefix);
-        }
+        self.made_dirs.lock().insert(prefix);
         Ok(())
     }
 
@@ -273,12 +266,13 @@ impl Namespace {
         if self.storage.has_objects_under(&prefix).await? {
             return Err(FsError::NotEmpty(path.to_string()));
         }
-        let removed = self.made_dirs.lock().map(|mut d| {
-            let had = d.remove(&prefix);
-            d.retain(|other| !other.starts_with(&prefix));
+        let removed = {
+            let mut dirs = self.made_dirs.lock();
+            let had = dirs.remove(&prefix);
+            dirs.retain(|other| !other.starts_with(&prefix));
             had
-        });
-        if removed.unwrap_or(false) {
+        };
+        if removed {
             Ok(())
         } else {
             Err(FsError::NotFound(path.to_string()))
@@ -369,9 +363,9 @@ impl Namespace {
 
     /// Forgets made directories under which an upload has just landed.
     pub fn object_written(&self, key: &str) {
-        if let Ok(mut dirs) = self.made_dirs.lock() {
-            dirs.retain(|d| !key.starts_with(d.as_str()));
-        }
+        self.made_dirs
+            .lock()
+            .retain(|d| !key.starts_with(d.as_str()));
     }
 }
 

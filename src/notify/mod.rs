@@ -27,11 +27,12 @@ use crate::metrics::Metrics;
 use crate::storage::Storage;
 use connector::Connector;
 use event_log::EventLog;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -187,9 +188,7 @@ impl Notifier {
         let waiter = match delivery.mode {
             DeliveryMode::Sync => {
                 let (tx, rx) = oneshot::channel();
-                if let Ok(mut waiters) = self.inner.waiters.lock() {
-                    waiters.insert(id.clone(), tx);
-                }
+                self.inner.waiters.lock().insert(id.clone(), tx);
                 Some(rx)
             }
             DeliveryMode::Async => None,
@@ -234,9 +233,7 @@ impl Notifier {
     }
 
     fn forget_waiter(&self, id: &str) {
-        if let Ok(mut waiters) = self.inner.waiters.lock() {
-            waiters.remove(id);
-        }
+        self.inner.waiters.lock().remove(id);
     }
 
     /// Completions queued and not yet delivered or given up.
@@ -289,11 +286,7 @@ impl Inner {
             // Left pending: sent once more (at least once, same id).
             tracing::error!(id = %entry.id, error = %e, "cannot record the delivery in the outbox");
         }
-        let waiter = self
-            .waiters
-            .lock()
-            .ok()
-            .and_then(|mut w| w.remove(&entry.id));
+        let waiter = self.waiters.lock().remove(&entry.id);
         if let Some(tx) = waiter {
             let _ = tx.send(match state {
                 State::Dead => Err(error.unwrap_or_else(|| "refused by the ingest API".into())),

@@ -6,9 +6,9 @@
 use super::connector::{Call, Connector, StepOutcome};
 use super::extract::Document;
 use crate::config::{RuleOutcome, TokenConfig};
+use parking_lot::Mutex;
 use serde_json::Map;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -50,7 +50,7 @@ impl Tokens {
     }
 
     fn cached(&self) -> Option<Token> {
-        let current = self.current.lock().ok()?;
+        let current = self.current.lock();
         current
             .as_ref()
             .filter(|t| Instant::now() < t.renew_at)
@@ -80,17 +80,14 @@ impl Tokens {
             generation: *generation,
             renew_at: Instant::now() + lifetime.saturating_sub(margin),
         };
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(token.clone());
-        }
+        *self.current.lock() = Some(token.clone());
         Ok(token)
     }
 
     /// Forgets the token of `generation` (the API refused it), unless a newer one replaced it.
     pub fn refused(&self, generation: u64) {
-        if let Ok(mut current) = self.current.lock()
-            && current.as_ref().is_some_and(|t| t.generation == generation)
-        {
+        let mut current = self.current.lock();
+        if current.as_ref().is_some_and(|t| t.generation == generation) {
             *current = None;
         }
     }

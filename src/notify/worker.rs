@@ -7,8 +7,9 @@ use super::Inner;
 use super::connector::{StepOutcome, StoredObject};
 use super::http::backoff;
 use super::outbox::{PendingEntry, State, now_ms};
+use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -61,9 +62,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             let Some(id) = queue.pop_front() else {
                 break;
             };
-            let Ok(mut running) = in_flight.lock() else {
-                return;
-            };
+            let mut running = in_flight.lock();
             if running.contains(&id) {
                 continue;
             }
@@ -81,9 +80,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
                     // Still pending in the outbox: the next run resumes it.
                     () = inner.stop.cancelled() => {}
                 }
-                if let Ok(mut running) = in_flight.lock() {
-                    running.remove(&id);
-                }
+                in_flight.lock().remove(&id);
                 drop(slot);
                 inner.wake.notify_one();
             });
@@ -93,7 +90,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         }
         // Wait for a free slot, a new entry, or the next due time. Entries in flight are
         // due too, so with deliveries running only a wake or the poll interval helps.
-        let busy = in_flight.lock().map(|s| !s.is_empty()).unwrap_or(false);
+        let busy = !in_flight.lock().is_empty();
         let wait = if busy || slots.available_permits() == 0 {
             POLL
         } else {

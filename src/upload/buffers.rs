@@ -2,7 +2,7 @@
 //! returned to the OS and faulted in again (4,096 fresh pages per 16 MiB part).
 
 use bytes::BytesMut;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 /// A few idle part buffers, reused by whichever upload needs a part next.
 pub struct BufferPool {
@@ -21,21 +21,20 @@ impl BufferPool {
 
     /// An empty buffer holding at least `capacity` bytes (and not much more).
     pub fn take(&self, capacity: usize) -> BytesMut {
-        let reused = self.idle.lock().ok().and_then(|mut idle| {
+        let reused = {
+            let mut idle = self.idle.lock();
             let fits =
                 |b: &BytesMut| b.capacity() >= capacity && b.capacity() <= capacity + capacity / 8;
-            let at = idle.iter().position(fits)?;
-            Some(idle.swap_remove(at))
-        });
+            idle.iter().position(fits).map(|at| idle.swap_remove(at))
+        };
         reused.unwrap_or_else(|| BytesMut::with_capacity(capacity))
     }
 
     /// Returns a buffer for reuse, or frees it when enough are idle.
     pub fn give(&self, mut buffer: BytesMut) {
         buffer.clear();
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
             idle.push(buffer);
         }
     }
@@ -43,10 +42,7 @@ impl BufferPool {
     /// Bytes held by idle buffers.
     #[cfg(test)]
     pub fn idle_bytes(&self) -> usize {
-        self.idle
-            .lock()
-            .map(|idle| idle.iter().map(BytesMut::capacity).sum())
-            .unwrap_or(0)
+        self.idle.lock().iter().map(BytesMut::capacity).sum()
     }
 }
 

@@ -45,12 +45,13 @@ use crate::storage::{Storage, StorageError};
 use aws_sdk_s3::types::CompletedPart;
 use buffers::BufferPool;
 use bytes::{BufMut, BytesMut};
+use parking_lot::Mutex;
 use partials::{PartMark, PartialRecord, TempRecord, save_hash};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
@@ -229,10 +230,10 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut running) = self.pipeline.running.lock()
-            && running
-                .get(&self.key)
-                .is_some_and(|r| r.serial == self.serial)
+        let mut running = self.pipeline.running.lock();
+        if running
+            .get(&self.key)
+            .is_some_and(|r| r.serial == self.serial)
         {
             running.remove(&self.key);
         }
@@ -505,16 +506,14 @@ impl Pipeline {
         let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
         let preempt = CancellationToken::new();
         let (done_tx, done_rx) = tokio::sync::watch::channel(());
-        if let Ok(mut running) = self.inner.running.lock() {
-            running.insert(
-                key.to_string(),
-                Running {
-                    serial,
-                    preempt: preempt.clone(),
-                    done: done_rx,
-                },
-            );
-        }
+        self.inner.running.lock().insert(
+            key.to_string(),
+            Running {
+                serial,
+                preempt: preempt.clone(),
+                done: done_rx,
+            },
+        );
         Registration {
             pipeline: self.inner.clone(),
             key: key.to_string(),

@@ -11,9 +11,10 @@ use super::{PartialStore, UploadError};
 use crate::auth::User;
 use crate::config::format_size;
 use crate::storage::Storage;
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// A quota the user has reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,7 +143,6 @@ impl Quotas {
         let usage = self
             .users
             .lock()
-            .map_err(|_| UploadError::Internal("the quota lock is poisoned".into()))?
             .entry(user.name.clone())
             .or_default()
             .clone();
@@ -186,9 +186,7 @@ impl Quotas {
             self.forget(user).await;
             return Ok(None);
         }
-        if let Ok(mut names) = self.forgotten.lock() {
-            names.remove(&user.name);
-        }
+        self.forgotten.lock().remove(&user.name);
         let usage = self.usage(user).await?;
         let mut ticket = QuotaTicket {
             usage: usage.clone(),
@@ -241,11 +239,7 @@ impl Quotas {
         if !user.has_quota() {
             return;
         }
-        let usage = self
-            .users
-            .lock()
-            .ok()
-            .and_then(|users| users.get(&user.name).cloned());
+        let usage = self.users.lock().get(&user.name).cloned();
         if let Some(usage) = usage
             && usage.counted.initialized()
         {
@@ -267,16 +261,11 @@ impl Quotas {
     /// Drops the count of a user whose quota was taken away, so a quota set again later
     /// starts from a fresh count.
     async fn forget(&self, user: &User) {
-        let first = self
-            .forgotten
-            .lock()
-            .is_ok_and(|mut names| names.insert(user.name.clone()));
+        let first = self.forgotten.lock().insert(user.name.clone());
         if !first {
             return;
         }
-        if let Ok(mut users) = self.users.lock() {
-            users.remove(&user.name);
-        }
+        self.users.lock().remove(&user.name);
         if let Err(e) = self.store.forget_quota_usage(user.name.clone()).await {
             tracing::warn!(user = %user.name, error = %e, "cannot forget quota usage");
         }

@@ -153,12 +153,7 @@ impl Pipeline {
 
     /// Asks a running upload of `key` to stop (keeping its parts) and waits until it has.
     async fn take_over(&self, key: &str) -> Result<(), UploadError> {
-        let running = self
-            .inner
-            .running
-            .lock()
-            .ok()
-            .and_then(|r| r.get(key).cloned());
+        let running = self.inner.running.lock().get(key).cloned();
         let Some(running) = running else {
             return Ok(());
         };
