@@ -13,7 +13,12 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, String> {
     let describe =
         |e: &dyn std::fmt::Display| format!("host key {} (sftp.host_keys): {e}", path.display());
     if path.exists() {
-        return russh::keys::load_secret_key(path, None).map_err(|e| describe(&e));
+        let key = russh::keys::load_secret_key(path, None).map_err(|e| describe(&e))?;
+        if matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
+            tracing::warn!(path = %path.display(),
+                "RSA SSH host key: the rsa crate has a timing side channel with no fixed release (RUSTSEC-2023-0071, Marvin); prefer an ed25519 host key");
+        }
+        return Ok(key);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| describe(&e))?;
