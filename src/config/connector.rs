@@ -41,6 +41,27 @@ pub struct StepConfig {
     pub parts: Option<PartsConfig>,
 }
 
+impl StepConfig {
+    /// A step with only a name, method, URL template and body: no headers, extraction or
+    /// rules, errors at `message` (the contract's default call; tests).
+    pub fn plain(name: &str, method: http::Method, url: &str, body: StepBody) -> StepConfig {
+        StepConfig {
+            name: name.into(),
+            method,
+            url: url.into(),
+            headers: BTreeMap::new(),
+            body,
+            extract: BTreeMap::new(),
+            message: "message".into(),
+            rules: Vec::new(),
+            key: None,
+            when: None,
+            follow_redirects: false,
+            parts: None,
+        }
+    }
+}
+
 /// `parts = { size, url, method, keep_header }`: how a step pushes the object in parts. The
 /// step's own request is sent once per part (templates see `part_number`, `part_offset`,
 /// `part_size`) and answers the URL the part's bytes go to; the header kept from each part's

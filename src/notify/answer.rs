@@ -5,7 +5,7 @@
 use super::connector::{Connector, MAX_ANSWER, SNIPPET, StepOutcome, error_chain};
 use super::extract::Document;
 use super::http::{classify, parse_retry_after};
-use crate::config::{RuleOutcome, StepConfig};
+use crate::config::{RuleConfig, RuleOutcome, StepConfig};
 use crate::progress::{self, Progress};
 use reqwest::header::HeaderMap;
 use serde_json::Map;
@@ -71,20 +71,13 @@ impl Connector {
     /// The step's rules, then the contract's defaults (with `[notify.auth]`, HTTP 401 asks
     /// for new credentials).
     pub(super) fn classify(&self, step: &StepConfig, answer: &Answer) -> RuleOutcome {
-        let text = String::from_utf8_lossy(&answer.body);
-        let status = answer.status;
-        step.rules
-            .iter()
-            .find(|r| {
-                r.status.is_none_or(|s| s.matches(status.as_u16()))
-                    && r.body.as_ref().is_none_or(|b| b.is_match(&text))
-            })
+        matching_rule(step, answer)
             .map(|r| r.outcome)
             .unwrap_or_else(|| {
-                if status == reqwest::StatusCode::UNAUTHORIZED && self.tokens.is_some() {
+                if answer.status == reqwest::StatusCode::UNAUTHORIZED && self.tokens.is_some() {
                     RuleOutcome::Reauth
                 } else {
-                    classify(status)
+                    classify(answer.status)
                 }
             })
     }
@@ -140,15 +133,8 @@ impl Connector {
                 error: format!("{}: {}", step.name, answer.message(step)),
             },
             RuleOutcome::Restart => {
-                let text = String::from_utf8_lossy(&answer.body);
-                let target = step
-                    .rules
-                    .iter()
-                    .find(|r| {
-                        r.outcome == RuleOutcome::Restart
-                            && r.status.is_none_or(|s| s.matches(status.as_u16()))
-                            && r.body.as_ref().is_none_or(|b| b.is_match(&text))
-                    })
+                // Only a rule says restart, so the matching rule names the step.
+                let target = matching_rule(step, answer)
                     .and_then(|r| r.restart.as_deref())
                     .and_then(|name| self.steps.iter().position(|s| s.name == name));
                 match target {
@@ -167,6 +153,15 @@ impl Connector {
             }
         }
     }
+}
+
+/// The first of the step's rules that matches the answer's status and body.
+fn matching_rule<'a>(step: &'a StepConfig, answer: &Answer) -> Option<&'a RuleConfig> {
+    let text = String::from_utf8_lossy(&answer.body);
+    step.rules.iter().find(|r| {
+        r.status.is_none_or(|s| s.matches(answer.status.as_u16()))
+            && r.body.as_ref().is_none_or(|b| b.is_match(&text))
+    })
 }
 
 /// One answer of an API, as far as it is kept.

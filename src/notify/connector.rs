@@ -206,20 +206,12 @@ impl Connector {
             storage,
             presign_ttl: cfg.presign_ttl,
             users: ArcSwap::from_pointee(user_settings(users)),
-            default_step: StepConfig {
-                name: "complete".into(),
-                method: reqwest::Method::POST,
-                url: String::new(),
-                headers: Default::default(),
-                body: StepBody::Completion,
-                extract: Default::default(),
-                message: "message".into(),
-                rules: Vec::new(),
-                key: None,
-                when: None,
-                follow_redirects: false,
-                parts: None,
-            },
+            default_step: StepConfig::plain(
+                "complete",
+                reqwest::Method::POST,
+                "",
+                StepBody::Completion,
+            ),
         })
     }
 

@@ -41,11 +41,7 @@ impl Connector {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        // S3 takes at most 10,000 parts: a larger object gets larger parts.
-        let part_size = parts
-            .size
-            .max(object.size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
-        let count = object.size.div_ceil(part_size).max(1);
+        let (part_size, count) = layout(object.size, parts.size);
         let number = done.len() as u64 + 1;
         if number > count {
             return finished(done);
@@ -139,11 +135,36 @@ impl Connector {
     }
 }
 
+/// The part size and number of parts for an object of `size` bytes: `configured` bytes a
+/// part, larger (whole MiB) when S3's 10,000 parts would not hold the object; one part for
+/// an empty object.
+fn layout(size: u64, configured: u64) -> (u64, u64) {
+    let part_size = configured.max(size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
+    (part_size, size.div_ceil(part_size).max(1))
+}
+
 fn finished(done: Vec<Value>) -> StepOutcome {
     let mut fields = Map::new();
     fields.insert(PARTS_FIELD.into(), Value::Array(done));
     StepOutcome::Done {
         duplicate: false,
         fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_within_s3s_ten_thousand() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(layout(12 * MIB, 5 * MIB), (5 * MIB, 3));
+        assert_eq!(layout(0, 5 * MIB), (5 * MIB, 1));
+        assert_eq!(layout(10_000 * 5 * MIB, 5 * MIB), (5 * MIB, 10_000));
+        // 2 TiB in 100 MiB parts would be 20,972 parts: 210 MiB parts, 9,987 of them.
+        let (size, count) = layout(2 << 40, 100 * MIB);
+        assert_eq!(size, 210 * MIB);
+        assert!(count <= MAX_PARTS && count * size >= 2 << 40);
     }
 }

@@ -172,20 +172,12 @@ mod tests {
 
     fn tokens(ttl: Duration) -> Tokens {
         Tokens::new(TokenConfig {
-            step: crate::config::StepConfig {
-                name: "auth".into(),
-                method: http::Method::POST,
-                url: "https://sso.example.com/token".into(),
-                headers: Default::default(),
-                body: crate::config::StepBody::Empty,
-                extract: Default::default(),
-                message: "message".into(),
-                rules: Vec::new(),
-                key: None,
-                when: None,
-                follow_redirects: false,
-                parts: None,
-            },
+            step: crate::config::StepConfig::plain(
+                "auth",
+                http::Method::POST,
+                "https://sso.example.com/token",
+                crate::config::StepBody::Empty,
+            ),
             token: "access_token".into(),
             expires_in: None,
             ttl,
