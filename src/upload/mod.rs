@@ -1335,12 +1335,28 @@ async fn end(
     }
 }
 
-/// Stops parts in flight first, so none lands after the abort, then forgets the record.
+/// Aborts after the last check that parts still land, up to this many times.
+const ABORT_TRIES: u32 = 3;
+
+/// Stops parts in flight first, then aborts the upload, then forgets the record. A part
+/// whose bytes the S3 server already had may still land after its request was dropped;
+/// S3's documentation says so and advises aborting again ("it might be necessary to abort
+/// a given multipart upload multiple times"), so the abort is repeated while parts remain.
 async fn abort_multipart(pipeline: &Inner, key: &str, mut mp: Multipart) {
     mp.in_flight.abort_all();
     while mp.in_flight.join_next().await.is_some() {}
-    if let Err(e) = pipeline.storage.abort_multipart(key, &mp.upload_id).await {
-        tracing::warn!(key = %key, upload_id = %mp.upload_id, error = %e, "AbortMultipartUpload failed; a bucket lifecycle rule should clean it up");
+    for attempt in 1..=ABORT_TRIES {
+        if let Err(e) = pipeline.storage.abort_multipart(key, &mp.upload_id).await {
+            tracing::warn!(key = %key, upload_id = %mp.upload_id, error = %e, "AbortMultipartUpload failed; a bucket lifecycle rule should clean it up");
+            break;
+        }
+        match pipeline.storage.list_parts(key, &mp.upload_id).await {
+            Ok(parts) if !parts.is_empty() && attempt < ABORT_TRIES => {
+                tracing::info!(key = %key, upload_id = %mp.upload_id, "a part landed after the abort; aborting again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => break,
+        }
     }
     if mp.recorded
         && let Err(e) = pipeline
