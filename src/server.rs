@@ -60,7 +60,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The embedded store failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Embedded(#[from] EmbeddedError),
     /// The record of cut uploads (`data_dir/uploads.sqlite3`) cannot be opened.
     #[error("{0}. Check server.data_dir and its permissions.")]
@@ -78,17 +78,28 @@ pub enum StartError {
         message: String,
     },
     /// The event log failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Notify(#[from] NotifyError),
     /// The FTPS certificate or key is unusable.
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] ftp::TlsError),
     /// `[auth.http]` cannot be set up.
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::HttpAuthSetupError),
     /// An SSH host key is unusable.
     #[error("cannot use {0}. Fix or remove the file (a new key is generated when it is missing).")]
-    HostKey(String),
+    HostKey(#[from] sftp::HostKeyError),
+}
+
+/// Why a reload (SIGHUP) kept the running configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The new FTPS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] ftp::TlsError),
 }
 
 /// A running bridge.
@@ -212,7 +223,7 @@ impl Bridge {
         let namespace = Arc::new(Namespace::new(storage.clone(), partials));
         let users = Arc::new(UserDirectory::new(&config.users));
         let http_auth = match &config.auth.http {
-            Some(cfg) => Some(HttpAuth::new(cfg, metrics.clone()).map_err(StartError::Auth)?),
+            Some(cfg) => Some(HttpAuth::new(cfg, metrics.clone()).map_err(StartError::from)?),
             None => None,
         };
         let logins = Arc::new(Logins::new(users.clone(), http_auth));
@@ -222,13 +233,11 @@ impl Bridge {
             .local_addr()
             .unwrap_or(config.metrics.listen);
         let certificates = match &config.ftp.tls {
-            Some(tls) if config.ftp.enabled => {
-                Some(ftp::Certificates::load(tls).map_err(StartError::Tls)?)
-            }
+            Some(tls) if config.ftp.enabled => Some(ftp::Certificates::load(tls)?),
             _ => None,
         };
         let ftp_tls = match &certificates {
-            Some(c) => Some(c.server_config().map_err(StartError::Tls)?),
+            Some(c) => Some(c.server_config()?),
             None => None,
         };
         let ftp_listener = if config.ftp.enabled {
@@ -237,7 +246,7 @@ impl Bridge {
             None
         };
         let (sftp_listener, host_keys) = if config.sftp.enabled {
-            let keys = sftp::load_host_keys(&config.sftp).map_err(StartError::HostKey)?;
+            let keys = sftp::load_host_keys(&config.sftp)?;
             (Some(bind("sftp.listen", config.sftp.listen).await?), keys)
         } else {
             (None, Vec::new())
@@ -335,8 +344,14 @@ impl Bridge {
                     vec![
                         ("listeners", listeners),
                         ("s3", bucket),
-                        ("event_log", notifier.check_writable().await),
-                        ("outbox", notifier.check_outbox().await),
+                        (
+                            "event_log",
+                            notifier.check_writable().await.map_err(|e| e.to_string()),
+                        ),
+                        (
+                            "outbox",
+                            notifier.check_outbox().await.map_err(|e| e.to_string()),
+                        ),
                     ]
                 })
             })
@@ -370,9 +385,9 @@ impl Bridge {
     /// (passwords, keys, homes, permissions, limits, notify settings), `server.allowed_ips`,
     /// `server.trusted_proxies` and the FTPS certificate. All or nothing: a file that does not load, or an unusable
     /// certificate, keeps the whole running config. Other keys take effect at the next start.
-    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), ReloadError> {
         let outcome = Config::load(path)
-            .map_err(|e| e.to_string())
+            .map_err(ReloadError::from)
             .and_then(|config| self.apply(&config));
         let result = if outcome.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -382,7 +397,7 @@ impl Bridge {
         outcome
     }
 
-    fn apply(&self, config: &Config) -> Result<(), String> {
+    fn apply(&self, config: &Config) -> Result<(), ReloadError> {
         if let (Some(certificates), Some(tls)) = (&self.certificates, &config.ftp.tls) {
             certificates.reload(tls)?;
         }

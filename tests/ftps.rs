@@ -202,7 +202,11 @@ async fn a_reload_swaps_the_certificate_and_a_broken_one_keeps_the_old() {
     );
 
     std::fs::write(&cert, "not a certificate").expect("break cert");
-    let err = h.bridge().reload(&h.config_path).expect_err("refused");
+    let err = h
+        .bridge()
+        .reload(&h.config_path)
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains("ftp.tls.cert"), "{err}");
     let (_, presented) = tls_login(h.ftp, trusting_both()).await;
     assert_eq!(presented, second, "a broken renewal keeps the working one");

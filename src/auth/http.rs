@@ -78,11 +78,15 @@ impl std::fmt::Debug for HttpAuth {
     }
 }
 
+/// The `[auth.http]` HTTP client cannot be built (no usable TLS roots or backend).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the auth.http client: {0}")]
+pub struct HttpAuthSetupError(#[source] reqwest::Error);
+
 impl HttpAuth {
     /// A client for `cfg` (already validated by the config loader).
-    pub fn new(cfg: &HttpAuthConfig, metrics: Metrics) -> Result<HttpAuth, String> {
-        let client = crate::outbound::client(cfg.timeout)
-            .map_err(|e| format!("cannot set up the auth.http client: {e}"))?;
+    pub fn new(cfg: &HttpAuthConfig, metrics: Metrics) -> Result<HttpAuth, HttpAuthSetupError> {
+        let client = crate::outbound::client(cfg.timeout).map_err(HttpAuthSetupError)?;
         let headers = crate::outbound::header_map(&cfg.headers);
         Ok(HttpAuth {
             client,

@@ -4,7 +4,7 @@
 mod http;
 mod path;
 
-pub use http::{HttpAuth, Secret};
+pub use http::{HttpAuth, HttpAuthSetupError, Secret};
 pub use path::{PathError, VirtualPath};
 
 use crate::config::{Permission, UserConfig};

@@ -8,7 +8,7 @@ mod session;
 mod tls;
 
 pub use backend::FtpShared;
-pub use tls::Certificates;
+pub use tls::{Certificates, TlsError};
 
 use crate::auth::Logins;
 use crate::config::FtpConfig;

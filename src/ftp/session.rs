@@ -24,12 +24,12 @@ pub struct Session {
     pub id: String,
     tls: AtomicBool,
     /// Who logged in: the authenticator sets it, libunftp's user provider hands it out.
-    user: std::sync::Mutex<Option<Arc<User>>>,
+    user: parking_lot::Mutex<Option<Arc<User>>>,
     /// Closes the connection if no login comes in time.
     login_deadline: Arc<LoginDeadline>,
     /// A second handle on the control socket, to see whether the client is still there
     /// before an upload is committed; dropped when the control loop ends.
-    control: std::sync::Mutex<Option<std::net::TcpStream>>,
+    control: parking_lot::Mutex<Option<std::net::TcpStream>>,
 }
 
 impl Session {
@@ -43,18 +43,16 @@ impl Session {
             remote_addr,
             id: crate::audit::new_session_id(),
             tls: AtomicBool::new(false),
-            user: std::sync::Mutex::new(None),
+            user: parking_lot::Mutex::new(None),
             login_deadline,
-            control: std::sync::Mutex::new(control),
+            control: parking_lot::Mutex::new(control),
         })
     }
 
     /// The control loop has ended: the client is gone.
     pub fn control_closed(&self) {
         self.login_deadline.ended();
-        if let Ok(mut control) = self.control.lock() {
-            *control = None;
-        }
+        *self.control.lock() = None;
     }
 
     /// Whether the client still wants its upload: the control connection not closed by the
@@ -92,10 +90,10 @@ impl Session {
     }
 
     fn control_state(&self) -> ControlState {
-        match self.control.lock() {
-            Ok(control) => control.as_ref().map_or(ControlState::Gone, control_state),
-            Err(_) => ControlState::Gone,
-        }
+        self.control
+            .lock()
+            .as_ref()
+            .map_or(ControlState::Gone, control_state)
     }
 
     /// `ftps` once the client logged in over TLS, else `ftp`.
@@ -220,9 +218,7 @@ impl Authenticator for SessionAuthenticator {
         match result {
             Ok(user) => {
                 self.session.tls.store(tls, Ordering::Release);
-                if let Ok(mut slot) = self.session.user.lock() {
-                    *slot = Some(user.clone());
-                }
+                *self.session.user.lock() = Some(user.clone());
                 self.session.login_deadline.logged_in();
                 self.metrics.0.login(protocol, true);
                 tracing::info!(user = %user.name, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login");
@@ -254,8 +250,7 @@ impl UserDetailProvider for UserProvider {
         self.0
             .user
             .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
+            .clone()
             .filter(|user| user.name == principal.username)
             .map(FtpUser)
             .ok_or_else(|| UserDetailError::UserNotFound {

@@ -261,14 +261,14 @@ impl Notifier {
     }
 
     /// Writes a test record to the event log: is it still writable?
-    pub async fn check_writable(&self) -> Result<(), String> {
-        self.inner.log.check().await.map_err(|e| e.to_string())
+    pub async fn check_writable(&self) -> Result<(), NotifyError> {
+        self.inner.log.check().await
     }
 
     /// Whether the outbox takes new entries (`Ok` when there is no outbox).
-    pub async fn check_outbox(&self) -> Result<(), String> {
+    pub async fn check_outbox(&self) -> Result<(), NotifyError> {
         match &self.inner.delivery {
-            Some(d) => d.outbox.check_writable().await.map_err(|e| e.to_string()),
+            Some(d) => d.outbox.check_writable().await,
             None => Ok(()),
         }
     }

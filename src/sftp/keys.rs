@@ -6,14 +6,49 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a host key in `sftp.host_keys` cannot be used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// The file exists but holds no key russh can read.
+    #[error("host key {} (sftp.host_keys): {source}", path.display())]
+    Load {
+        /// The key file.
+        path: PathBuf,
+        /// russh's reason.
+        source: russh::keys::Error,
+    },
+    /// A new key could not be written.
+    #[error("host key {} (sftp.host_keys): {source}", path.display())]
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The file system's reason.
+        source: std::io::Error,
+    },
+    /// A generated key could not be encoded (a bug in the key library, never the input).
+    #[error("host key {} (sftp.host_keys): {source}", path.display())]
+    Encode {
+        /// The key file.
+        path: PathBuf,
+        /// The encoder's reason.
+        source: russh::keys::ssh_key::Error,
+    },
+}
 
 /// Loads the key at `path`, generating an ed25519 key there when the file does not exist.
-pub fn load_or_generate(path: &Path) -> Result<PrivateKey, String> {
-    let describe =
-        |e: &dyn std::fmt::Display| format!("host key {} (sftp.host_keys): {e}", path.display());
+pub fn load_or_generate(path: &Path) -> Result<PrivateKey, HostKeyError> {
+    let write = |source| HostKeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.exists() {
-        let key = russh::keys::load_secret_key(path, None).map_err(|e| describe(&e))?;
+        let key =
+            russh::keys::load_secret_key(path, None).map_err(|source| HostKeyError::Load {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
             tracing::warn!(path = %path.display(),
                 "RSA SSH host key: the rsa crate has a timing side channel with no fixed release (RUSTSEC-2023-0071, Marvin); prefer an ed25519 host key");
@@ -21,19 +56,24 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey, String> {
         return Ok(key);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| describe(&e))?;
+        std::fs::create_dir_all(dir).map_err(write)?;
     }
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    let pem = key.to_openssh(LineEnding::LF).map_err(|e| describe(&e))?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|source| HostKeyError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|e| describe(&e))?;
-    file.write_all(pem.as_bytes()).map_err(|e| describe(&e))?;
-    file.sync_all().map_err(|e| describe(&e))?;
+    let mut file = options.open(path).map_err(write)?;
+    file.write_all(pem.as_bytes()).map_err(write)?;
+    file.sync_all().map_err(write)?;
     tracing::info!(path = %path.display(), "generated a new ed25519 SSH host key");
     Ok(key)
 }
@@ -68,7 +108,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad_key");
         std::fs::write(&path, "not a key").expect("write");
-        let err = load_or_generate(&path).expect_err("refused");
+        let err = load_or_generate(&path).expect_err("refused").to_string();
         assert!(err.contains("sftp.host_keys"), "{err}");
     }
 }

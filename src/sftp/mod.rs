@@ -6,7 +6,7 @@ mod keys;
 mod stream;
 
 pub use files::SftpShared;
-pub use keys::{fingerprint, load_or_generate};
+pub use keys::{HostKeyError, fingerprint, load_or_generate};
 
 use crate::audit::LoginRecord;
 use crate::auth::{AuthError, Logins, Secret, User};
@@ -111,7 +111,7 @@ pub fn server_config(cfg: &SftpConfig, keys: Vec<PrivateKey>) -> Arc<russh::serv
 }
 
 /// Loads (or creates) every configured host key.
-pub fn load_host_keys(cfg: &SftpConfig) -> Result<Vec<PrivateKey>, String> {
+pub fn load_host_keys(cfg: &SftpConfig) -> Result<Vec<PrivateKey>, HostKeyError> {
     cfg.host_keys
         .iter()
         .map(|path| load_or_generate(path))
