@@ -48,6 +48,7 @@ pub struct HttpAuthConfig {
 }
 
 impl Validator<'_> {
+    /// `[auth]`: the HTTP endpoint, when `[auth.http]` is there.
     pub(super) fn auth(&mut self, raw: RawAuth) -> AuthConfig {
         let Some(raw) = raw.http else {
             return AuthConfig::default();

@@ -204,6 +204,7 @@ impl StepBody {
 const CREATE_DEFAULT_BODY: &str = r#"{"event": "upload.started", "id": {{ id | tojson }}, "protocol": {{ protocol | tojson }}, "username": {{ username | tojson }}, "path": {{ path | tojson }}, "bucket": {{ bucket | tojson }}, "key": {{ key | tojson }}, "metadata": {{ metadata | tojson }}}"#;
 
 impl Validator<'_> {
+    /// One step; `None` when it has a problem (each is reported).
     pub(super) fn step(&mut self, key: &str, raw: RawStep, is_create: bool) -> Option<StepConfig> {
         let before = self.problems.len();
         let name = raw.name.unwrap_or_else(|| {
@@ -359,6 +360,7 @@ impl Validator<'_> {
         })
     }
 
+    /// A step's `parts = { … }`.
     fn parts(&mut self, key: &str, raw: RawParts) -> PartsConfig {
         let size_at = raw.size.clone();
         let size = self.size(&format!("{key}.size"), raw.size, DEFAULT_PARTS_SIZE);
@@ -428,6 +430,7 @@ impl Validator<'_> {
         })
     }
 
+    /// The request body from the body keys given (at most one of them).
     #[allow(clippy::too_many_arguments)]
     fn step_body(
         &mut self,
@@ -497,6 +500,7 @@ impl Validator<'_> {
         }
     }
 
+    /// Reports a template that does not compile.
     fn template(&mut self, key: &str, source: &str) {
         let env = minijinja::Environment::new();
         if let Err(e) = env.template_from_str(source) {

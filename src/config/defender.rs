@@ -41,6 +41,7 @@ pub struct DefenderConfig {
 }
 
 impl Validator<'_> {
+    /// `[defender]`.
     pub(super) fn defender(&mut self, raw: RawDefender) -> DefenderConfig {
         let max_failures = self.count(
             "defender.max_failures",

@@ -98,6 +98,7 @@ pub struct FtpTlsConfig {
 }
 
 impl Validator<'_> {
+    /// `[ftp]` and `[ftp.tls]`.
     pub(super) fn ftp(&mut self, raw: RawFtp) -> FtpConfig {
         let passive_ports = match raw.passive_ports {
             None => DEFAULT_PASSIVE_PORTS,
@@ -151,6 +152,7 @@ impl Validator<'_> {
         }
     }
 
+    /// `ftp.data_receive_buffer`: `"auto"`, `"kernel"` or a size.
     fn receive_buffer(&mut self, value: Option<Text>) -> ReceiveBuffer {
         let Some(t) = value else {
             return DEFAULT_DATA_RECEIVE_BUFFER;

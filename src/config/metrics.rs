@@ -22,6 +22,7 @@ pub struct MetricsConfig {
 }
 
 impl Validator<'_> {
+    /// `[metrics]`.
     pub(super) fn metrics(&mut self, raw: RawMetrics) -> MetricsConfig {
         MetricsConfig {
             listen: self.socket("metrics.listen", raw.listen, DEFAULT_LISTEN),

@@ -150,6 +150,7 @@ pub enum ConfigError {
     },
 }
 
+/// The `Invalid` message: a count, then one line per problem.
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = format!(
         "{} has {} problem{}:",
@@ -274,6 +275,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// The 1-based line of a byte offset.
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .bytes()
@@ -282,6 +284,7 @@ impl Validator<'_> {
             + 1
     }
 
+    /// Records a problem at `at`'s line (no line when `None`).
     fn problem(&mut self, key: &str, at: Option<&Text>, message: impl Into<String>) {
         let line = at.map(|t| self.line_of(t.span().start));
         self.problems.push(Problem {
@@ -291,6 +294,7 @@ impl Validator<'_> {
         });
     }
 
+    /// The value or `default`, and the value's position when it was written.
     fn text(value: Option<Text>, default: &str) -> (String, Option<Text>) {
         match value {
             Some(t) => (t.get_ref().clone(), Some(t)),
@@ -298,6 +302,7 @@ impl Validator<'_> {
         }
     }
 
+    /// A size such as `"16MiB"` (the default when absent or bad).
     fn size(&mut self, key: &str, value: Option<Text>, default: u64) -> u64 {
         let Some(t) = value else { return default };
         match parse_size(t.get_ref()) {
@@ -332,6 +337,7 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration such as `"30s"` (the default when absent or bad).
     fn duration(&mut self, key: &str, value: Option<Text>, default: Duration) -> Duration {
         let Some(t) = value else { return default };
         match parse_duration(t.get_ref()) {
@@ -343,6 +349,7 @@ impl Validator<'_> {
         }
     }
 
+    /// An `IP:PORT` address (the default when absent).
     fn socket(&mut self, key: &str, value: Option<Text>, default: &str) -> SocketAddr {
         let fallback = || SocketAddr::from(([127, 0, 0, 1], 0));
         let (s, at) = Self::text(value, default);

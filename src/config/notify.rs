@@ -98,6 +98,7 @@ impl NotifyConfig {
 }
 
 impl Validator<'_> {
+    /// `[notify]` with its connector.
     pub(super) fn notify(&mut self, raw: RawNotify) -> NotifyConfig {
         let (url, url_at) = Self::text(raw.url, "");
         let url = if url.is_empty() {

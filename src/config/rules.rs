@@ -83,6 +83,7 @@ impl Validator<'_> {
         }
     }
 
+    /// One rule; `None` when it has a problem (each is reported).
     pub(super) fn rule(&mut self, key: &str, raw: RawRule) -> Option<RuleConfig> {
         let status = match raw.status.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -147,6 +148,7 @@ impl Validator<'_> {
     }
 }
 
+/// `"200"` → one status, `"4xx"` → a class.
 fn parse_status(s: &str) -> Option<StatusMatch> {
     if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
         return match class.parse::<u16>() {

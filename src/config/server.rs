@@ -55,6 +55,7 @@ pub struct ServerConfig {
 }
 
 impl Validator<'_> {
+    /// `[server]`.
     pub(super) fn server(&mut self, raw: RawServer) -> ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from(Self::text(raw.data_dir, DEFAULT_DATA_DIR).0),

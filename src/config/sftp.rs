@@ -84,6 +84,7 @@ impl Validator<'_> {
         }
     }
 
+    /// `sftp.ciphers`: only supported ones, at least one.
     fn ciphers(&mut self, raw: Option<Vec<Text>>) -> Vec<String> {
         let Some(raw) = raw else {
             return SFTP_DEFAULT_CIPHERS.iter().map(|c| c.to_string()).collect();

@@ -98,6 +98,7 @@ pub struct StorageConfig {
 }
 
 impl Validator<'_> {
+    /// `[storage]`.
     pub(super) fn storage(&mut self, raw: RawStorage) -> StorageConfig {
         let (endpoint_text, endpoint_at) = Self::text(raw.endpoint, DEFAULT_ENDPOINT);
         let endpoint = match endpoint_text.as_str() {

@@ -72,6 +72,7 @@ fn compile_globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
 }
 
 impl Validator<'_> {
+    /// `[upload]`.
     pub(super) fn upload(&mut self, raw: RawUpload) -> UploadConfig {
         let defaults = UploadConfig::default();
         let temp_patterns = match raw.temp_patterns {

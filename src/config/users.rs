@@ -138,6 +138,7 @@ pub fn normalize_home(home: &str) -> Option<String> {
 }
 
 impl Validator<'_> {
+    /// Every `[[users]]` entry; names must be unique.
     pub(super) fn users(&mut self, raw: Vec<RawUser>) -> Vec<UserConfig> {
         let mut seen = HashSet::new();
         let mut users = Vec::new();
@@ -246,6 +247,7 @@ impl Validator<'_> {
         users
     }
 
+    /// A user's `[users.notify]`.
     fn user_notify(&mut self, key: &str, raw: RawUserNotify) -> UserNotifyConfig {
         let headers = self.literal_headers(&format!("{key}.headers"), raw.headers);
         let vars = raw.vars.into_iter().collect();
