@@ -1,16 +1,87 @@
-//! `[notify.create]` and `[[notify.steps]]`: a connector is configured, not coded. Each step
-//! is one templated HTTP request (minijinja); this module checks every template, method,
-//! header, rule and extraction path at load time so a typo is a config error with its key,
-//! not a dead letter days later.
+//! `[notify.create]`, `[[notify.steps]]` and `[notify.auth]`: a connector is configured, not
+//! coded. Each step is one templated HTTP request (minijinja); this module checks every
+//! template, method, header, body and extraction path at load time so a typo is a config error
+//! with its key, not a dead letter days later. Classification rules are in `rules`.
 
-use super::Validator;
-use super::raw::{RawParts, RawRule, RawStep, RawUserNotify};
+use super::rules::{RawRule, RuleConfig};
+use super::{S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, Text, Validator};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// S3's smallest part (but the last), and its largest.
-const MIN_PART: u64 = 5 << 20;
-const MAX_PART: u64 = 5 << 30;
+/// A step's `name` when unset (`[notify.create]` is `"create"`).
+pub const DEFAULT_STEP_NAME: &str = "complete";
+/// `[notify.create]`'s `name` when unset.
+pub const DEFAULT_CREATE_NAME: &str = "create";
+/// A step's `method` when unset.
+pub const DEFAULT_METHOD: &str = "POST";
+/// A step's `message` when unset: where a refusal's human-readable text is.
+pub const DEFAULT_MESSAGE: &str = "message";
+/// A step's `follow_redirects` when unset: a redirect is a failure (Standard Webhooks).
+pub const DEFAULT_FOLLOW_REDIRECTS: bool = false;
+/// A step's `object` when unset.
+pub const DEFAULT_OBJECT: bool = false;
+/// A text `body`'s `content_type` when unset.
+pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// A `multipart` body's `file_field` when unset.
+pub const DEFAULT_FILE_FIELD: &str = "file";
+/// A `multipart` body's `file_name` template when unset.
+pub const DEFAULT_FILE_NAME: &str = "{{ filename }}";
+/// `parts.size` when unset.
+pub const DEFAULT_PARTS_SIZE: u64 = 100 << 20;
+/// `parts.method` when unset.
+pub const DEFAULT_PARTS_METHOD: &str = "PUT";
+/// `parts.keep_header` when unset.
+pub const DEFAULT_PARTS_KEEP_HEADER: &str = "ETag";
+/// `[notify.auth]`'s `token` when unset.
+pub const DEFAULT_TOKEN_PATH: &str = "access_token";
+/// `[notify.auth]`'s `expires_in` when unset and `token` is the default.
+pub const DEFAULT_EXPIRES_IN_PATH: &str = "expires_in";
+/// `[notify.auth]`'s `ttl` when unset.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// One templated HTTP request of a connector (`[notify.create]`, `[[notify.steps]]`,
+/// `[notify.auth]`) as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawStep {
+    name: Option<String>,
+    method: Option<String>,
+    url: Option<Text>,
+    headers: BTreeMap<String, String>,
+    json: Option<String>,
+    body: Option<String>,
+    content_type: Option<String>,
+    form: Option<BTreeMap<String, String>>,
+    multipart: Option<BTreeMap<String, String>>,
+    file_field: Option<String>,
+    file_name: Option<String>,
+    object: Option<bool>,
+    extract: BTreeMap<String, String>,
+    message: Option<String>,
+    key: Option<String>,
+    rules: Vec<RawRule>,
+    when: Option<String>,
+    follow_redirects: Option<bool>,
+    parts: Option<RawParts>,
+    /// `[notify.auth]` only: where the token is in the answer.
+    token: Option<String>,
+    /// `[notify.auth]` only: where its lifetime (seconds) is in the answer.
+    expires_in: Option<String>,
+    /// `[notify.auth]` only: the lifetime when the answer has none.
+    ttl: Option<Text>,
+}
+
+/// `parts = { … }` of a step as written: push the object part by part to URLs the platform
+/// hands out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawParts {
+    size: Option<Text>,
+    url: Option<String>,
+    method: Option<String>,
+    keep_header: Option<String>,
+}
 
 /// One templated HTTP request.
 #[derive(Debug, Clone)]
@@ -52,7 +123,7 @@ impl StepConfig {
             headers: BTreeMap::new(),
             body,
             extract: BTreeMap::new(),
-            message: "message".into(),
+            message: DEFAULT_MESSAGE.into(),
             rules: Vec::new(),
             key: None,
             when: None,
@@ -129,87 +200,21 @@ impl StepBody {
     }
 }
 
-/// Which responses a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusMatch {
-    /// One status code.
-    Exact(u16),
-    /// A class: `2xx` is `Class(2)`.
-    Class(u16),
-}
-
-impl StatusMatch {
-    /// Whether `status` matches.
-    pub fn matches(self, status: u16) -> bool {
-        match self {
-            StatusMatch::Exact(s) => s == status,
-            StatusMatch::Class(c) => status / 100 == c,
-        }
-    }
-}
-
-/// What a matching response means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleOutcome {
-    /// Accepted.
-    Delivered,
-    /// Already there.
-    Duplicate,
-    /// Try again later.
-    Retry,
-    /// Refused for good.
-    Permanent,
-    /// The credentials were refused: renew the `[notify.auth]` token and try again.
-    Reauth,
-    /// Go back to the rule's `step`, forgetting what it and later steps extracted.
-    Restart,
-}
-
-/// One classification rule: status and/or a regex on the body.
-#[derive(Debug, Clone)]
-pub struct RuleConfig {
-    /// Statuses it applies to (all when `None`).
-    pub status: Option<StatusMatch>,
-    /// A regex the body must match (any body when `None`).
-    pub body: Option<regex::Regex>,
-    /// The classification.
-    pub outcome: RuleOutcome,
-    /// `restart` only: the step to go back to.
-    pub restart: Option<String>,
-}
-
-/// When the client hears success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryMode {
-    /// Once the completion is durably queued (the default).
-    Async,
-    /// Once the connector's steps succeeded; a refusal reaches the client.
-    Sync,
-}
-
-/// `[users.notify]`: one tenant's additions to every connector request.
-#[derive(Debug, Clone, Default)]
-pub struct UserNotifyConfig {
-    /// Headers over the step's and `notify.headers`.
-    pub headers: BTreeMap<String, String>,
-    /// Template variables under `vars.`.
-    pub vars: BTreeMap<String, String>,
-}
-
 /// What `create` sends when it names no body: what is known when an upload starts.
 const CREATE_DEFAULT_BODY: &str = r#"{"event": "upload.started", "id": {{ id | tojson }}, "protocol": {{ protocol | tojson }}, "username": {{ username | tojson }}, "path": {{ path | tojson }}, "bucket": {{ bucket | tojson }}, "key": {{ key | tojson }}, "metadata": {{ metadata | tojson }}}"#;
 
 impl Validator<'_> {
+    /// One step; `None` when it has a problem (each is reported).
     pub(super) fn step(&mut self, key: &str, raw: RawStep, is_create: bool) -> Option<StepConfig> {
         let before = self.problems.len();
         let name = raw.name.unwrap_or_else(|| {
             if is_create {
-                "create".into()
+                DEFAULT_CREATE_NAME.into()
             } else {
-                "complete".into()
+                DEFAULT_STEP_NAME.into()
             }
         });
-        let method_text = raw.method.unwrap_or_else(|| "POST".into());
+        let method_text = raw.method.unwrap_or_else(|| DEFAULT_METHOD.into());
         let method = match http::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes()) {
             Ok(m) => m,
             Err(_) => {
@@ -251,7 +256,7 @@ impl Validator<'_> {
             raw.multipart,
             raw.file_field,
             raw.file_name,
-            raw.object.unwrap_or(false),
+            raw.object.unwrap_or(DEFAULT_OBJECT),
         );
         if matches!(body, StepBody::Completion)
             && (is_create
@@ -346,26 +351,27 @@ impl Validator<'_> {
             headers,
             body,
             extract,
-            message: raw.message.unwrap_or_else(|| "message".into()),
+            message: raw.message.unwrap_or_else(|| DEFAULT_MESSAGE.into()),
             rules,
             key: object_key,
             when: raw.when,
-            follow_redirects: raw.follow_redirects.unwrap_or(false),
+            follow_redirects: raw.follow_redirects.unwrap_or(DEFAULT_FOLLOW_REDIRECTS),
             parts,
         })
     }
 
+    /// A step's `parts = { … }`.
     fn parts(&mut self, key: &str, raw: RawParts) -> PartsConfig {
         let size_at = raw.size.clone();
-        let size = self.size(&format!("{key}.size"), raw.size, 100 << 20);
-        if !(MIN_PART..=MAX_PART).contains(&size) {
+        let size = self.size(&format!("{key}.size"), raw.size, DEFAULT_PARTS_SIZE);
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&size) {
             self.problem(
                 &format!("{key}.size"),
                 size_at.as_ref(),
                 "parts go to S3: between 5MiB and 5GiB",
             );
         }
-        let method_text = raw.method.unwrap_or_else(|| "PUT".into());
+        let method_text = raw.method.unwrap_or_else(|| DEFAULT_PARTS_METHOD.into());
         let method = http::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
             .unwrap_or_else(|_| {
                 self.problem(
@@ -386,24 +392,25 @@ impl Validator<'_> {
                 String::new()
             }),
             method,
-            keep_header: raw.keep_header.unwrap_or_else(|| "ETag".into()),
+            keep_header: raw
+                .keep_header
+                .unwrap_or_else(|| DEFAULT_PARTS_KEEP_HEADER.into()),
         }
     }
 
     /// `[notify.auth]`: a step whose answer carries a token.
     pub(super) fn token(&mut self, mut raw: RawStep) -> Option<TokenConfig> {
         let key = "notify.auth";
-        let token = raw.token.take().unwrap_or_else(|| "access_token".into());
+        let token = raw
+            .token
+            .take()
+            .unwrap_or_else(|| DEFAULT_TOKEN_PATH.into());
         let expires_in = raw
             .expires_in
             .take()
-            .or_else(|| (token == "access_token").then(|| "expires_in".into()));
+            .or_else(|| (token == DEFAULT_TOKEN_PATH).then(|| DEFAULT_EXPIRES_IN_PATH.into()));
         let ttl_at = raw.ttl.clone();
-        let ttl = self.duration(
-            &format!("{key}.ttl"),
-            raw.ttl.take(),
-            Duration::from_secs(3600),
-        );
+        let ttl = self.duration(&format!("{key}.ttl"), raw.ttl.take(), DEFAULT_TOKEN_TTL);
         if ttl < Duration::from_secs(2) {
             self.problem(&format!("{key}.ttl"), ttl_at.as_ref(), "at least 2s");
         }
@@ -423,24 +430,7 @@ impl Validator<'_> {
         })
     }
 
-    /// Every restart rule goes back to a step at or before its own.
-    pub(super) fn restarts(&mut self, steps: &[StepConfig]) {
-        for (i, step) in steps.iter().enumerate() {
-            for rule in &step.rules {
-                let Some(target) = &rule.restart else {
-                    continue;
-                };
-                if !steps[..=i].iter().any(|s| &s.name == target) {
-                    self.problem(
-                        &format!("notify.steps[{i}].rules"),
-                        None,
-                        format!("restart goes back to {target:?}, which is not this step or one before it"),
-                    );
-                }
-            }
-        }
-    }
-
+    /// The request body from the body keys given (at most one of them).
     #[allow(clippy::too_many_arguments)]
     fn step_body(
         &mut self,
@@ -491,16 +481,16 @@ impl Validator<'_> {
             self.template(&format!("{key}.body"), &t);
             StepBody::Text {
                 template: t,
-                content_type: content_type.unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                content_type: content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()),
             }
         } else if let Some(f) = form {
             StepBody::Form(templates(self, "form", f))
         } else if let Some(f) = multipart {
-            let file_name = file_name.unwrap_or_else(|| "{{ filename }}".into());
+            let file_name = file_name.unwrap_or_else(|| DEFAULT_FILE_NAME.into());
             self.template(&format!("{key}.file_name"), &file_name);
             StepBody::Multipart {
                 fields: templates(self, "multipart", f),
-                file_field: file_field.unwrap_or_else(|| "file".into()),
+                file_field: file_field.unwrap_or_else(|| DEFAULT_FILE_FIELD.into()),
                 file_name,
             }
         } else if object {
@@ -510,111 +500,11 @@ impl Validator<'_> {
         }
     }
 
-    fn rule(&mut self, key: &str, raw: RawRule) -> Option<RuleConfig> {
-        let status = match raw.status.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(s) => match parse_status(s) {
-                Some(m) => Some(m),
-                None => {
-                    self.problem(
-                        &format!("{key}.status"),
-                        None,
-                        format!("{s:?} is neither a status code (\"200\") nor a class (\"4xx\")"),
-                    );
-                    return None;
-                }
-            },
-        };
-        let body = match raw.body {
-            None => None,
-            Some(b) => match regex::Regex::new(&b) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    self.problem(
-                        &format!("{key}.body"),
-                        None,
-                        format!("not a valid regex: {e}"),
-                    );
-                    return None;
-                }
-            },
-        };
-        let outcome = match raw.outcome.as_deref() {
-            Some("delivered") => RuleOutcome::Delivered,
-            Some("duplicate") => RuleOutcome::Duplicate,
-            Some("retry") => RuleOutcome::Retry,
-            Some("permanent") => RuleOutcome::Permanent,
-            Some("reauth") => RuleOutcome::Reauth,
-            Some("restart") => RuleOutcome::Restart,
-            other => {
-                self.problem(
-                    &format!("{key}.outcome"),
-                    None,
-                    format!(
-                        "{other:?}: write delivered, duplicate, retry, permanent, reauth or restart"
-                    ),
-                );
-                return None;
-            }
-        };
-        if (outcome == RuleOutcome::Restart) != raw.step.is_some() {
-            self.problem(
-                &format!("{key}.step"),
-                None,
-                "a restart rule names the step to go back to (step = \"entry\"), and only a restart rule does",
-            );
-            return None;
-        }
-        Some(RuleConfig {
-            status,
-            body,
-            outcome,
-            restart: raw.step,
-        })
-    }
-
+    /// Reports a template that does not compile.
     fn template(&mut self, key: &str, source: &str) {
         let env = minijinja::Environment::new();
         if let Err(e) = env.template_from_str(source) {
             self.problem(key, None, format!("template error: {e}"));
         }
-    }
-
-    /// Headers sent as written (after `${ENV}`): checked to be valid HTTP.
-    pub(super) fn literal_headers(
-        &mut self,
-        key: &str,
-        raw: BTreeMap<String, String>,
-    ) -> BTreeMap<String, String> {
-        let mut headers = BTreeMap::new();
-        for (name, value) in raw {
-            let at = format!("{key}.{name}");
-            if http::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || http::header::HeaderValue::from_str(&value).is_err()
-            {
-                self.problem(&at, None, "not a valid HTTP header name or value");
-            }
-            headers.insert(name, value);
-        }
-        headers
-    }
-
-    pub(super) fn user_notify(&mut self, key: &str, raw: RawUserNotify) -> UserNotifyConfig {
-        let headers = self.literal_headers(&format!("{key}.headers"), raw.headers);
-        let vars = raw.vars.into_iter().collect();
-        UserNotifyConfig { headers, vars }
-    }
-}
-
-fn parse_status(s: &str) -> Option<StatusMatch> {
-    if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
-        return match class.parse::<u16>() {
-            Ok(c @ 1..=5) => Some(StatusMatch::Class(c)),
-            _ => None,
-        };
-    }
-    match s.parse::<u16>() {
-        Ok(code @ 100..=599) => Some(StatusMatch::Exact(code)),
-        _ => None,
     }
 }
