@@ -124,3 +124,113 @@ fn fields_of(text: &str) -> serde_json::Map<String, serde_json::Value> {
         _ => serde_json::Map::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::{PartialRecord, PendingEntry, TempRecord};
+
+    /// What the conformance suite cannot see: everything is still there after reopening the
+    /// files, as after a restart of the bridge.
+    #[tokio::test]
+    async fn every_store_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = super::open(dir.path(), true).expect("open");
+        let outbox = stores.outbox.clone().expect("outbox");
+        outbox
+            .insert(PendingEntry {
+                id: "e1".into(),
+                key: "u/a.bin".into(),
+                body: b"{}".to_vec(),
+                step: 0,
+                fields: serde_json::Map::new(),
+                attempts: 0,
+                since_ms: 0,
+            })
+            .await
+            .expect("insert");
+        stores
+            .uploads
+            .begin(PartialRecord {
+                key: "u/a.bin".into(),
+                username: "u".into(),
+                path: "/a.bin".into(),
+                upload_id: "up".into(),
+                content_type: "video/mp4".into(),
+                id: "e1".into(),
+                fields: serde_json::Map::new(),
+                started_at_ms: 1,
+                updated_ms: 1,
+                durable_bytes: 0,
+                durable_parts: 0,
+                hash_state: None,
+                active: true,
+            })
+            .await
+            .expect("begin");
+        stores
+            .uploads
+            .suspend("u/a.bin".into(), "up".into(), 10, 1, vec![1, 2])
+            .await
+            .expect("suspend");
+        stores
+            .temp_names
+            .put_temp(TempRecord {
+                key: "u/b.tmp".into(),
+                username: "u".into(),
+                size: 3,
+                sha256: String::new(),
+                content_type: "text/plain".into(),
+                id: "e2".into(),
+                fields: serde_json::Map::new(),
+                started_at_ms: 1,
+            })
+            .await
+            .expect("temp");
+        stores
+            .quota
+            .set_quota_usage("u".into(), 9, 1)
+            .await
+            .expect("quota");
+        drop((stores, outbox));
+
+        let stores = super::open(dir.path(), true).expect("reopen");
+        let outbox = stores.outbox.expect("outbox");
+        assert_eq!(
+            outbox.state_of("e1").await.expect("state").as_deref(),
+            Some("pending")
+        );
+        let cut = stores
+            .uploads
+            .get("u/a.bin".into())
+            .await
+            .expect("get")
+            .expect("kept");
+        assert_eq!((cut.durable_bytes, cut.active), (10, false));
+        assert_eq!(cut.hash_state, Some(vec![1, 2]));
+        assert!(
+            stores
+                .temp_names
+                .temp("u/b.tmp".into())
+                .await
+                .expect("temp")
+                .is_some()
+        );
+        assert_eq!(
+            stores.quota.quota_usage("u".into()).await.expect("quota"),
+            Some((9, 1))
+        );
+        assert!(
+            dir.path().join(super::OUTBOX_FILE).exists()
+                && dir.path().join(super::UPLOADS_FILE).exists()
+        );
+    }
+
+    /// Without a connector no outbox file appears, as before the stores were bundled.
+    #[test]
+    fn no_outbox_file_without_a_connector() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = super::open(dir.path(), false).expect("open");
+        assert!(stores.outbox.is_none());
+        assert!(!dir.path().join(super::OUTBOX_FILE).exists());
+    }
+}
