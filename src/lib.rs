@@ -21,5 +21,6 @@ pub mod outbound;
 pub mod progress;
 pub mod server;
 pub mod sftp;
+pub mod state;
 pub mod storage;
 pub mod upload;

@@ -168,7 +168,7 @@ fn hash_password() -> ExitCode {
 }
 
 fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
-    use ingest_bridge::notify::{Outbox, State, now_ms};
+    use ingest_bridge::notify::{NotifyError, State, now_ms};
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -181,9 +181,9 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
         ));
     }
     block_on(async move {
-        let outbox = match Outbox::open(&data_dir) {
+        let outbox = match ingest_bridge::state::sqlite::open_outbox(&data_dir) {
             Ok(o) => o,
-            Err(e) => return fail(e),
+            Err(e) => return fail(NotifyError::Outbox(e)),
         };
         match action {
             OutboxAction::List { state } => {

@@ -11,7 +11,7 @@ use crate::notify::{Notifier, NotifyError};
 use crate::sftp::{self, SftpShared};
 use crate::storage::embedded::{EmbeddedError, EmbeddedStore};
 use crate::storage::{Connection, Storage};
-use crate::upload::{PartialStore, Pipeline};
+use crate::upload::Pipeline;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +64,7 @@ pub enum StartError {
     Embedded(#[from] EmbeddedError),
     /// The record of cut uploads (`data_dir/uploads.sqlite3`) cannot be opened.
     #[error("{0}. Check server.data_dir and its permissions.")]
-    Partials(#[from] crate::upload::partials::StoreError),
+    Partials(crate::state::StateError),
     /// The bucket is unreachable.
     #[error(
         "cannot reach bucket {bucket:?} at {endpoint} (storage.endpoint / storage.bucket): {message}. Check the endpoint URL, that the bucket exists, and the credentials (storage.access_key_id or the AWS default chain)."
@@ -201,26 +201,35 @@ impl Bridge {
             }
         }
 
+        let stores =
+            crate::state::sqlite::open(&data_dir, config.notify.enabled()).map_err(|e| {
+                // The outbox's failures read as before: the notifier's.
+                if e.store() == "outbox" {
+                    StartError::Notify(NotifyError::Outbox(e))
+                } else {
+                    StartError::Partials(e)
+                }
+            })?;
         let notifier = Notifier::start(
             &config.notify,
             &config.users,
             &data_dir,
+            stores.outbox.clone(),
             storage.clone(),
             metrics.clone(),
         )
         .await?;
-        let partials = PartialStore::open(&data_dir)?;
         let pipeline = Pipeline::new(
             &config.storage,
             &config.upload,
-            partials.clone(),
+            &stores,
             storage.clone(),
             notifier.clone(),
             metrics.clone(),
         );
         // Reconciles kept uploads with S3, then expires them after storage.resume_window.
         pipeline.maintain();
-        let namespace = Arc::new(Namespace::new(storage.clone(), partials));
+        let namespace = Arc::new(Namespace::new(storage.clone(), &stores));
         let users = Arc::new(UserDirectory::new(&config.users));
         let http_auth = match &config.auth.http {
             Some(cfg) => Some(HttpAuth::new(cfg, metrics.clone()).map_err(StartError::from)?),
@@ -263,6 +272,7 @@ impl Bridge {
                 per_ip: config.server.max_connections_per_ip,
                 login_timeout: config.server.login_timeout,
             },
+            stores.bans.clone(),
             metrics.clone(),
         ));
         defender.set_trusted_proxies(config.server.trusted_proxies.clone());

@@ -206,6 +206,7 @@ async fn a_streamamg_refusal_is_a_dead_letter_with_its_message() {
     let base = amg.base();
     let h = start(example("streamamg.toml"), &streamamg_env(&base, "amg-key")).await;
     h.upload("alice", "refused.mp4", b"bytes").await;
+    use ingest_bridge::state::OutboxStore as _;
     let outbox = ingest_bridge::notify::Outbox::open(&h.config.server.data_dir).expect("outbox");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -11,6 +11,7 @@ mod common;
 use common::platforms::{JwPlayer, MediaUpload, Mux, example, fetch, vars, wait_delivered};
 use common::{FakeApi, Harness, Login, Options, PASSWORD, Reply, data, sftp_login};
 use ingest_bridge::notify::{Outbox, State};
+use ingest_bridge::state::OutboxStore as _;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 

@@ -7,6 +7,7 @@ mod common;
 use base64::Engine;
 use common::{FakeApi, Harness, Options, Reply, data, metric};
 use ingest_bridge::notify::{Outbox, State};
+use ingest_bridge::state::OutboxStore as _;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -198,6 +198,7 @@ async fn conflict_counts_as_delivered_and_4xx_is_kept_for_an_operator() {
     let received = api.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(received.len(), 2, "neither is retried");
+    use ingest_bridge::state::OutboxStore as _;
     let outbox = ingest_bridge::notify::Outbox::open(&h.config.server.data_dir).expect("outbox");
     let dead = outbox
         .list(Some(ingest_bridge::notify::State::Dead))

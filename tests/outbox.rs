@@ -4,6 +4,7 @@ mod common;
 
 use common::{FakeApi, Harness, Options, data};
 use ingest_bridge::notify::Outbox;
+use ingest_bridge::state::OutboxStore as _;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,7 +10,7 @@ use ingest_bridge::metrics::{Metrics, Protocol};
 use ingest_bridge::notify::Notifier;
 use ingest_bridge::storage::embedded::EmbeddedStore;
 use ingest_bridge::storage::{Connection, Storage};
-use ingest_bridge::upload::{PartialStore, Pipeline, UploadError, UploadRequest};
+use ingest_bridge::upload::{Pipeline, UploadError, UploadRequest};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,17 +48,19 @@ async fn setup_with(memory_limit: &str, storage_extra: &str) -> Setup {
         &config.notify,
         &config.users,
         &config.server.data_dir,
+        None,
         storage.clone(),
         metrics.clone(),
     )
     .await
     .expect("notifier");
     std::fs::create_dir_all(&config.server.data_dir).expect("data dir");
-    let partials = PartialStore::open(&config.server.data_dir).expect("partials");
+    let stores =
+        ingest_bridge::state::sqlite::open(&config.server.data_dir, false).expect("stores");
     let pipeline = Pipeline::new(
         &config.storage,
         &config.upload,
-        partials,
+        &stores,
         storage,
         notifier,
         metrics,

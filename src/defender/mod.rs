@@ -18,18 +18,17 @@ pub enum Refusal {
 
 use crate::config::DefenderConfig;
 use crate::metrics::{Metrics, Protocol};
+use crate::state::BanStore;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 /// Longest ban, however often an address comes back.
 const MAX_BAN: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Addresses tracked before stale ones are dropped.
-const PRUNE_ABOVE: usize = 10_000;
 
 /// Whether an address is in `networks` (an empty list allows every address). IPv4 clients
 /// reaching an IPv6 listener (`::ffff:a.b.c.d`) are matched as IPv4.
@@ -66,23 +65,14 @@ impl Admission {
     }
 }
 
-#[derive(Debug, Default)]
-struct Record {
-    /// Recent failed logins, oldest first.
-    failures: VecDeque<Instant>,
-    /// End of the current ban.
-    banned_until: Option<Instant>,
-    /// Bans so far: each one doubles the next.
-    bans: u32,
-}
-
 /// The allowlist and the ban list; one per bridge, shared by both front-ends.
 #[derive(Debug)]
 pub struct Defender {
     cfg: DefenderConfig,
     allowed: ArcSwap<Vec<IpNet>>,
     trusted_proxies: ArcSwap<Vec<IpNet>>,
-    records: Mutex<HashMap<IpAddr, Record>>,
+    /// Failed-login scores and bans; the policy applied to them is ours.
+    bans: Arc<dyn BanStore>,
     limits: ConnectionLimits,
     open: Mutex<OpenConnections>,
     metrics: MetricsHandle,
@@ -174,18 +164,20 @@ impl std::fmt::Debug for MetricsHandle {
 }
 
 impl Defender {
-    /// A defender admitting `allowed` networks (empty: all) and banning per `cfg`.
+    /// A defender admitting `allowed` networks (empty: all) and banning per `cfg`, keeping
+    /// scores and bans in `bans`.
     pub fn new(
         allowed: Vec<IpNet>,
         cfg: DefenderConfig,
         limits: ConnectionLimits,
+        bans: Arc<dyn BanStore>,
         metrics: Metrics,
     ) -> Defender {
         Defender {
             cfg,
             allowed: ArcSwap::from_pointee(allowed),
             trusted_proxies: ArcSwap::from_pointee(Vec::new()),
-            records: Mutex::new(HashMap::new()),
+            bans,
             limits,
             open: Mutex::default(),
             metrics: MetricsHandle(metrics),
@@ -259,11 +251,10 @@ impl Defender {
         if !in_networks(&self.allowed.load(), ip) {
             return Admission::NotAllowed;
         }
-        let now = Instant::now();
-        let records = self.records.lock();
-        match records.get(&ip).and_then(|r| r.banned_until) {
-            Some(until) if until > now => Admission::Banned(until - now),
-            _ => Admission::Allowed,
+        let now = SystemTime::now();
+        match self.bans.banned_until(ip, now) {
+            Some(until) => Admission::Banned(until.duration_since(now).unwrap_or_default()),
+            None => Admission::Allowed,
         }
     }
 
@@ -326,42 +317,21 @@ impl Defender {
         if !self.cfg.enabled || in_networks_nonempty(&self.cfg.safelist, ip) {
             return;
         }
-        let now = Instant::now();
-        let mut records = self.records.lock();
-        if records.len() > PRUNE_ABOVE {
-            let window = self.cfg.window;
-            records.retain(|_, r| {
-                r.banned_until.is_some_and(|u| u > now)
-                    || r.failures.back().is_some_and(|t| now - *t < window)
-                    || r.bans > 0 && r.failures.back().is_some_and(|t| now - *t < MAX_BAN)
-            });
-        }
-        let record = records.entry(ip).or_default();
-        if record.banned_until.is_some_and(|u| u > now) {
+        let now = SystemTime::now();
+        let Some(score) = self.bans.add_failure(ip, now, self.cfg.window) else {
             return;
-        }
-        record.failures.push_back(now);
-        while record
-            .failures
-            .front()
-            .is_some_and(|t| now - *t > self.cfg.window)
-        {
-            record.failures.pop_front();
-        }
-        if record.failures.len() >= self.cfg.max_failures as usize {
-            let factor = 1u32 << record.bans.min(20);
+        };
+        if score.failures >= self.cfg.max_failures as usize {
+            let factor = 1u32 << score.bans.min(20);
             let ban = self.cfg.ban_time.saturating_mul(factor).min(MAX_BAN);
-            record.bans += 1;
-            record.banned_until = Some(now + ban);
-            record.failures.clear();
-            self.metrics.0.defender_bans_total.inc();
-            tracing::warn!(remote = %ip, ban_secs = ban.as_secs(), bans = record.bans,
-                "too many failed logins; address banned");
+            // None: a concurrent failure of the same address banned it first.
+            if let Some(bans) = self.bans.ban(ip, now, now + ban) {
+                self.metrics.0.defender_bans_total.inc();
+                tracing::warn!(remote = %ip, ban_secs = ban.as_secs(), bans,
+                    "too many failed logins; address banned");
+            }
         }
-        let banned = records
-            .values()
-            .filter(|r| r.banned_until.is_some_and(|u| u > now))
-            .count();
+        let banned = self.bans.banned_count(now);
         self.metrics
             .0
             .defender_banned_addresses
@@ -370,12 +340,7 @@ impl Defender {
 
     /// Addresses banned right now (for the gauge at scrape time).
     pub fn banned_now(&self) -> usize {
-        let now = Instant::now();
-        self.records
-            .lock()
-            .values()
-            .filter(|r| r.banned_until.is_some_and(|u| u > now))
-            .count()
+        self.bans.banned_count(SystemTime::now())
     }
 }
 
@@ -412,6 +377,7 @@ fn in_networks_nonempty(networks: &[IpNet], ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::memory::MemoryBans;
 
     const LIMITS: ConnectionLimits = ConnectionLimits {
         total: 3,
@@ -425,6 +391,7 @@ mod tests {
             Vec::new(),
             cfg(3, 40),
             LIMITS,
+            Arc::new(MemoryBans::new()),
             Metrics::new(),
         ));
         let a: IpAddr = "198.51.100.1".parse().expect("ip");
@@ -465,7 +432,13 @@ mod tests {
 
     #[test]
     fn bans_after_max_failures_and_doubles_on_repeat_but_never_the_safelist() {
-        let d = Defender::new(Vec::new(), cfg(3, 40), LIMITS, Metrics::new());
+        let d = Defender::new(
+            Vec::new(),
+            cfg(3, 40),
+            LIMITS,
+            Arc::new(MemoryBans::new()),
+            Metrics::new(),
+        );
         let ip: IpAddr = "198.51.100.9".parse().expect("ip");
         d.login_failed(ip);
         d.login_failed(ip);
@@ -492,6 +465,7 @@ mod tests {
             vec!["127.0.0.0/8".parse().expect("net")],
             cfg(3, 40),
             LIMITS,
+            Arc::new(MemoryBans::new()),
             Metrics::new(),
         );
         assert_eq!(

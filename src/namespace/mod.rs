@@ -10,12 +10,13 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
+use crate::state::{CutUploadStore, Stores, TempNameStore};
 use crate::storage::{Listing, ObjectInfo, Storage, StorageError};
-use crate::upload::PartialStore;
 use crate::upload::partials::PartialRecord;
 use aws_sdk_s3::primitives::ByteStream;
 use parking_lot::Mutex;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A file or directory as clients see it.
@@ -78,7 +79,9 @@ pub enum FsError {
 pub struct Namespace {
     storage: Storage,
     /// Cut uploads, shown to their owners.
-    partials: PartialStore,
+    partials: Arc<dyn CutUploadStore>,
+    /// Finished temporary uploads, forgotten when their file is deleted.
+    temp_names: Arc<dyn TempNameStore>,
     /// Keys ("home/dir/") of directories created by clients that hold no object yet.
     made_dirs: Mutex<HashSet<String>>,
 }
@@ -92,11 +95,12 @@ fn require(user: &User, permission: Permission) -> Result<(), FsError> {
 }
 
 impl Namespace {
-    /// A namespace over `storage`, showing the cut uploads kept in `partials`.
-    pub fn new(storage: Storage, partials: PartialStore) -> Namespace {
+    /// A namespace over `storage`, showing the cut uploads kept in `stores`.
+    pub fn new(storage: Storage, stores: &Stores) -> Namespace {
         Namespace {
             storage,
-            partials,
+            partials: stores.uploads.clone(),
+            temp_names: stores.temp_names.clone(),
             made_dirs: Mutex::new(HashSet::new()),
         }
     }
@@ -284,7 +288,7 @@ impl Namespace {
     pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<u64, FsError> {
         require(user, Permission::Delete)?;
         let key = user.key_of(path);
-        if let Err(e) = self.partials.remove_temp(key.clone()).await {
+        if let Err(e) = self.temp_names.remove_temp(key.clone()).await {
             tracing::warn!(key, error = %e, "cannot forget a temporary upload");
         }
         let info = match self.storage.head(&key).await? {

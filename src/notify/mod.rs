@@ -10,20 +10,22 @@ mod connector;
 mod event_log;
 mod extract;
 mod http;
-mod outbox;
 mod parts;
 mod record;
 mod request;
 mod token;
 mod worker;
 
+/// The SQLite outbox under its old name (the `outbox` commands and tests open it directly).
+pub use crate::state::sqlite::{OUTBOX_FILE, SqliteOutbox as Outbox};
+pub use crate::state::{EntrySummary, PendingEntry, State, now_ms};
 pub use connector::{CreateError, Created};
 pub use http::sign;
-pub use outbox::{EntrySummary, OUTBOX_FILE, Outbox, PendingEntry, State, now_ms};
 pub use record::{CompletedUpload, UPLOAD_COMPLETED, new_event_id};
 
 use crate::config::{DeliveryMode, NotifyConfig, UserConfig};
 use crate::metrics::Metrics;
+use crate::state::{OutboxStore, StateError};
 use crate::storage::Storage;
 use connector::Connector;
 use event_log::EventLog;
@@ -51,15 +53,8 @@ pub enum NotifyError {
         source: std::io::Error,
     },
     /// The outbox could not be opened or written.
-    #[error(
-        "cannot use the outbox {path}: {message}. Check free space and permissions of server.data_dir."
-    )]
-    Outbox {
-        /// The file.
-        path: String,
-        /// Why.
-        message: String,
-    },
+    #[error("cannot use the {0}. Check free space and permissions of server.data_dir.")]
+    Outbox(#[from] StateError),
     /// The completion could not be turned into JSON.
     #[error("cannot serialise the completion: {0}")]
     Serialise(#[from] serde_json::Error),
@@ -79,7 +74,7 @@ pub struct Notifier {
 
 /// The outbox side, present when a connector is configured.
 struct Delivery {
-    outbox: Outbox,
+    outbox: Arc<dyn OutboxStore>,
     connector: Connector,
     concurrency: usize,
     max_age: Duration,
@@ -103,19 +98,25 @@ struct Inner {
 }
 
 impl Notifier {
-    /// Opens the event log in `data_dir` and, when a connector is configured, the outbox
-    /// and the delivery worker, which resumes what an earlier run left pending.
+    /// Opens the event log in `data_dir` and, when a connector is configured, starts the
+    /// delivery worker on `outbox`, which resumes what an earlier run left pending.
     pub async fn start(
         cfg: &NotifyConfig,
         users: &[UserConfig],
         data_dir: &Path,
+        outbox: Option<Arc<dyn OutboxStore>>,
         storage: Storage,
         metrics: Metrics,
     ) -> Result<Notifier, NotifyError> {
         let log = EventLog::open(data_dir)?;
         let delivery = if cfg.enabled() {
+            let Some(outbox) = outbox else {
+                return Err(NotifyError::Client(
+                    "a connector is configured but no outbox was opened".into(),
+                ));
+            };
             Some(Delivery {
-                outbox: Outbox::open(data_dir)?,
+                outbox,
                 connector: Connector::new(cfg, users, storage).map_err(NotifyError::Client)?,
                 concurrency: cfg.concurrency,
                 max_age: cfg.max_age,
@@ -207,7 +208,13 @@ impl Notifier {
         let recorded = self
             .inner
             .log
-            .record(&body, delivery.outbox.insert(entry))
+            .record(&body, async {
+                delivery
+                    .outbox
+                    .insert(entry)
+                    .await
+                    .map_err(NotifyError::from)
+            })
             .await;
         if let Err(e) = recorded {
             self.forget_waiter(&id);
@@ -268,7 +275,7 @@ impl Notifier {
     /// Whether the outbox takes new entries (`Ok` when there is no outbox).
     pub async fn check_outbox(&self) -> Result<(), NotifyError> {
         match &self.inner.delivery {
-            Some(d) => d.outbox.check_writable().await,
+            Some(d) => d.outbox.check_writable().await.map_err(NotifyError::from),
             None => Ok(()),
         }
     }

@@ -6,7 +6,7 @@
 use super::Inner;
 use super::connector::{StepOutcome, StoredObject};
 use super::http::backoff;
-use super::outbox::{PendingEntry, State, now_ms};
+use crate::state::{PendingEntry, State, now_ms};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

@@ -56,10 +56,11 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_told_without_paths_or_database_words() {
-        let e = UploadError::Notify(NotifyError::Outbox {
-            path: "/var/lib/ingest-bridge/outbox.sqlite3".into(),
-            message: "database or disk is full".into(),
-        });
+        let e = UploadError::Notify(NotifyError::Outbox(crate::state::StateError::backend(
+            "outbox",
+            "/var/lib/ingest-bridge/outbox.sqlite3",
+            "database or disk is full",
+        )));
         assert_eq!(e.client_message(), NOT_RECORDED);
         assert!(e.to_string().contains("outbox.sqlite3"), "the log keeps it");
         let e = UploadError::Notify(NotifyError::EventLog {

@@ -41,6 +41,7 @@ use crate::metrics::{GaugeGuard, Metrics, Protocol, UploadOutcome};
 use crate::notify::{
     CompletedUpload, CreateError, Notifier, NotifyError, UPLOAD_COMPLETED, new_event_id,
 };
+use crate::state::{CutUploadStore, Stores, TempNameStore};
 use crate::storage::{Storage, StorageError};
 use aws_sdk_s3::types::CompletedPart;
 use buffers::BufferPool;
@@ -199,8 +200,10 @@ struct Inner {
     draining: CancellationToken,
     /// Temp names, overwrite and rename behaviour.
     upload: UploadConfig,
-    /// Cut uploads and finished temporary ones.
-    partials: PartialStore,
+    /// Cut uploads.
+    partials: Arc<dyn CutUploadStore>,
+    /// Finished temporary uploads.
+    temp_names: Arc<dyn TempNameStore>,
     /// What each user with a quota stores.
     quotas: Quotas,
     /// How long a cut upload stays resumable; zero turns resuming off.
@@ -242,11 +245,11 @@ impl Drop for Registration {
 
 impl Pipeline {
     /// A pipeline writing to `storage` under the budget and part sizes of `cfg`, keeping
-    /// cut uploads in `partials`.
+    /// cut uploads, temporary names and quota usage in `stores`.
     pub fn new(
         cfg: &StorageConfig,
         upload: &UploadConfig,
-        partials: PartialStore,
+        stores: &Stores,
         storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
@@ -264,7 +267,7 @@ impl Pipeline {
             cfg.part_size.min(budget.max_part()),
             cfg.max_part_size.min(budget.max_part()),
         );
-        let quotas = Quotas::new(partials.clone(), storage.clone());
+        let quotas = Quotas::new(stores.quota.clone(), storage.clone());
         Pipeline {
             inner: Arc::new(Inner {
                 storage,
@@ -282,7 +285,8 @@ impl Pipeline {
                 draining: CancellationToken::new(),
                 upload: upload.clone(),
                 quotas,
-                partials,
+                partials: stores.uploads.clone(),
+                temp_names: stores.temp_names.clone(),
                 resume_window: cfg.resume_window,
                 running: Mutex::new(HashMap::new()),
                 next_serial: AtomicU64::new(1),
@@ -290,8 +294,8 @@ impl Pipeline {
         }
     }
 
-    /// Cut uploads and finished temporary ones.
-    pub fn partials(&self) -> &PartialStore {
+    /// Cut uploads.
+    pub fn partials(&self) -> &Arc<dyn CutUploadStore> {
         &self.inner.partials
     }
 
@@ -1186,7 +1190,7 @@ impl Upload {
         let queued = if self.temp {
             // Not final yet: the rename to a final name reports it.
             self.pipeline
-                .partials
+                .temp_names
                 .put_temp(TempRecord {
                     key: completion.key.clone(),
                     username: completion.username.clone(),

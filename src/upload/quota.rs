@@ -7,9 +7,10 @@
 //! cannot overrun a quota together; a replaced file counts in full until its replacement is
 //! complete.
 
-use super::{PartialStore, UploadError};
+use super::UploadError;
 use crate::auth::User;
 use crate::config::format_size;
+use crate::state::{QuotaStore, StateError};
 use crate::storage::Storage;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -120,7 +121,7 @@ impl Drop for QuotaTicket {
 
 /// Every user's usage; one per pipeline.
 pub struct Quotas {
-    store: PartialStore,
+    store: Arc<dyn QuotaStore>,
     storage: Storage,
     users: Mutex<HashMap<String, Arc<Usage>>>,
     /// Users without a quota whose stale count (from when they had one) is gone.
@@ -129,7 +130,7 @@ pub struct Quotas {
 
 impl Quotas {
     /// Usage kept in `store`, first counted in `storage`.
-    pub fn new(store: PartialStore, storage: Storage) -> Quotas {
+    pub fn new(store: Arc<dyn QuotaStore>, storage: Storage) -> Quotas {
         Quotas {
             store,
             storage,
@@ -149,8 +150,7 @@ impl Quotas {
         usage
             .counted
             .get_or_try_init(|| async {
-                let internal =
-                    |e: super::partials::StoreError| UploadError::Internal(e.to_string());
+                let internal = |e: StateError| UploadError::Internal(e.to_string());
                 let (bytes, files) = match self.store.quota_usage(user.name.clone()).await {
                     Ok(Some(counted)) => counted,
                     Ok(None) => {

@@ -57,7 +57,7 @@ impl Pipeline {
         if renamed.from_key == renamed.to_key {
             return Ok(());
         }
-        let store = &self.inner.partials;
+        let store = &self.inner.temp_names;
         let temp = store
             .temp(renamed.from_key.clone())
             .await

@@ -369,7 +369,7 @@ async fn expire(inner: &Arc<Inner>) {
         Err(e) => tracing::warn!(error = %e, "cannot read kept uploads"),
     }
     let week = 7 * 24 * 3600 * 1000;
-    if let Err(e) = inner.partials.prune_temp(now - week).await {
+    if let Err(e) = inner.temp_names.prune_temp(now - week).await {
         tracing::warn!(error = %e, "cannot prune temporary-upload records");
     }
 }

@@ -500,6 +500,7 @@ impl Harness {
     /// Waits until `key`'s cut upload is kept (its record no longer running); returns its
     /// length, `None` when none is kept.
     pub async fn kept_bytes(&self, key: &str) -> Option<u64> {
+        use ingest_bridge::state::CutUploadStore as _;
         let store =
             ingest_bridge::upload::PartialStore::open(&self.config.server.data_dir).expect("store");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -386,6 +386,7 @@ pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Waits until `n` outbox entries are delivered; fails at once on a dead letter.
 #[allow(dead_code)]
 pub async fn wait_delivered(h: &super::Harness, n: usize) {
+    use ingest_bridge::state::OutboxStore as _;
     let outbox = ingest_bridge::notify::Outbox::open(&h.config.server.data_dir).expect("outbox");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -1,0 +1,167 @@
+//! The upload pipeline's contracts: records of cut (and running) uploads with the mark of
+//! every part (its end offset and the SHA-256 state there), finished uploads under temporary
+//! names, and what each user with a quota stores.
+//!
+//! A part's mark is written before the part is sent; what is durable is decided against S3
+//! (ListParts) when an upload is cut or the bridge starts, so a lost mark only means the
+//! client resends one more part.
+
+use super::StateError;
+
+/// A cut (or running) upload that can be resumed.
+#[derive(Debug, Clone)]
+pub struct PartialRecord {
+    /// The object key.
+    pub key: String,
+    /// Whose upload it is: only this user sees or resumes it.
+    pub username: String,
+    /// The client path, for logs.
+    pub path: String,
+    /// The S3 multipart upload.
+    pub upload_id: String,
+    /// Detected from the first part.
+    pub content_type: String,
+    /// The completion id, kept so a resumed upload reports under the id it started with.
+    pub id: String,
+    /// Fields the connector's `create` step extracted.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// When the first byte arrived, ms since the epoch.
+    pub started_at_ms: i64,
+    /// Last change, ms since the epoch; the resume window runs from here.
+    pub updated_ms: i64,
+    /// Bytes safely in S3: where a resume must start.
+    pub durable_bytes: u64,
+    /// Whole parts (1..=n) making up `durable_bytes`.
+    pub durable_parts: u32,
+    /// SHA-256 state after `durable_bytes`.
+    pub hash_state: Option<Vec<u8>>,
+    /// A session is writing it now.
+    pub active: bool,
+}
+
+/// A part's end offset and the hash state there, written before the part is sent.
+#[derive(Debug, Clone)]
+pub struct PartMark {
+    /// Part number.
+    pub number: u32,
+    /// Offset just past the part.
+    pub end: u64,
+    /// Serialized SHA-256 state at `end`.
+    pub hash_state: Vec<u8>,
+}
+
+/// A finished upload under a temporary name, waiting for its rename.
+#[derive(Debug, Clone)]
+pub struct TempRecord {
+    /// The object key.
+    pub key: String,
+    /// Who uploaded it.
+    pub username: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the whole content, hex.
+    pub sha256: String,
+    /// Detected content type.
+    pub content_type: String,
+    /// The completion id the rename will report.
+    pub id: String,
+    /// Fields the connector's `create` step extracted.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// When the upload started, ms since the epoch.
+    pub started_at_ms: i64,
+}
+
+/// Records of cut (and running) uploads, keyed by object key, and their part marks.
+#[async_trait::async_trait]
+pub trait CutUploadStore: Send + Sync + std::fmt::Debug {
+    /// Records a new multipart upload as running, with nothing durable yet; replaces any
+    /// older record for the key.
+    async fn begin(&self, rec: PartialRecord) -> Result<(), StateError>;
+
+    /// Writes a part's mark before the part is sent (replacing one of the same number).
+    async fn mark(&self, upload_id: String, mark: PartMark) -> Result<(), StateError>;
+
+    /// The marks of an upload, by part number.
+    async fn marks(&self, upload_id: String) -> Result<Vec<PartMark>, StateError>;
+
+    /// Marks the upload as cut with `durable` bytes in parts 1..=`parts` and drops the
+    /// marks after them; false when the record belongs to a newer upload of the same key
+    /// (this one must be aborted).
+    async fn suspend(
+        &self,
+        key: String,
+        upload_id: String,
+        durable: u64,
+        parts: u32,
+        hash_state: Vec<u8>,
+    ) -> Result<bool, StateError>;
+
+    /// Claims a cut upload for a resuming session; false if another session has it.
+    async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError>;
+
+    /// Forgets an upload (completed or aborted) and its marks.
+    async fn remove(&self, key: String, upload_id: String) -> Result<(), StateError>;
+
+    /// The record for a key, running or cut.
+    async fn get(&self, key: String) -> Result<Option<PartialRecord>, StateError>;
+
+    /// Cut uploads of `username` directly under `prefix` (a directory's key prefix).
+    async fn cut_under(
+        &self,
+        prefix: String,
+        username: String,
+    ) -> Result<Vec<PartialRecord>, StateError>;
+
+    /// Every record (for the start-up reconciliation).
+    async fn all(&self) -> Result<Vec<PartialRecord>, StateError>;
+
+    /// How many cut uploads are kept.
+    async fn count_cut(&self) -> Result<i64, StateError>;
+
+    /// Cut uploads untouched since before `before_ms`.
+    async fn expired(&self, before_ms: i64) -> Result<Vec<PartialRecord>, StateError>;
+}
+
+/// Finished uploads under temporary names, keyed by object key.
+#[async_trait::async_trait]
+pub trait TempNameStore: Send + Sync + std::fmt::Debug {
+    /// Remembers a finished temporary upload (replacing an older one of the same key).
+    async fn put_temp(&self, rec: TempRecord) -> Result<(), StateError>;
+
+    /// The finished temporary upload at `key`, if any.
+    async fn temp(&self, key: String) -> Result<Option<TempRecord>, StateError>;
+
+    /// Forgets the temporary upload at `key`.
+    async fn remove_temp(&self, key: String) -> Result<(), StateError>;
+
+    /// Forgets temporary uploads finished before `before_ms` (never renamed); returns how
+    /// many.
+    async fn prune_temp(&self, before_ms: i64) -> Result<usize, StateError>;
+}
+
+/// What each user with a quota stores: bytes and files.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync + std::fmt::Debug {
+    /// What `username` stores (bytes, files), if it was counted before.
+    async fn quota_usage(&self, username: String) -> Result<Option<(u64, u64)>, StateError>;
+
+    /// Records a fresh count of what `username` stores.
+    async fn set_quota_usage(
+        &self,
+        username: String,
+        bytes: u64,
+        files: u64,
+    ) -> Result<(), StateError>;
+
+    /// Adds a change to what `username` stores (never below zero; nothing when the user
+    /// was never counted); changes commute, so concurrent uploads may record in any order.
+    async fn add_quota_usage(
+        &self,
+        username: String,
+        bytes: i64,
+        files: i64,
+    ) -> Result<(), StateError>;
+
+    /// Forgets what `username` stores (their quota was taken away).
+    async fn forget_quota_usage(&self, username: String) -> Result<(), StateError>;
+}
