@@ -5,7 +5,8 @@
 //! Data flows through the modules in this order:
 //! [`config`] → [`auth`] → front-ends [`ftp`] and [`sftp`] → [`upload`] (the streaming S3 pipeline) and
 //! [`namespace`] (listings, renames) → [`storage`] (the only S3 client) → [`notify`]
-//! (event log and API calls), with [`metrics`] beside all of them and [`server`] wiring them.
+//! (event log and API calls), with [`metrics`] beside all of them and [`server`] wiring them. [`protocol`] names the
+//! front-ends for all of them.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod namespace;
 pub mod notify;
 pub mod outbound;
 pub mod progress;
+pub mod protocol;
 pub mod server;
 pub mod sftp;
 pub mod storage;
