@@ -1,6 +1,7 @@
-//! File operations with consequences for completions: a rename from a temporary name to a
-//! final one is when the upload becomes final (WinSCP `.filepart`, `.part`, `.tmp`…), and
-//! deleting a cut upload's file gives up its kept parts.
+//! Renames and deletes, the file operations with consequences beyond the namespace: a
+//! rename from a temporary name to a final one is when the upload becomes final (WinSCP
+//! `.filepart`, `.part`, `.tmp`…), and deleting a cut upload's file gives up its kept parts.
+//! Both also settle the user's quota.
 
 use super::Files;
 use crate::auth::{User, VirtualPath};
