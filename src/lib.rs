@@ -3,9 +3,11 @@
 //! whole.
 //!
 //! Data flows through the modules in this order:
-//! [`config`] → [`auth`] → front-ends [`ftp`] and [`sftp`] → [`upload`] (the streaming S3 pipeline) and
-//! [`namespace`] (listings, renames) → [`storage`] (the only S3 client) → [`notify`]
-//! (event log and API calls), with [`metrics`] beside all of them and [`server`] wiring them.
+//! [`config`] → [`auth`] → front-ends [`ftp`] and [`sftp`] → [`files`] (their one door) →
+//! [`upload`] (the streaming S3 pipeline) and [`namespace`] (listings, renames) →
+//! [`storage`] (the only S3 client) → [`notify`] (event log and API calls), with [`metrics`]
+//! beside all of them and [`server`] wiring them. [`protocol`] names the front-ends for all
+//! of them.
 
 #![warn(missing_docs)]
 
@@ -13,12 +15,14 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod defender;
+pub mod files;
 pub mod ftp;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;
 pub mod outbound;
 pub mod progress;
+pub mod protocol;
 pub mod server;
 pub mod sftp;
 pub mod state;

@@ -4,6 +4,7 @@
 use crate::auth::{HttpAuth, Logins, UserDirectory};
 use crate::config::{Config, Endpoint};
 use crate::defender::Defender;
+use crate::files::Files;
 use crate::ftp::{self, FtpShared};
 use crate::metrics::{self, Metrics};
 use crate::namespace::Namespace;
@@ -230,6 +231,7 @@ impl Bridge {
         // Reconciles kept uploads with S3, then expires them after storage.resume_window.
         pipeline.maintain();
         let namespace = Arc::new(Namespace::new(storage.clone(), &stores));
+        let files = Files::new(pipeline.clone(), namespace);
         let users = Arc::new(UserDirectory::new(&config.users));
         let http_auth = match &config.auth.http {
             Some(cfg) => Some(HttpAuth::new(cfg, metrics.clone()).map_err(StartError::from)?),
@@ -280,8 +282,7 @@ impl Bridge {
             Some(listener) => {
                 let addr = listener.local_addr().unwrap_or(config.ftp.listen);
                 let shared = Arc::new(FtpShared {
-                    pipeline: pipeline.clone(),
-                    namespace: namespace.clone(),
+                    files: files.clone(),
                     data_timeout: config.ftp.data_timeout,
                     defender: defender.clone(),
                     tls: ftp_tls,
@@ -303,8 +304,7 @@ impl Bridge {
             Some(listener) => {
                 let addr = listener.local_addr().unwrap_or(config.sftp.listen);
                 let shared = Arc::new(SftpShared {
-                    pipeline: pipeline.clone(),
-                    namespace: namespace.clone(),
+                    files: files.clone(),
                     defender: defender.clone(),
                 });
                 tokio::spawn(sftp::serve(

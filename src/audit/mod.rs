@@ -2,7 +2,7 @@
 //! failed or refused), appended to `log.audit_file` and also emitted as a `tracing` event
 //! with target `audit`. Never carries a password, key or token.
 
-use crate::metrics::Protocol;
+use crate::protocol::Protocol;
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;

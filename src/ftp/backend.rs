@@ -1,10 +1,11 @@
-//! libunftp's `StorageBackend` over the shared namespace and upload pipeline: translates FTP
-//! verbs into [`Namespace`] calls and STOR into one streaming [`Upload`](crate::upload::Upload).
+//! libunftp's `StorageBackend` over the shared file operations: translates FTP verbs into
+//! [`Files`] calls and STOR into one streaming [`FileUpload`](crate::files::FileUpload).
 
 use super::session::{FtpUser, Session};
 use crate::auth::{PathError, VirtualPath};
-use crate::namespace::{Entry, FsError, Namespace};
-use crate::upload::{Pipeline, RenameRequest, UploadError, UploadRequest};
+use crate::files::{Files, RenameRequest};
+use crate::namespace::{Entry, FsError};
+use crate::upload::{UploadError, UploadRequest};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -18,10 +19,8 @@ use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageB
 
 /// What every FTP session shares.
 pub struct FtpShared {
-    /// Uploads.
-    pub pipeline: Pipeline,
-    /// Everything but uploads.
-    pub namespace: Arc<Namespace>,
+    /// Uploads, listings, renames, deletes and downloads.
+    pub files: Files,
     /// A data connection silent this long fails its transfer.
     pub data_timeout: Duration,
     /// The allowlist and the bans.
@@ -176,7 +175,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     ) -> Result<EntryMeta> {
         let path = virtual_path(user, path.as_ref())?;
         self.shared
-            .namespace
+            .files
             .stat(&user.0, &path)
             .await
             .map(EntryMeta)
@@ -191,7 +190,7 @@ impl StorageBackend<FtpUser> for S3Backend {
         let path = virtual_path(user, path.as_ref())?;
         let entries = self
             .shared
-            .namespace
+            .files
             .list(&user.0, &path)
             .await
             .map_err(fs_error)?;
@@ -213,13 +212,11 @@ impl StorageBackend<FtpUser> for S3Backend {
         let path = virtual_path(user, path.as_ref())?;
         let body = self
             .shared
-            .namespace
+            .files
             .read(&user.0, &path, start_pos)
             .await
             .map_err(fs_error)?;
-        Ok(Box::new(SyncReader(SyncWrapper::new(
-            body.into_async_read(),
-        ))))
+        Ok(Box::new(SyncReader(SyncWrapper::new(body))))
     }
 
     async fn put<P: AsRef<Path> + Send + Debug, R: AsyncRead + Send + Sync + Unpin + 'static>(
@@ -240,8 +237,8 @@ impl StorageBackend<FtpUser> for S3Backend {
         // REST n + STOR, and APPE (libunftp passes SIZE's answer), continue a cut upload.
         let mut upload = self
             .shared
-            .pipeline
-            .resume(request, start_pos)
+            .files
+            .upload(request, start_pos)
             .await
             .map_err(upload_error)?;
         let session = self.session.clone();
@@ -257,15 +254,14 @@ impl StorageBackend<FtpUser> for S3Backend {
             return Err(upload_error(e));
         }
         let done = upload.finish().await.map_err(upload_error)?;
-        self.shared.namespace.object_written(&done.key);
         Ok(done.size)
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(user, path.as_ref())?;
         self.shared
-            .pipeline
-            .delete(&self.shared.namespace, &user.0, &path)
+            .files
+            .delete(&user.0, &path)
             .await
             .map_err(fs_error)
     }
@@ -273,7 +269,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(user, path.as_ref())?;
         self.shared
-            .namespace
+            .files
             .mkdir(&user.0, &path)
             .await
             .map_err(fs_error)
@@ -292,17 +288,13 @@ impl StorageBackend<FtpUser> for S3Backend {
             from: virtual_path(user, from.as_ref())?,
             to: virtual_path(user, to.as_ref())?,
         };
-        self.shared
-            .pipeline
-            .rename(&self.shared.namespace, request)
-            .await
-            .map_err(fs_error)
+        self.shared.files.rename(request).await.map_err(fs_error)
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(user, path.as_ref())?;
         self.shared
-            .namespace
+            .files
             .rmdir(&user.0, &path)
             .await
             .map_err(fs_error)
@@ -311,7 +303,7 @@ impl StorageBackend<FtpUser> for S3Backend {
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let path = virtual_path(user, path.as_ref())?;
         self.shared
-            .namespace
+            .files
             .enter(&user.0, &path)
             .await
             .map_err(fs_error)

@@ -45,7 +45,7 @@ pub async fn serve(
     stopped: CancellationToken,
 ) {
     let cfg = Arc::new(cfg);
-    let open_sessions = shared.pipeline.budget().sessions().clone();
+    let open_sessions = shared.files.budget().sessions().clone();
     let mut sessions = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -109,7 +109,7 @@ async fn serve_connection(
     let _counted = open_sessions.enter();
     let binder = DataSocketBinder {
         policy: cfg.data_receive_buffer,
-        memory_limit: shared.pipeline.budget().limit(),
+        memory_limit: shared.files.budget().limit(),
         sessions: open_sessions,
     };
     let server = match build_server(&cfg, &shared, &logins, &metrics, session.clone(), binder) {

@@ -3,6 +3,7 @@
 
 mod endpoint;
 
+pub use crate::protocol::Protocol;
 pub use endpoint::{Readiness, serve as serve_endpoint};
 
 use prometheus::{
@@ -10,29 +11,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 use std::time::Instant;
-
-/// Which front-end a session or upload came through; the `protocol` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Plain FTP.
-    Ftp,
-    /// FTP with TLS on the control connection.
-    Ftps,
-    /// SFTP over SSH.
-    Sftp,
-}
-
-impl Protocol {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Ftp => "ftp",
-            Protocol::Ftps => "ftps",
-            Protocol::Sftp => "sftp",
-        }
-    }
-}
 
 /// How an upload ended; the `outcome` label of `uploads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

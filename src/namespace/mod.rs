@@ -10,10 +10,9 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
-use crate::state::{CutUploadStore, Stores, TempNameStore};
-use crate::storage::{Listing, ObjectInfo, Storage, StorageError};
-use crate::upload::partials::PartialRecord;
-use aws_sdk_s3::primitives::ByteStream;
+use crate::state::{CutUploadStore, PartialRecord, Stores, TempNameStore};
+use crate::storage::{Listing, ObjectInfo, ObjectReader, Storage, StorageError};
+use crate::upload::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,7 +73,25 @@ pub enum FsError {
     Failed(String),
 }
 
-/// Files and directories on S3, for every front-end.
+impl FsError {
+    /// The reason to show the client: server faults (S3, the outbox, internal) become a
+    /// short sentence, because their details name hosts, paths and library words.
+    pub fn client_message(&self) -> String {
+        match self {
+            FsError::Storage(e) if !e.not_found => STORAGE_UNAVAILABLE.into(),
+            FsError::Unrecorded(_) => NOT_RECORDED.into(),
+            FsError::Failed(_) => SERVER_FAULT.into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether [`FsError::client_message`] holds details back (they belong in the log).
+    pub fn is_server_fault(&self) -> bool {
+        self.client_message() != self.to_string()
+    }
+}
+
+/// Files and directories on S3, for every front-end (through [`crate::files::Files`]).
 #[derive(Debug)]
 pub struct Namespace {
     storage: Storage,
@@ -283,8 +300,8 @@ impl Namespace {
         }
     }
 
-    /// DELE: a file; returns its size. Deleting a cut upload's file is done by the pipeline
-    /// ([`crate::upload::Pipeline::delete_cut`]).
+    /// DELE: a file; returns its size. Deleting a cut upload's file also gives up its kept
+    /// parts: [`crate::files::Files::delete`] does both.
     pub async fn remove(&self, user: &User, path: &VirtualPath) -> Result<u64, FsError> {
         require(user, Permission::Delete)?;
         let key = user.key_of(path);
@@ -348,13 +365,13 @@ impl Namespace {
         user: &User,
         path: &VirtualPath,
         offset: u64,
-    ) -> Result<ByteStream, FsError> {
+    ) -> Result<ObjectReader, FsError> {
         require(user, Permission::Download)?;
         if path.is_root() {
             return Err(FsError::IsDirectory(path.to_string()));
         }
         self.storage
-            .get(&user.key_of(path), offset)
+            .reader(&user.key_of(path), offset)
             .await
             .map_err(|e| {
                 if e.not_found {
@@ -452,5 +469,20 @@ fn dir_entry(name: &str) -> Entry {
         is_dir: true,
         size: 0,
         modified: SystemTime::UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_are_told_without_details() {
+        let e = FsError::Unrecorded("outbox /data/outbox.sqlite3: disk full".into());
+        assert_eq!(e.client_message(), NOT_RECORDED);
+        assert!(e.is_server_fault());
+        let e = FsError::NotFound("/a.bin".into());
+        assert_eq!(e.client_message(), e.to_string());
+        assert!(!e.is_server_fault());
     }
 }

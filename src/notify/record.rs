@@ -1,6 +1,6 @@
 //! The completion record: what the platform's upload-complete API receives.
 
-use crate::metrics::Protocol;
+use crate::protocol::Protocol;
 use serde::{Serialize, Serializer};
 use std::time::SystemTime;
 

@@ -1,38 +1,25 @@
-//! The SFTP file-system requests of one session, over the shared namespace and upload
-//! pipeline.
-//!
-//! russh-sftp serves requests strictly one at a time, so a WRITE must not wait for S3: each
-//! file open for writing feeds a background task that owns the [`Upload`]. WRITE replies as
-//! soon as its bytes are queued (the queue is short, so a slow store still slows the client);
-//! CLOSE replies only after the object is complete and its completion queued. A session that
-//! ends without CLOSE drops its queues, and the tasks abort their uploads.
+//! The SFTP file-system requests of one session, over the shared file operations
+//! ([`Files`]). Writing is in `writing`: russh-sftp serves requests strictly one at a time,
+//! so a WRITE must not wait for S3, and each file open for writing feeds a background task.
 
+use super::writing::WriteFile;
 use crate::auth::{PathError, User, VirtualPath};
-use crate::metrics::Protocol;
-use crate::namespace::{DirPages, Entry, FsError, Namespace};
-use crate::notify::CompletedUpload;
-use crate::upload::{
-    Pipeline, RenameRequest, Reservation, SessionCharge, Upload, UploadError, UploadRequest,
-};
+use crate::files::{Files, RenameRequest};
+use crate::namespace::{DirPages, Entry, FsError};
+use crate::protocol::Protocol;
+use crate::storage::ObjectReader;
+use crate::upload::{SessionCharge, UploadError};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
     StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::AsyncReadExt;
 
-/// Chunks queued between a session and its upload task. Each chunk (up to 255 KiB) is
-/// outside the memory budget, and a session whose upload waits for the budget holds the
-/// queue full: 1,000 uploads at once peaked at 1,367 MiB with 4, 1,271 MiB with 1
-/// (`bench/scale.sh`), at the same single-upload throughput.
-const WRITE_QUEUE: usize = 1;
-/// Out-of-order bytes one file may hold while waiting for the gap before them.
-const REORDER_LIMIT: u64 = 8 * 1024 * 1024;
 /// Names per READDIR reply.
 const DIR_BATCH: usize = 256;
 /// Largest READ answered at once: the advertised length, so that a DATA reply always fits
@@ -47,56 +34,28 @@ pub const MAX_MESSAGE: u32 = 256 * 1024 + 1024;
 pub(super) const ADVERTISED_IO_LENGTH: u64 = 256 * 1024 - 1024;
 /// What every SFTP session shares.
 pub struct SftpShared {
-    /// Uploads.
-    pub pipeline: Pipeline,
-    /// Everything but uploads.
-    pub namespace: Arc<Namespace>,
+    /// Uploads, listings, renames, deletes and downloads.
+    pub files: Files,
     /// The allowlist and the bans.
     pub defender: Arc<crate::defender::Defender>,
 }
 
-enum Chunk {
-    Data(Vec<u8>),
-    Finish(oneshot::Sender<Result<CompletedUpload, UploadError>>),
-}
-
-struct WriteFile {
-    queue: mpsc::Sender<Chunk>,
-    /// Bytes handed to the upload, in order.
-    written: u64,
-    /// Writes that arrived ahead of `written`, with the budget they hold.
-    ahead: BTreeMap<u64, (Vec<u8>, Reservation)>,
-    ahead_bytes: u64,
-    /// Why the upload failed, once it has.
-    failed: Option<String>,
-    /// Opened with APPEND onto `base` kept bytes: whether the client's offsets count from
-    /// the file's start or (as APPEND allows) from `base`, decided by its first write.
-    append: Option<Append>,
-}
-
-/// See `WriteFile::append`.
-#[derive(Clone, Copy)]
-enum Append {
-    /// No write yet; `base` bytes are kept.
-    Undecided { base: u64 },
-    /// Offsets are shifted by this much.
-    Shift(u64),
-}
-
-struct ReadFile {
+/// A file open for reading: the GET in progress and where it stands.
+pub(super) struct ReadFile {
     path: VirtualPath,
     size: u64,
     position: u64,
-    body: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    body: Option<ObjectReader>,
 }
 
 /// An open directory: names not yet sent, and the pages not yet fetched.
-struct DirListing {
+pub(super) struct DirListing {
     pending: VecDeque<File>,
     pages: DirPages,
 }
 
-enum OpenFile {
+/// What a handle refers to.
+pub(super) enum OpenFile {
     Write(WriteFile),
     Read(ReadFile),
     Dir(Box<DirListing>),
@@ -104,11 +63,11 @@ enum OpenFile {
 
 /// One SFTP session's requests.
 pub struct SftpFiles {
-    shared: Arc<SftpShared>,
-    user: Arc<User>,
-    remote_addr: SocketAddr,
-    session_id: String,
-    open: HashMap<String, OpenFile>,
+    pub(super) shared: Arc<SftpShared>,
+    pub(super) user: Arc<User>,
+    pub(super) remote_addr: SocketAddr,
+    pub(super) session_id: String,
+    pub(super) open: HashMap<String, OpenFile>,
     next_handle: u64,
     initialised: bool,
     /// This session's own buffers, charged to the memory budget while it lasts.
@@ -124,7 +83,7 @@ fn status(id: u32) -> Status {
     }
 }
 
-fn failure(message: impl Into<String>) -> StatusReply {
+pub(super) fn failure(message: impl Into<String>) -> StatusReply {
     StatusCode::Failure.with_message(message)
 }
 
@@ -153,7 +112,7 @@ fn fs_reply(e: FsError) -> StatusReply {
     }
 }
 
-fn upload_reply(e: &UploadError) -> StatusReply {
+pub(super) fn upload_reply(e: &UploadError) -> StatusReply {
     match e {
         UploadError::PermissionDenied => StatusCode::PermissionDenied.with_message(e.to_string()),
         // The pipeline logged and audited the details; the client gets the short reason.
@@ -176,54 +135,6 @@ fn attributes(entry: &Entry) -> FileAttributes {
         permissions: Some(if entry.is_dir { 0o040755 } else { 0o100644 }),
         atime: Some(mtime),
         mtime: Some(mtime),
-    }
-}
-
-/// Feeds queued chunks into the upload; finishes on `Finish`, ends it (keeping whole parts
-/// for a resume) when the queue closes or a resume from another session takes it over.
-async fn drive(mut upload: Upload, mut queue: mpsc::Receiver<Chunk>) {
-    let preempted = upload.preempted();
-    tokio::pin!(preempted);
-    loop {
-        let chunk = tokio::select! {
-            chunk = queue.recv() => chunk,
-            () = &mut preempted => {
-                upload.abort(&Upload::taken_over()).await;
-                return;
-            }
-        };
-        let Some(chunk) = chunk else { break };
-        match chunk {
-            Chunk::Data(bytes) => {
-                if let Err(e) = upload.write(&bytes).await {
-                    upload.abort(&e).await;
-                    return;
-                }
-            }
-            Chunk::Finish(done) => {
-                let _ = done.send(upload.finish().await);
-                return;
-            }
-        }
-    }
-    let reason = UploadError::Client(std::io::Error::new(
-        std::io::ErrorKind::ConnectionAborted,
-        "the SFTP session ended before CLOSE",
-    ));
-    upload.abort(&reason).await;
-}
-
-impl WriteFile {
-    /// Hands in-order bytes to the upload task.
-    async fn push(&mut self, bytes: Vec<u8>) -> Result<(), StatusReply> {
-        let len = bytes.len() as u64;
-        if self.queue.send(Chunk::Data(bytes)).await.is_err() {
-            let why = "the upload failed; see the server log, then upload the file again";
-            self.failed = Some(why.into());
-            return Err(failure(why));
-        }
-        self.written += len;
-        Ok(())
     }
 }
 
@@ -253,74 +164,21 @@ impl SftpFiles {
         VirtualPath::parse_under(path, &self.user.home).map_err(path_reply)
     }
 
-    fn add(&mut self, file: OpenFile) -> String {
+    pub(super) fn add(&mut self, file: OpenFile) -> String {
         self.next_handle += 1;
         let handle = format!("h{}", self.next_handle);
         self.open.insert(handle.clone(), file);
         handle
     }
 
-    fn invalid_handle(handle: &str) -> StatusReply {
+    pub(super) fn invalid_handle(handle: &str) -> StatusReply {
         failure(format!("invalid handle {handle:?}"))
-    }
-
-    /// OPEN for writing. With TRUNCATE a fresh upload; without it (OpenSSH `reput`, rclone,
-    /// WinSCP resuming) a cut upload continues at the bytes kept, which stat showed.
-    async fn open_write(
-        &mut self,
-        path: VirtualPath,
-        flags: OpenFlags,
-    ) -> Result<String, StatusReply> {
-        let mut offset = 0;
-        if !flags.contains(OpenFlags::TRUNCATE) {
-            if let Some(cut) = self.shared.namespace.cut_upload(&self.user, &path).await {
-                offset = cut.durable_bytes;
-            } else {
-                let exists = self
-                    .shared
-                    .namespace
-                    .stat(&self.user, &path)
-                    .await
-                    .map(|e| !e.is_dir)
-                    .unwrap_or(false);
-                if exists {
-                    return Err(StatusCode::OpUnsupported.with_message(
-                        "this file is complete and S3 objects cannot be changed in place; open it with truncate to replace it",
-                    ));
-                }
-            }
-        }
-        let request = UploadRequest {
-            user: self.user.clone(),
-            protocol: Protocol::Sftp,
-            path,
-            remote_addr: self.remote_addr,
-            session_id: self.session_id.clone(),
-        };
-        let upload = self
-            .shared
-            .pipeline
-            .resume(request, offset)
-            .await
-            .map_err(|e| upload_reply(&e))?;
-        let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(drive(upload, receiver));
-        let append = (flags.contains(OpenFlags::APPEND) && offset > 0)
-            .then_some(Append::Undecided { base: offset });
-        Ok(self.add(OpenFile::Write(WriteFile {
-            queue,
-            written: offset,
-            ahead: BTreeMap::new(),
-            ahead_bytes: 0,
-            failed: None,
-            append,
-        })))
     }
 
     async fn open_read(&mut self, path: VirtualPath) -> Result<String, StatusReply> {
         let entry = self
             .shared
-            .namespace
+            .files
             .stat(&self.user, &path)
             .await
             .map_err(fs_reply)?;
@@ -337,33 +195,6 @@ impl SftpFiles {
             position: 0,
             body: None,
         })))
-    }
-
-    async fn finish_write(&mut self, file: WriteFile) -> Result<(), StatusReply> {
-        if let Some(why) = file.failed {
-            return Err(failure(why));
-        }
-        if let Some((&offset, _)) = file.ahead.iter().next() {
-            // Dropping the queue aborts the upload.
-            return Err(failure(format!(
-                "the file has a gap: bytes {}..{offset} never arrived; nothing was stored",
-                file.written
-            )));
-        }
-        let (done, result) = oneshot::channel();
-        if file.queue.send(Chunk::Finish(done)).await.is_err() {
-            return Err(failure(
-                "the upload failed; see the server log, then upload the file again",
-            ));
-        }
-        match result.await {
-            Ok(Ok(completion)) => {
-                self.shared.namespace.object_written(&completion.key);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(upload_reply(&e)),
-            Err(_) => Err(failure("the upload task stopped unexpectedly")),
-        }
     }
 }
 
@@ -401,7 +232,7 @@ impl russh_sftp::server::Handler for SftpFiles {
             return Err(StatusCode::OpUnsupported
                 .with_message(format!("extension {request} is not supported")));
         }
-        let budget = self.shared.pipeline.budget();
+        let budget = self.shared.files.budget();
         let io_length = super::advertised_io_length(budget.limit(), budget.sessions().get());
         // The reply is four uint64 fields after the id, not a length-prefixed string.
         let mut data = Vec::with_capacity(32);
@@ -454,53 +285,8 @@ impl russh_sftp::server::Handler for SftpFiles {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let budget = self.shared.pipeline.budget().clone();
-        let Some(OpenFile::Write(file)) = self.open.get_mut(&handle) else {
-            return Err(Self::invalid_handle(&handle));
-        };
-        if let Some(why) = &file.failed {
-            return Err(failure(why.clone()));
-        }
-        let offset = match file.append {
-            Some(Append::Undecided { base }) => {
-                let shift = if offset == base { 0 } else { base };
-                file.append = Some(Append::Shift(shift));
-                offset + shift
-            }
-            Some(Append::Shift(shift)) => offset + shift,
-            None => offset,
-        };
-        let len = data.len() as u64;
-        if offset == file.written {
-            file.push(data).await?;
-            while let Some(entry) = file.ahead.first_entry() {
-                if *entry.key() != file.written {
-                    break;
-                }
-                let (bytes, _reservation) = entry.remove();
-                file.ahead_bytes -= bytes.len() as u64;
-                file.push(bytes).await?;
-            }
-            Ok(status(id))
-        } else if offset > file.written {
-            let reservation = (file.ahead_bytes + len <= REORDER_LIMIT)
-                .then(|| budget.try_reserve_probe(len))
-                .flatten();
-            let Some(reservation) = reservation else {
-                return Err(failure(format!(
-                    "write at offset {offset} is too far ahead of the {} bytes received in order",
-                    file.written
-                )));
-            };
-            file.ahead_bytes += len;
-            file.ahead.insert(offset, (data, reservation));
-            Ok(status(id))
-        } else {
-            Err(failure(format!(
-                "rewriting bytes already written or kept (offset {offset} < {}) is not supported: S3 objects are written once, in order; resume from {} or open with truncate to start over",
-                file.written, file.written
-            )))
-        }
+        self.write_at(&handle, offset, data).await?;
+        Ok(status(id))
     }
 
     async fn read(
@@ -510,7 +296,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let namespace = self.shared.namespace.clone();
+        let files = self.shared.files.clone();
         let user = self.user.clone();
         let Some(OpenFile::Read(file)) = self.open.get_mut(&handle) else {
             return Err(Self::invalid_handle(&handle));
@@ -519,11 +305,11 @@ impl russh_sftp::server::Handler for SftpFiles {
             return Err(StatusCode::Eof.into());
         }
         if file.body.is_none() || offset != file.position {
-            let body = namespace
+            let body = files
                 .read(&user, &file.path, offset)
                 .await
                 .map_err(fs_reply)?;
-            file.body = Some(Box::new(body.into_async_read()));
+            file.body = Some(body);
             file.position = offset;
         }
         let want = len.min(MAX_READ) as usize;
@@ -554,7 +340,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         let path = self.path(&path)?;
         let entry = self
             .shared
-            .namespace
+            .files
             .stat(&self.user, &path)
             .await
             .map_err(fs_reply)?;
@@ -608,7 +394,7 @@ impl russh_sftp::server::Handler for SftpFiles {
         let path = self.path(&path)?;
         let pages = self
             .shared
-            .namespace
+            .files
             .open_dir(&self.user, &path)
             .await
             .map_err(fs_reply)?;
@@ -654,8 +440,8 @@ impl russh_sftp::server::Handler for SftpFiles {
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
         let path = self.path(&filename)?;
         self.shared
-            .pipeline
-            .delete(&self.shared.namespace, &self.user, &path)
+            .files
+            .delete(&self.user, &path)
             .await
             .map_err(fs_reply)?;
         Ok(status(id))
@@ -669,7 +455,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     ) -> Result<Status, Self::Error> {
         let path = self.path(&path)?;
         self.shared
-            .namespace
+            .files
             .mkdir(&self.user, &path)
             .await
             .map_err(fs_reply)?;
@@ -679,7 +465,7 @@ impl russh_sftp::server::Handler for SftpFiles {
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         let path = self.path(&path)?;
         self.shared
-            .namespace
+            .files
             .rmdir(&self.user, &path)
             .await
             .map_err(fs_reply)?;
@@ -707,11 +493,7 @@ impl russh_sftp::server::Handler for SftpFiles {
             from: self.path(&oldpath)?,
             to: self.path(&newpath)?,
         };
-        self.shared
-            .pipeline
-            .rename(&self.shared.namespace, request)
-            .await
-            .map_err(fs_reply)?;
+        self.shared.files.rename(request).await.map_err(fs_reply)?;
         Ok(status(id))
     }
 }

@@ -4,6 +4,7 @@
 mod files;
 mod keys;
 mod stream;
+mod writing;
 
 pub use files::SftpShared;
 pub use keys::{HostKeyError, fingerprint, load_or_generate};
@@ -190,7 +191,7 @@ async fn serve_connection(
         sftp_streams: HashMap::new(),
         largest_window: 0,
         progress: progress.clone(),
-        _counted: shared.pipeline.budget().sessions().enter(),
+        _counted: shared.files.budget().sessions().enter(),
         _active: GaugeGuard::new(
             metrics
                 .sessions_active
@@ -308,7 +309,7 @@ impl russh::server::Handler for SshConnection {
     /// Sizes every channel's window (when opened and each time it is re-opened) to this
     /// session's share of the memory budget now.
     fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
-        let budget = self.shared.pipeline.budget();
+        let budget = self.shared.files.budget();
         let window = window_for(budget.limit(), budget.sessions().get());
         self.largest_window = self.largest_window.max(window);
         window
@@ -455,11 +456,7 @@ impl russh::server::Handler for SshConnection {
         );
         // The charge may wait for uploads to return parts; the connection loop must not.
         tokio::spawn(async move {
-            let charge = shared
-                .pipeline
-                .budget()
-                .charge_session(SESSION_CHARGE)
-                .await;
+            let charge = shared.files.budget().charge_session(SESSION_CHARGE).await;
             let files = SftpFiles::new(shared, user, remote_addr, session_id, charge);
             let config = russh_sftp::server::Config {
                 max_client_packet_len: files::MAX_MESSAGE,

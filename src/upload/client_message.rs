@@ -1,11 +1,11 @@
-//! What a client reads when a request fails. Reasons that are the client's to act on
-//! (permissions, names, limits, the platform's refusal) are said as they are; failures of the
-//! server itself (its disk, its database, S3, an internal fault) become a short sentence
-//! with what to do, because their details name server paths, hosts and library words. The
-//! details go to the log and the audit trail only.
+//! What a client reads when an upload fails (`FsError` does the same in `namespace`).
+//! Reasons that are the client's to act on (permissions, names, limits, the platform's
+//! refusal) are said as they are; failures of the server itself (its disk, its database,
+//! S3, an internal fault) become a short sentence with what to do, because their details
+//! name server paths, hosts and library words. The details go to the log and the audit
+//! trail only.
 
 use super::UploadError;
-use crate::namespace::FsError;
 use crate::notify::NotifyError;
 
 /// The completion could not be recorded (event log or outbox: disk full, database error).
@@ -33,23 +33,6 @@ impl UploadError {
     }
 }
 
-impl FsError {
-    /// The reason to show the client; see the module doc for what is held back.
-    pub fn client_message(&self) -> String {
-        match self {
-            FsError::Storage(e) if !e.not_found => STORAGE_UNAVAILABLE.into(),
-            FsError::Unrecorded(_) => NOT_RECORDED.into(),
-            FsError::Failed(_) => SERVER_FAULT.into(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Whether [`FsError::client_message`] holds details back (they belong in the log).
-    pub fn is_server_fault(&self) -> bool {
-        self.client_message() != self.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,8 +50,6 @@ mod tests {
             path: "/data/events.jsonl".into(),
             source: std::io::Error::from_raw_os_error(libc::ENOSPC),
         });
-        assert_eq!(e.client_message(), NOT_RECORDED);
-        let e = FsError::Unrecorded("outbox /data/outbox.sqlite3: disk full".into());
         assert_eq!(e.client_message(), NOT_RECORDED);
     }
 

@@ -2,8 +2,11 @@
 //! exact byte S3's whole parts end, expiring it after `storage.resume_window`, and
 //! reconciling the records with S3 when the bridge starts.
 
+use super::multipart::{Multipart, abort_multipart};
 use super::partials::{PartialRecord, load_hash};
-use super::{Buffer, Inner, Multipart, Pipeline, Upload, UploadError, UploadRequest};
+use super::pipeline::Inner;
+use super::write::Buffer;
+use super::{Pipeline, Upload, UploadError, UploadRequest};
 use aws_sdk_s3::types::CompletedPart;
 use sha2::Sha256;
 use std::sync::Arc;
@@ -153,7 +156,7 @@ impl Pipeline {
 
     /// Asks a running upload of `key` to stop (keeping its parts) and waits until it has.
     async fn take_over(&self, key: &str) -> Result<(), UploadError> {
-        let running = self.inner.running.lock().get(key).cloned();
+        let running = self.inner.running.get(key);
         let Some(running) = running else {
             return Ok(());
         };
@@ -274,7 +277,7 @@ pub(super) async fn suspend(
             key,
             "no whole part of the cut upload reached S3; nothing kept"
         );
-        super::abort_multipart(inner, key, mp).await;
+        abort_multipart(inner, key, mp).await;
         return;
     };
     match inner
@@ -288,11 +291,11 @@ pub(super) async fn suspend(
         Ok(false) => {
             // A newer upload of the same key owns the record: this one cannot be resumed.
             mp.recorded = false;
-            super::abort_multipart(inner, key, mp).await;
+            abort_multipart(inner, key, mp).await;
         }
         Err(e) => {
             tracing::warn!(key, error = %e, "cannot record the cut upload; aborting it");
-            super::abort_multipart(inner, key, mp).await;
+            abort_multipart(inner, key, mp).await;
         }
     }
 }

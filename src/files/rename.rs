@@ -1,13 +1,15 @@
-//! File operations with consequences for completions: a rename from a temporary name to a
-//! final one is when the upload becomes final (WinSCP `.filepart`, `.part`, `.tmp`…), and
-//! deleting a cut upload's file gives up its kept parts.
+//! Renames and deletes, the file operations with consequences beyond the namespace: a
+//! rename from a temporary name to a final one is when the upload becomes final (WinSCP
+//! `.filepart`, `.part`, `.tmp`…), and deleting a cut upload's file gives up its kept parts.
+//! Both also settle the user's quota.
 
-use super::{Pipeline, content_type};
+use super::Files;
 use crate::auth::{User, VirtualPath};
 use crate::config::Permission;
-use crate::metrics::Protocol;
-use crate::namespace::{FsError, Namespace, Renamed};
+use crate::namespace::{FsError, Renamed};
 use crate::notify::{CompletedUpload, UPLOAD_COMPLETED, new_event_id};
+use crate::protocol::Protocol;
+use crate::upload::content_type_of;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,35 +31,37 @@ pub struct RenameRequest {
     pub to: VirtualPath,
 }
 
-impl Pipeline {
+impl Files {
     /// Renames a file server-side and reports what became final: a temporary upload renamed
     /// to a final name produces its completion (with the size and SHA-256 measured while it
     /// was uploaded); a final file renamed produces one for its new key when
     /// `upload.notify_on_rename` is set. The client hears success once that is queued.
-    pub async fn rename(&self, namespace: &Namespace, req: RenameRequest) -> Result<(), FsError> {
-        let cfg = &self.inner.upload;
-        self.check_name(&req.user, req.to.file_name())
+    pub async fn rename(&self, req: RenameRequest) -> Result<(), FsError> {
+        let cfg = self.pipeline.upload_config();
+        self.pipeline
+            .check_name(&req.user, req.to.file_name())
             .map_err(|e| FsError::Refused(e.to_string()))?;
         // A rename onto an existing file frees that file's share of the quota.
         let replaced = if req.user.has_quota() && cfg.overwrite && req.from != req.to {
-            self.inner
-                .storage
+            self.pipeline
+                .storage()
                 .head(&req.user.key_of(&req.to))
                 .await?
                 .map(|old| old.size)
         } else {
             None
         };
-        let renamed = namespace
+        let renamed = self
+            .namespace
             .rename(&req.user, &req.from, &req.to, cfg.overwrite)
             .await?;
         if let Some(size) = replaced {
-            self.inner.quotas.removed(&req.user, size).await;
+            self.pipeline.quotas().removed(&req.user, size).await;
         }
         if renamed.from_key == renamed.to_key {
             return Ok(());
         }
-        let store = &self.inner.temp_names;
+        let store = self.pipeline.temp_names();
         let temp = store
             .temp(renamed.from_key.clone())
             .await
@@ -87,7 +91,7 @@ impl Pipeline {
                 new_event_id(),
                 serde_json::Map::new(),
                 self.hash_object(&renamed).await?,
-                content_type::detect(req.to.file_name(), &[]),
+                content_type_of(req.to.file_name(), &[]),
                 SystemTime::now(),
             ),
         };
@@ -98,7 +102,7 @@ impl Pipeline {
             username: req.user.name.clone(),
             remote_addr: req.remote_addr.to_string(),
             path: req.to.to_string(),
-            bucket: self.inner.storage.bucket().to_string(),
+            bucket: self.pipeline.storage().bucket().to_string(),
             key: renamed.to_key.clone(),
             size: renamed.size,
             etag: renamed.etag.clone(),
@@ -108,8 +112,8 @@ impl Pipeline {
             completed_at: SystemTime::now(),
             metadata: req.user.metadata.clone(),
         };
-        self.inner
-            .notifier
+        self.pipeline
+            .notifier()
             .enqueue(completion.clone(), fields)
             .await
             .map_err(|e| {
@@ -125,8 +129,7 @@ impl Pipeline {
 
     /// SHA-256 of an object read back from S3, for renamed files the bridge has no record of.
     async fn hash_object(&self, renamed: &Renamed) -> Result<String, FsError> {
-        let body = self.inner.storage.get(&renamed.to_key, 0).await?;
-        let mut reader = body.into_async_read();
+        let mut reader = self.pipeline.storage().reader(&renamed.to_key, 0).await?;
         let mut hasher = Sha256::new();
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
@@ -142,29 +145,24 @@ impl Pipeline {
     }
 
     /// DELE / SFTP remove: a file, or the kept parts of a cut upload shown under its name.
-    pub async fn delete(
-        &self,
-        namespace: &Namespace,
-        user: &User,
-        path: &VirtualPath,
-    ) -> Result<(), FsError> {
-        if let Some(record) = namespace.cut_upload(user, path).await {
+    pub async fn delete(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
+        if let Some(record) = self.namespace.cut_upload(user, path).await {
             if !user.may(Permission::Delete) {
                 return Err(FsError::PermissionDenied(Permission::Delete));
             }
-            self.delete_cut(&record).await;
+            self.pipeline.delete_cut(&record).await;
             // An older complete object under the same name goes too, as the client expects.
-            return match namespace.remove(user, path).await {
+            return match self.namespace.remove(user, path).await {
                 Ok(size) => {
-                    self.inner.quotas.removed(user, size).await;
+                    self.pipeline.quotas().removed(user, size).await;
                     Ok(())
                 }
                 Err(FsError::NotFound(_)) => Ok(()),
                 Err(e) => Err(e),
             };
         }
-        let size = namespace.remove(user, path).await?;
-        self.inner.quotas.removed(user, size).await;
+        let size = self.namespace.remove(user, path).await?;
+        self.pipeline.quotas().removed(user, size).await;
         Ok(())
     }
 }
