@@ -861,6 +861,7 @@ mod tests {
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
             kex: SessionKexState::Idle,
+            read_wake: Arc::default(),
         }
     }
 
