@@ -62,10 +62,7 @@ impl Files {
             return Ok(());
         }
         let store = self.pipeline.temp_names();
-        let temp = store
-            .temp(renamed.from_key.clone())
-            .await
-            .map_err(|e| FsError::Failed(e.to_string()))?;
+        let temp = store.temp(renamed.from_key.clone()).await?;
         let from_temp = temp.is_some() || cfg.is_temp(req.from.file_name());
         if cfg.is_temp(req.to.file_name()) {
             // Still not final: the record follows the file.
@@ -116,11 +113,7 @@ impl Files {
             .notifier()
             .enqueue(completion.clone(), fields)
             .await
-            .map_err(|e| {
-                FsError::Unrecorded(format!(
-                    "the rename happened but its completion could not be queued: {e}"
-                ))
-            })?;
+            .map_err(FsError::Unrecorded)?;
         let _ = store.remove_temp(renamed.from_key.clone()).await;
         tracing::info!(user = %req.user.name, from = %req.from, to = %req.to, key = %completion.key,
             size = completion.size, id = %completion.id, "renamed to a final name; completion queued");
@@ -133,9 +126,7 @@ impl Files {
         let mut hasher = Sha256::new();
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
-            let n = reader.read(&mut chunk).await.map_err(|e| {
-                FsError::Failed(format!("reading the renamed file back failed: {e}"))
-            })?;
+            let n = reader.read(&mut chunk).await.map_err(FsError::ReadBack)?;
             if n == 0 {
                 break;
             }

@@ -107,7 +107,9 @@ fn fs_error(e: FsError) -> Error {
         | FsError::Refused(_) => ErrorKind::PermissionDenied,
         FsError::Path(p) => return path_error(p.clone()),
         FsError::NotEmpty(_) => ErrorKind::PermanentDirectoryNotEmpty,
-        FsError::Storage(_) | FsError::Failed(_) | FsError::Unrecorded(_) => ErrorKind::LocalError,
+        FsError::Storage(_) | FsError::State(_) | FsError::ReadBack(_) | FsError::Unrecorded(_) => {
+            ErrorKind::LocalError
+        }
     };
     if e.is_server_fault() {
         tracing::warn!(error = %e, "ftp request failed");

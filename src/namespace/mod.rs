@@ -10,7 +10,8 @@
 
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
-use crate::state::{CutUploadStore, PartialRecord, Stores, TempNameStore};
+use crate::notify::NotifyError;
+use crate::state::{CutUploadStore, PartialRecord, StateError, Stores, TempNameStore};
 use crate::storage::{Listing, ObjectInfo, ObjectReader, Storage, StorageError};
 use crate::upload::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 use parking_lot::Mutex;
@@ -41,7 +42,7 @@ pub enum FsError {
     #[error("permission denied: user may not {0}")]
     PermissionDenied(Permission),
     /// The path is not acceptable.
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] PathError),
     /// RMD of a directory with files.
     #[error("directory not empty: {0}")]
@@ -59,18 +60,21 @@ pub enum FsError {
     #[error("not supported: {0}")]
     Unsupported(&'static str),
     /// S3 failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
     /// A limit or policy refuses the operation; the message says which.
     #[error("{0}")]
     Refused(String),
     /// The operation happened but its completion could not be recorded (event log or
-    /// outbox); the message says why, for the log.
-    #[error("{0}")]
-    Unrecorded(String),
-    /// Something else failed; the message says what.
-    #[error("{0}")]
-    Failed(String),
+    /// outbox).
+    #[error("the rename happened but its completion could not be queued: {0}")]
+    Unrecorded(#[source] NotifyError),
+    /// The record of temporary names could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// An object read back (to hash it) broke off.
+    #[error("reading the renamed file back failed: {0}")]
+    ReadBack(#[source] std::io::Error),
 }
 
 impl FsError {
@@ -80,7 +84,7 @@ impl FsError {
         match self {
             FsError::Storage(e) if !e.not_found => STORAGE_UNAVAILABLE.into(),
             FsError::Unrecorded(_) => NOT_RECORDED.into(),
-            FsError::Failed(_) => SERVER_FAULT.into(),
+            FsError::State(_) | FsError::ReadBack(_) => SERVER_FAULT.into(),
             other => other.to_string(),
         }
     }
@@ -478,7 +482,11 @@ mod tests {
 
     #[test]
     fn server_faults_are_told_without_details() {
-        let e = FsError::Unrecorded("outbox /data/outbox.sqlite3: disk full".into());
+        let e = FsError::Unrecorded(NotifyError::Outbox(StateError::backend(
+            "outbox",
+            "/data/outbox.sqlite3",
+            "disk full",
+        )));
         assert_eq!(e.client_message(), NOT_RECORDED);
         assert!(e.is_server_fault());
         let e = FsError::NotFound("/a.bin".into());

@@ -30,7 +30,7 @@ pub enum UploadError {
         limit: u64,
     },
     /// The user's `quota_bytes` or `quota_files` is reached.
-    #[error("{0}")]
+    #[error(transparent)]
     OverQuota(#[from] QuotaExceeded),
     /// Reading from the client failed (reset, broken connection).
     #[error("connection to the client failed: {0}")]
@@ -39,10 +39,10 @@ pub enum UploadError {
     #[error("no data from the client for {0:?}")]
     Stalled(Duration),
     /// S3 refused or failed after the SDK's retries.
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
     /// The completion could not be queued.
-    #[error("{0}")]
+    #[error(transparent)]
     Notify(#[from] NotifyError),
     /// The ingest API refused the upload (`create` step, or `complete` in sync mode); the
     /// client hears the API's message.
