@@ -172,6 +172,37 @@ fn record(key: &str, user: &str, upload_id: &str) -> PartialRecord {
     }
 }
 
+/// `insert_batch`: each entry stored as `insert` stores it, existing ids left alone.
+pub async fn outbox_batch(store: &dyn OutboxStore) {
+    store.insert(entry("a", "first")).await.expect("insert");
+    store
+        .insert_batch((0..100).map(|i| entry(&format!("b{i:03}"), "{}")).collect())
+        .await
+        .expect("batch");
+    store
+        .insert_batch(vec![entry("a", "again"), entry("c", "{}")])
+        .await
+        .expect("batch with a known id");
+    assert_eq!(store.pending_summary().await.expect("summary").0, 102);
+    let a = store
+        .claim("a", now_ms())
+        .await
+        .expect("claim")
+        .expect("due");
+    assert_eq!(a.body, b"first");
+    let b = store
+        .claim("b042", now_ms())
+        .await
+        .expect("claim")
+        .expect("due");
+    assert_eq!((b.step, b.attempts), (0, 0));
+    assert_eq!(
+        b.fields.get("created"),
+        Some(&serde_json::json!({"id": "b042"}))
+    );
+    store.insert_batch(Vec::new()).await.expect("empty batch");
+}
+
 /// Cut uploads: begin, part marks, suspend with the hash state, claim for a resume,
 /// listings per user and directory, expiry, removal.
 pub async fn cut_uploads(store: &dyn CutUploadStore) {
@@ -491,6 +522,12 @@ mod tests {
     async fn sqlite_outbox() {
         let (_dir, stores) = stores();
         super::outbox(stores.outbox.as_deref().expect("outbox")).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_outbox_batch() {
+        let (_dir, stores) = stores();
+        super::outbox_batch(stores.outbox.as_deref().expect("outbox")).await;
     }
 
     #[tokio::test]

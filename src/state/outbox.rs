@@ -82,6 +82,15 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     /// Stores a new pending entry, due at once (an existing id is left as it is).
     async fn insert(&self, entry: PendingEntry) -> Result<(), StateError>;
 
+    /// Stores many new pending entries as [`OutboxStore::insert`] does, in one durable
+    /// write where the backend can (an imported backlog, a test's ten thousand entries).
+    async fn insert_batch(&self, entries: Vec<PendingEntry>) -> Result<(), StateError> {
+        for entry in entries {
+            self.insert(entry).await?;
+        }
+        Ok(())
+    }
+
     /// Ids of pending entries due by `now_ms`, soonest first, at most `limit`. The entries
     /// themselves are read by [`OutboxStore::claim`] when their delivery starts.
     async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError>;

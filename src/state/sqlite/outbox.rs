@@ -95,6 +95,28 @@ impl OutboxStore for SqliteOutbox {
         .await
     }
 
+    async fn insert_batch(&self, entries: Vec<PendingEntry>) -> Result<(), StateError> {
+        let now = now_ms();
+        self.durable
+            .run(move |c| {
+                // One transaction: one fsync for the whole batch.
+                let tx = c.unchecked_transaction()?;
+                {
+                    let mut statement = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO outbox
+                           (id, key, body, state, created_ms, updated_ms, next_attempt_ms, step, fields, since_ms)
+                         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, 0, 0, ?5, ?4)",
+                    )?;
+                    for entry in &entries {
+                        let fields = fields_text(&entry.fields);
+                        statement.execute(params![entry.id, entry.key, entry.body, now, fields])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+    }
+
     async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StateError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.relaxed
