@@ -62,6 +62,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An answer with `status` and `body`, no headers.
     pub fn new(status: u16, body: impl Into<String>) -> Reply {
         Reply {
             status,
@@ -70,6 +71,7 @@ impl Reply {
         }
     }
 
+    /// This answer with the header `name: value` added.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
@@ -215,6 +217,7 @@ impl FakeApi {
         *self.route.lock().unwrap() = Some(Arc::new(f));
     }
 
+    /// The requests received so far, in order.
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -318,10 +321,12 @@ impl Harness {
         Harness::builder().start().await
     }
 
+    /// The running bridge (panics after [`Harness::shutdown`]).
     pub fn bridge(&self) -> &Bridge {
         self.bridge.as_ref().expect("running")
     }
 
+    /// An FTP session of `user` (password [`PASSWORD`]), binary mode.
     pub async fn login(&self, user: &str) -> AsyncFtpStream {
         ftp_login_at(self.ftp, user).await
     }
@@ -336,6 +341,7 @@ impl Harness {
         let _ = ftp.quit().await;
     }
 
+    /// The embedded store's directory on disk.
     pub fn store_root(&self) -> PathBuf {
         self.store.root.clone()
     }
@@ -368,6 +374,7 @@ impl Harness {
             .collect()
     }
 
+    /// The bytes of object `key`, `None` when it does not exist.
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
         object_bytes(&self.s3, key).await
     }
@@ -422,6 +429,7 @@ impl Harness {
         }
     }
 
+    /// Shuts the bridge down and waits until it has stopped.
     pub async fn shutdown(&mut self) {
         if let Some(b) = self.bridge.take() {
             b.shutdown().await;
@@ -457,6 +465,7 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

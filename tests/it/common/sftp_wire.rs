@@ -21,6 +21,7 @@ pub fn sftp_message(kind: u8, body: &[u8]) -> Vec<u8> {
     message
 }
 
+/// Appends an SSH string (u32 length, then the bytes).
 pub fn put_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&u32::try_from(s.len()).expect("small").to_be_bytes());
     out.extend_from_slice(s);

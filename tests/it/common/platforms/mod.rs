@@ -130,14 +130,17 @@ pub(crate) fn random_from(len: usize, alphabet: &[u8]) -> String {
 pub(crate) const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
+/// `len` random hex digits.
 pub(crate) fn random_hex(len: usize) -> String {
     random_from(len, b"0123456789abcdef")
 }
 
+/// A new (time-ordered, v7) UUID, as text.
 pub(crate) fn new_uuid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -301,6 +304,7 @@ pub struct BlobServer {
 }
 
 impl BlobServer {
+    /// Starts the server on a loopback port.
     pub async fn start() -> BlobServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
