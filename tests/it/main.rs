@@ -1,0 +1,31 @@
+//! The integration tests, built as one binary (one link instead of one per file): each
+//! module is one area, `common` is the shared harness (an in-process S3 store, stand-ins of
+//! the platforms' APIs, a bridge configured against them, raw FTP and SFTP clients).
+//!
+//! Run one area with `cargo test --test it pipeline::`, one test by its full name, e.g.
+//! `cargo test --test it delivery::backlog`.
+
+mod common;
+
+mod auth_http;
+mod cli;
+mod connector_sessions;
+mod connectors;
+mod delivery;
+mod ftp_abort;
+mod ftp_namespace;
+mod ftp_upload;
+mod ftps;
+mod full_disk;
+mod lifecycle;
+mod observability;
+mod outbox;
+mod pipeline;
+mod platform_standins;
+mod platform_standins_more;
+mod preauth;
+mod reload;
+mod resume;
+mod security;
+mod sftp;
+mod sftp_flow;
