@@ -210,28 +210,27 @@ async fn a_backlog_of_10000_drains_at_the_apis_speed_with_bounded_concurrency() 
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir).expect("data dir");
-    drop(Outbox::open(&data_dir).expect("create outbox"));
-    {
-        let mut db = rusqlite::Connection::open(data_dir.join(ingest_bridge::notify::OUTBOX_FILE))
-            .expect("open");
-        let tx = db.transaction().expect("tx");
-        for i in 0..ENTRIES {
+    // One durable write for the whole backlog (10,000 single inserts would each fsync).
+    let backlog = (0..ENTRIES)
+        .map(|i| {
             let id = format!("backlog-{i:05}");
             let body = serde_json::json!({"event": "upload.completed", "id": id, "key": format!("alice/{i}.bin"), "path": format!("/{i}.bin"), "username": "alice", "size": 1});
-            tx.execute(
-                "INSERT INTO outbox (id, key, body, state, created_ms, updated_ms, since_ms)
-                 VALUES (?1, ?2, ?3, 'pending', 1, 1, ?4)",
-                rusqlite::params![
-                    id,
-                    format!("alice/{i}.bin"),
-                    body.to_string().into_bytes(),
-                    ingest_bridge::notify::now_ms()
-                ],
-            )
-            .expect("insert");
-        }
-        tx.commit().expect("commit");
-    }
+            ingest_bridge::notify::PendingEntry {
+                id,
+                key: format!("alice/{i}.bin"),
+                body: body.to_string().into_bytes(),
+                step: 0,
+                fields: serde_json::Map::new(),
+                attempts: 0,
+                since_ms: 0,
+            }
+        })
+        .collect();
+    Outbox::open(&data_dir)
+        .expect("create outbox")
+        .insert_batch(backlog)
+        .await
+        .expect("backlog");
     // A slow API (4 ms per answer): 8 deliveries at once are what limits the drain.
     *api.delay.lock().unwrap() = Duration::from_millis(
         std::env::var("BACKLOG_DELAY_MS")
