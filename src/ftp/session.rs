@@ -63,7 +63,8 @@ impl Session {
     /// and a client that cancels may close the data connection just before its `ABOR`, so the
     /// control connection is watched for [`CONTROL_SETTLE`] before the upload counts as
     /// confirmed. Bytes waiting on it prove nothing by themselves: they may be that `ABOR`
-    /// (behind Telnet IP/DM, or inside TLS), which the control loop reads and signals.
+    /// (behind Telnet IP/DM, or inside TLS), which the control loop reads and signals; while
+    /// they wait unread the commit waits up to [`CONTROL_READ_GRACE`] longer.
     pub async fn control_alive(
         &self,
         abort: Option<&libunftp::TransferAbort>,
@@ -76,6 +77,14 @@ impl Session {
             match self.control_state() {
                 ControlState::Gone => {
                     return Err("the control connection closed before the upload was confirmed; the transfer is treated as cut".to_string());
+                }
+                // Bytes that came within the settle time may be an ABOR the control loop
+                // has not read yet (a loaded server schedules it late): they get
+                // CONTROL_READ_GRACE more for the loop to read them.
+                ControlState::Readable
+                    if tokio::time::Instant::now() < deadline + CONTROL_READ_GRACE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 ControlState::Readable | ControlState::Quiet
                     if tokio::time::Instant::now() >= deadline =>
@@ -109,6 +118,11 @@ impl Session {
 /// How long an FTP upload whose data connection ended waits for a sign that the client is
 /// gone before it is committed.
 pub const CONTROL_SETTLE: Duration = Duration::from_millis(5);
+
+/// How much longer the commit waits, past [`CONTROL_SETTLE`], while bytes that arrived on the
+/// control connection are still unread: a client that pipelines another command costs at
+/// most this.
+pub const CONTROL_READ_GRACE: Duration = Duration::from_millis(100);
 
 /// What a control socket shows without reading it.
 enum ControlState {
