@@ -497,10 +497,9 @@ fn parse_allo() {
     let input = "ALLO\r\n";
     assert_eq!(parse(input), Ok(Command::Allo { size: None }));
 
-    // This is actually not a valid `ALLO` command, but since we ignore it anyway there is no
-    // need to add complexity by actually parsing it.
+    // ingest-bridge patch: the size is kept (upstream ignored ALLO's argument).
     let input = "ALLO 5\r\n";
-    assert_eq!(parse(input), Ok(Command::Allo { size: None }));
+    assert_eq!(parse(input), Ok(Command::Allo { size: Some(5) }));
 
     let input = "ALLO R 5\r\n";
     assert_eq!(parse(input), Ok(Command::Allo { size: None }));
