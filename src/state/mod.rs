@@ -13,6 +13,7 @@ mod bans;
 pub mod conformance;
 pub mod memory;
 mod outbox;
+pub mod postgres;
 pub mod sqlite;
 mod uploads;
 

@@ -1,0 +1,258 @@
+//! Cut (and running) uploads and their part marks: the `partials` and `part_marks` tables.
+//! Shared, so a client cut on one replica resumes on another; `activate` is one conditional
+//! `UPDATE`, so two replicas resuming the same upload at once cannot both win.
+
+use super::{PgUploads, UPLOADS, clamp, fields_of, fields_text, unsigned};
+use crate::state::{CutUploadStore, PartMark, PartialRecord, StateError, now_ms};
+use tokio_postgres::Row;
+
+/// The columns [`partial_row`] reads, in order.
+const PARTIAL_COLUMNS: &str = "key, username, path, upload_id, content_type, id, fields, \
+     started_at_ms, updated_ms, durable_bytes, durable_parts, hash_state, active";
+
+fn partial_row(r: &Row) -> Result<PartialRecord, tokio_postgres::Error> {
+    Ok(PartialRecord {
+        key: r.try_get(0)?,
+        username: r.try_get(1)?,
+        path: r.try_get(2)?,
+        upload_id: r.try_get(3)?,
+        content_type: r.try_get(4)?,
+        id: r.try_get(5)?,
+        fields: fields_of(&r.try_get::<_, String>(6)?),
+        started_at_ms: r.try_get(7)?,
+        updated_ms: r.try_get(8)?,
+        durable_bytes: unsigned(r.try_get(9)?),
+        durable_parts: u32::try_from(r.try_get::<_, i64>(10)?.max(0)).unwrap_or(u32::MAX),
+        hash_state: r.try_get(11)?,
+        active: r.try_get(12)?,
+    })
+}
+
+impl PgUploads {
+    fn err(&self, e: tokio_postgres::Error) -> StateError {
+        self.pg.error(UPLOADS, e)
+    }
+
+    /// Runs one statement and returns the rows it changed.
+    pub(super) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StateError> {
+        let client = self.pg.client(UPLOADS).await?;
+        client.execute(sql, params).await.map_err(|e| self.err(e))
+    }
+
+    /// Runs one query and returns its rows.
+    pub(super) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StateError> {
+        let client = self.pg.client(UPLOADS).await?;
+        client.query(sql, params).await.map_err(|e| self.err(e))
+    }
+
+    /// Runs a query of records.
+    async fn records(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<PartialRecord>, StateError> {
+        let rows = self.query(sql, params).await?;
+        rows.iter()
+            .map(partial_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs statements in one transaction; returns the rows the first one changed.
+    async fn in_transaction(
+        &self,
+        statements: &[(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])],
+    ) -> Result<u64, StateError> {
+        let mut client = self.pg.client(UPLOADS).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let mut first = None;
+        for (sql, params) in statements {
+            let n = tx.execute(*sql, params).await.map_err(|e| self.err(e))?;
+            first.get_or_insert(n);
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(first.unwrap_or(0))
+    }
+}
+
+#[async_trait::async_trait]
+impl CutUploadStore for PgUploads {
+    async fn begin(&self, rec: PartialRecord) -> Result<(), StateError> {
+        self.execute(
+            "INSERT INTO partials (key, username, path, upload_id, content_type, id, fields,
+                started_at_ms, updated_ms, durable_bytes, durable_parts, hash_state, active)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, NULL, true)
+             ON CONFLICT (key) DO UPDATE SET username = EXCLUDED.username,
+                path = EXCLUDED.path, upload_id = EXCLUDED.upload_id,
+                content_type = EXCLUDED.content_type, id = EXCLUDED.id,
+                fields = EXCLUDED.fields, started_at_ms = EXCLUDED.started_at_ms,
+                updated_ms = EXCLUDED.updated_ms, durable_bytes = 0, durable_parts = 0,
+                hash_state = NULL, active = true",
+            &[
+                &rec.key,
+                &rec.username,
+                &rec.path,
+                &rec.upload_id,
+                &rec.content_type,
+                &rec.id,
+                &fields_text(&rec.fields),
+                &rec.started_at_ms,
+                &now_ms(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn mark(&self, upload_id: String, mark: PartMark) -> Result<(), StateError> {
+        self.execute(
+            "INSERT INTO part_marks (upload_id, number, end_offset, hash_state)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (upload_id, number) DO UPDATE
+             SET end_offset = EXCLUDED.end_offset, hash_state = EXCLUDED.hash_state",
+            &[
+                &upload_id,
+                &i64::from(mark.number),
+                &clamp(mark.end),
+                &mark.hash_state,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn marks(&self, upload_id: String) -> Result<Vec<PartMark>, StateError> {
+        let rows = self
+            .query(
+                "SELECT number, end_offset, hash_state FROM part_marks
+                 WHERE upload_id = $1 ORDER BY number",
+                &[&upload_id],
+            )
+            .await?;
+        let mark = |r: &Row| -> Result<PartMark, tokio_postgres::Error> {
+            Ok(PartMark {
+                number: u32::try_from(r.try_get::<_, i64>(0)?.max(0)).unwrap_or(u32::MAX),
+                end: unsigned(r.try_get(1)?),
+                hash_state: r.try_get(2)?,
+            })
+        };
+        rows.iter()
+            .map(mark)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn suspend(
+        &self,
+        key: String,
+        upload_id: String,
+        durable: u64,
+        parts: u32,
+        hash_state: Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let parts = i64::from(parts);
+        let updated = self
+            .in_transaction(&[
+                (
+                    "UPDATE partials SET durable_bytes = $3, durable_parts = $4, hash_state = $5,
+                        active = false, updated_ms = $6
+                     WHERE key = $1 AND upload_id = $2",
+                    &[
+                        &key,
+                        &upload_id,
+                        &clamp(durable),
+                        &parts,
+                        &hash_state,
+                        &now_ms(),
+                    ],
+                ),
+                (
+                    "DELETE FROM part_marks WHERE upload_id = $1 AND number > $2",
+                    &[&upload_id, &parts],
+                ),
+            ])
+            .await?;
+        Ok(updated > 0)
+    }
+
+    async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError> {
+        let n = self
+            .execute(
+                "UPDATE partials SET active = true, updated_ms = $3
+                 WHERE key = $1 AND upload_id = $2 AND NOT active",
+                &[&key, &upload_id, &now_ms()],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn remove(&self, key: String, upload_id: String) -> Result<(), StateError> {
+        self.in_transaction(&[
+            (
+                "DELETE FROM partials WHERE key = $1 AND upload_id = $2",
+                &[&key, &upload_id],
+            ),
+            ("DELETE FROM part_marks WHERE upload_id = $1", &[&upload_id]),
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    async fn get(&self, key: String) -> Result<Option<PartialRecord>, StateError> {
+        let mut records = self
+            .records(
+                &format!("SELECT {PARTIAL_COLUMNS} FROM partials WHERE key = $1"),
+                &[&key],
+            )
+            .await?;
+        Ok(records.pop())
+    }
+
+    async fn cut_under(
+        &self,
+        prefix: String,
+        username: String,
+    ) -> Result<Vec<PartialRecord>, StateError> {
+        // Directly under: the rest of the key after the prefix has no '/'.
+        self.records(
+            &format!(
+                "SELECT {PARTIAL_COLUMNS} FROM partials
+                 WHERE NOT active AND username = $2 AND starts_with(key, $1)
+                   AND strpos(substr(key, length($1) + 1), '/') = 0"
+            ),
+            &[&prefix, &username],
+        )
+        .await
+    }
+
+    async fn all(&self) -> Result<Vec<PartialRecord>, StateError> {
+        self.records(&format!("SELECT {PARTIAL_COLUMNS} FROM partials"), &[])
+            .await
+    }
+
+    async fn count_cut(&self) -> Result<i64, StateError> {
+        let rows = self
+            .query("SELECT COUNT(*) FROM partials WHERE NOT active", &[])
+            .await?;
+        match rows.first() {
+            Some(row) => row.try_get(0).map_err(|e| self.err(e)),
+            None => Ok(0),
+        }
+    }
+
+    async fn expired(&self, before_ms: i64) -> Result<Vec<PartialRecord>, StateError> {
+        self.records(
+            &format!("SELECT {PARTIAL_COLUMNS} FROM partials WHERE NOT active AND updated_ms < $1"),
+            &[&before_ms],
+        )
+        .await
+    }
+}

@@ -1,0 +1,324 @@
+//! The PostgreSQL backend against a real PostgreSQL 15 (see `test_server`): the shared
+//! conformance suite, each function on a fresh database, and what only a shared database
+//! has — migrations racing, a newer schema, replicas seeing each other's bans and leases.
+
+use super::test_server::{TestServer, server};
+use super::{DEFAULT_MAX_CONNECTIONS, PgBans, SCHEMA_VERSION, open, open_with_bans};
+use crate::state::{BanStore, PendingEntry, Stores, conformance, now_ms};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A fresh database on the shared server, with every store opened on it.
+async fn stores() -> (Arc<TestServer>, String, Stores) {
+    let server = server();
+    let url = server.database().await;
+    let stores = open(&url, true, DEFAULT_MAX_CONNECTIONS)
+        .await
+        .expect("open the PostgreSQL stores");
+    (server, url, stores)
+}
+
+#[tokio::test]
+async fn postgres_outbox() {
+    let (_server, _, stores) = stores().await;
+    conformance::outbox(stores.outbox.as_deref().expect("outbox")).await;
+}
+
+#[tokio::test]
+async fn postgres_outbox_batch() {
+    let (_server, _, stores) = stores().await;
+    conformance::outbox_batch(stores.outbox.as_deref().expect("outbox")).await;
+}
+
+#[tokio::test]
+async fn postgres_cut_uploads() {
+    let (_server, _, stores) = stores().await;
+    conformance::cut_uploads(stores.uploads.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_temp_names() {
+    let (_server, _, stores) = stores().await;
+    conformance::temp_names(stores.temp_names.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_quota() {
+    let (_server, _, stores) = stores().await;
+    conformance::quota(stores.quota.as_ref()).await;
+}
+
+/// The suite on the cache, then the same answers from a second replica's store that only
+/// read the table: every change was written through.
+#[tokio::test]
+async fn postgres_bans() {
+    let server = server();
+    let url = server.database().await;
+    let (_, bans) = open_with_bans(&url, false, 2).await.expect("open");
+    conformance::bans(bans.as_ref());
+    bans.sync().await.expect("every change written");
+    let other = open(&url, false, 2).await.expect("second replica");
+    let ip = "198.51.100.7".parse().expect("ip");
+    let other_ip = "2001:db8::1".parse().expect("ip");
+    let now = SystemTime::now();
+    // As the suite left them: `ip` unbanned after two bans, `other_ip` banned for ~1000 s.
+    assert_eq!(other.bans.banned_until(ip, now), None);
+    assert!(other.bans.banned_until(other_ip, now).is_some());
+    let score = other
+        .bans
+        .add_failure(ip, now + Duration::from_secs(400), Duration::from_secs(60))
+        .expect("not banned");
+    assert_eq!(score.bans, 2, "the ban count came through the table");
+}
+
+/// Two replicas' ban stores on one fresh database.
+async fn two_replicas() -> (Arc<TestServer>, Arc<PgBans>, Arc<PgBans>) {
+    let server = server();
+    let url = server.database().await;
+    let (_, a) = open_with_bans(&url, false, 2).await.expect("first replica");
+    let (_, b) = open_with_bans(&url, false, 2)
+        .await
+        .expect("second replica");
+    (server, a, b)
+}
+
+/// Both replicas' changes written and each one's cache refreshed from the table.
+async fn settle(a: &PgBans, b: &PgBans) {
+    a.sync().await.expect("written and read");
+    b.sync().await.expect("written and read");
+    a.sync().await.expect("written and read");
+}
+
+#[tokio::test]
+async fn a_ban_on_one_replica_reaches_the_others() {
+    let (_server, a, b) = two_replicas().await;
+    let ip = "203.0.113.9".parse().expect("ip");
+    let now = SystemTime::now();
+    let until = now + Duration::from_secs(600);
+    let window = Duration::from_secs(60);
+
+    // Failures on both replicas add up in the table.
+    assert_eq!(a.add_failure(ip, now, window).map(|s| s.failures), Some(1));
+    settle(&a, &b).await;
+    let later = now + Duration::from_millis(5);
+    assert_eq!(
+        b.add_failure(ip, later, window).map(|s| s.failures),
+        Some(2)
+    );
+    settle(&a, &b).await;
+    assert_eq!(
+        a.add_failure(ip, now + Duration::from_millis(9), window)
+            .map(|s| s.failures),
+        Some(3)
+    );
+
+    // A ban reaches the other replica, to the millisecond.
+    assert_eq!(a.ban(ip, now, until), Some(1));
+    settle(&a, &b).await;
+    let seen = b
+        .banned_until(ip, now)
+        .expect("banned on the other replica");
+    assert!(
+        seen <= until && until.duration_since(seen).unwrap_or_default() < Duration::from_millis(1)
+    );
+    assert_eq!(b.banned_count(now), 1);
+    assert_eq!(b.add_failure(ip, now, window), None, "banned: not counted");
+
+    // Both replicas banning at once, each before seeing the other's: the ban counts once.
+    let other = "203.0.113.10".parse().expect("ip");
+    assert_eq!(a.ban(other, now, until), Some(1));
+    assert_eq!(b.ban(other, now, until), Some(1));
+    settle(&a, &b).await;
+
+    // An unban on one replica lifts the ban on both; the ban counts stay.
+    b.unban(other);
+    a.unban(ip);
+    settle(&a, &b).await;
+    for replica in [&a, &b] {
+        assert_eq!(replica.banned_until(other, now), None);
+        assert_eq!(replica.banned_until(ip, now), None);
+        assert_eq!(replica.banned_count(now), 0);
+    }
+    let score = a.add_failure(other, now, window).expect("not banned");
+    assert_eq!(score.bans, 1, "two simultaneous bans counted once");
+    let score = b.add_failure(ip, now, window).expect("not banned");
+    assert_eq!(
+        (score.failures, score.bans),
+        (1, 1),
+        "the ban cleared the failures"
+    );
+}
+
+/// Replicas starting together on an empty database: both open, one schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_an_empty_database_both_succeed() {
+    let server = server();
+    let url = server.database().await;
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { open(&url, true, 2).await })
+        })
+        .collect();
+    for opened in opens {
+        let stores = opened
+            .await
+            .expect("task")
+            .expect("every replica opens the database");
+        stores
+            .outbox
+            .expect("outbox")
+            .check_writable()
+            .await
+            .expect("writable");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let version: i32 = client
+        .query_one("SELECT version FROM ingest_bridge_schema", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+/// A database a newer release migrated is refused, saying what to do.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let (_server, url, _stores) = stores().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE ingest_bridge_schema SET version = $1",
+            &[&(SCHEMA_VERSION + 1)],
+        )
+        .await
+        .expect("pretend a newer release ran");
+    let error = open(&url, true, 2).await.expect_err("refused");
+    let message = format!("{error}");
+    assert!(
+        message.contains(&format!("version {}", SCHEMA_VERSION + 1))
+            && message.contains("newer")
+            && message.contains("Run that release"),
+        "{message}"
+    );
+    assert!(!message.contains("password"), "{message}");
+    assert_eq!(error.store(), "state database");
+    let source = std::error::Error::source(&error).expect("cause");
+    assert!(source.downcast_ref::<super::SchemaTooNew>().is_some());
+}
+
+/// The outbox's lease: an entry one replica claimed is neither due nor claimable on
+/// another until the lease ends (a dead replica's entries are taken over) or is released.
+#[tokio::test]
+async fn a_claimed_entry_is_leased_to_its_replica() {
+    let (_server, url, first) = stores().await;
+    let second = open(&url, true, 2).await.expect("second replica");
+    let (a, b) = (
+        first.outbox.expect("outbox"),
+        second.outbox.expect("outbox"),
+    );
+    a.insert(PendingEntry {
+        id: "e".into(),
+        key: "u/e.bin".into(),
+        body: b"{}".to_vec(),
+        step: 0,
+        fields: serde_json::Map::new(),
+        attempts: 0,
+        since_ms: 0,
+    })
+    .await
+    .expect("insert");
+    let now = now_ms();
+    assert!(a.claim("e", now).await.expect("claim").is_some());
+    assert!(b.due(now, 10).await.expect("due").is_empty());
+    assert!(b.claim("e", now).await.expect("claim").is_none(), "leased");
+    assert!(a.claim("e", now).await.expect("claim").is_some(), "its own");
+    let after = now + super::outbox::LEASE_MS + 1;
+    assert_eq!(b.due(after, 10).await.expect("due"), vec!["e"]);
+    assert!(
+        b.claim("e", after).await.expect("claim").is_some(),
+        "taken over"
+    );
+    // A reschedule releases the lease: the next attempt is anyone's.
+    b.reschedule("e", 1, now, "503".into())
+        .await
+        .expect("reschedule");
+    assert!(a.claim("e", now).await.expect("claim").is_some());
+}
+
+/// Concurrent resumes of one cut upload on two replicas: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_resumes_a_cut_upload() {
+    let (_server, url, first) = stores().await;
+    let second = open(&url, false, 2).await.expect("second replica");
+    let mut rec = crate::state::PartialRecord {
+        key: "u/x.bin".into(),
+        username: "u".into(),
+        path: "/x.bin".into(),
+        upload_id: "up".into(),
+        content_type: "video/mp4".into(),
+        id: "e".into(),
+        fields: serde_json::Map::new(),
+        started_at_ms: 1,
+        updated_ms: 1,
+        durable_bytes: 0,
+        durable_parts: 0,
+        hash_state: None,
+        active: true,
+    };
+    rec.fields.insert("asset".into(), "1".into());
+    first.uploads.begin(rec).await.expect("begin");
+    first
+        .uploads
+        .suspend("u/x.bin".into(), "up".into(), 5, 1, vec![7])
+        .await
+        .expect("suspend");
+    for _ in 0..10 {
+        let (a, b) = (first.uploads.clone(), second.uploads.clone());
+        let one = tokio::spawn(async move { a.activate("u/x.bin".into(), "up".into()).await });
+        let two = tokio::spawn(async move { b.activate("u/x.bin".into(), "up".into()).await });
+        let won = [one, two];
+        let mut winners = 0;
+        for task in won {
+            if task.await.expect("task").expect("activate") {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+        second
+            .uploads
+            .suspend("u/x.bin".into(), "up".into(), 5, 1, vec![7])
+            .await
+            .expect("suspend again");
+    }
+}
+
+/// A URL that is not PostgreSQL's, or a server that is not there, is a typed error.
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    let error = open("postgres://u:secret@127.0.0.1:notaport/db", true, 2)
+        .await
+        .expect_err("bad url");
+    assert!(
+        format!("{error}").contains("not a PostgreSQL URL"),
+        "{error}"
+    );
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let url = format!("postgres://u:secret@127.0.0.1:{port}/db?connect_timeout=2");
+    let error = open(&url, true, 2).await.expect_err("nothing listens");
+    let message = format!("{error}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/db")),
+        "{message}"
+    );
+    assert!(!message.contains("secret"), "{message}");
+}
