@@ -174,14 +174,23 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
         Err(e) => return fail(e),
     };
     let data_dir = config.server.data_dir;
-    if !data_dir.join(ingest_bridge::notify::OUTBOX_FILE).exists() {
+    let shared = match config.state.backend {
+        ingest_bridge::config::StateBackend::Sqlite => None,
+        ingest_bridge::config::StateBackend::Postgres(url) => Some(url),
+    };
+    if shared.is_none() && !data_dir.join(ingest_bridge::notify::OUTBOX_FILE).exists() {
         return fail(format!(
             "no outbox in {}: it is created when `serve` runs with notify.url or [[notify.steps]] set",
             data_dir.display()
         ));
     }
     block_on(async move {
-        let outbox = match ingest_bridge::state::sqlite::open_outbox(&data_dir) {
+        // With a shared database, the outbox every replica delivers from.
+        let opened = match &shared {
+            Some(url) => ingest_bridge::state::postgres::open_outbox(url).await,
+            None => ingest_bridge::state::sqlite::open_outbox(&data_dir),
+        };
+        let outbox = match opened {
             Ok(o) => o,
             Err(e) => return fail(NotifyError::Outbox(e)),
         };

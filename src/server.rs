@@ -2,7 +2,7 @@
 //! them in order.
 
 use crate::auth::{HttpAuth, Logins, UserDirectory};
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, StateBackend};
 use crate::defender::Defender;
 use crate::files::Files;
 use crate::ftp::{self, FtpShared};
@@ -66,6 +66,11 @@ pub enum StartError {
     /// The record of cut uploads (`data_dir/uploads.sqlite3`) cannot be opened.
     #[error("{0}. Check server.data_dir and its permissions.")]
     Partials(crate::state::StateError),
+    /// The shared state database (`[state] url`) cannot be opened or migrated.
+    #[error(
+        "{0}. Check state.url, that the database is reachable, and that its user may create tables."
+    )]
+    SharedState(crate::state::StateError),
     /// The bucket is unreachable.
     #[error(
         "cannot reach bucket {bucket:?} at {endpoint} (storage.endpoint / storage.bucket): {message}. Check the endpoint URL, that the bucket exists, and the credentials (storage.access_key_id or the AWS default chain)."
@@ -202,15 +207,28 @@ impl Bridge {
             }
         }
 
-        let stores =
-            crate::state::sqlite::open(&data_dir, config.notify.enabled()).map_err(|e| {
-                // The outbox's failures read as before: the notifier's.
-                if e.store() == "outbox" {
-                    StartError::Notify(NotifyError::Outbox(e))
-                } else {
-                    StartError::Partials(e)
-                }
-            })?;
+        let with_outbox = config.notify.enabled();
+        let stores = match &config.state.backend {
+            StateBackend::Sqlite => {
+                crate::state::sqlite::open(&data_dir, with_outbox).map_err(|e| {
+                    // The outbox's failures read as before: the notifier's.
+                    if e.store() == "outbox" {
+                        StartError::Notify(NotifyError::Outbox(e))
+                    } else {
+                        StartError::Partials(e)
+                    }
+                })?
+            }
+            StateBackend::Postgres(url) => {
+                let stores =
+                    crate::state::postgres::open(url, with_outbox, config.state.max_connections)
+                        .await
+                        .map_err(StartError::SharedState)?;
+                tracing::info!(database = %crate::config::state::without_password(url),
+                    "durable state shared in PostgreSQL");
+                stores
+            }
+        };
         let notifier = Notifier::start(
             &config.notify,
             &config.users,

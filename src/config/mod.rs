@@ -4,7 +4,7 @@
 //! [`ConfigError`] that names the key, the line and what to write instead.
 //!
 //! Each section lives in its own module (`server`, `ftp`, `sftp`, `storage`, `notify`,
-//! `metrics`, `log`, `upload`, `defender`, `auth`, `users`): the key as written (its serde
+//! `metrics`, `log`, `upload`, `defender`, `auth`, `state`, `users`): the key as written (its serde
 //! struct), the key as used (its typed struct), its defaults as `DEFAULT_…` constants and its
 //! checks. This module holds the whole tree, the errors and the helpers every section shares.
 
@@ -22,6 +22,7 @@ pub mod overrides;
 mod rules;
 pub mod server;
 pub mod sftp;
+pub mod state;
 pub mod storage;
 mod units;
 pub mod upload;
@@ -44,6 +45,7 @@ pub use notify::{DeliveryMode, NotifyConfig};
 pub use rules::{RuleConfig, RuleOutcome, StatusMatch};
 pub use server::ServerConfig;
 pub use sftp::{SFTP_CIPHERS, SFTP_DEFAULT_CIPHERS, SftpConfig};
+pub use state::{StateBackend, StateConfig};
 pub use storage::{Endpoint, StorageConfig};
 pub use units::{format_size, parse_duration, parse_size};
 pub use upload::{DEFAULT_TEMP_PATTERNS, UploadConfig};
@@ -78,6 +80,7 @@ struct RawConfig {
     upload: upload::RawUpload,
     defender: defender::RawDefender,
     auth: auth::RawAuth,
+    state: state::RawState,
     users: Vec<users::RawUser>,
 }
 
@@ -104,6 +107,8 @@ pub struct Config {
     pub defender: DefenderConfig,
     /// `[auth]`
     pub auth: AuthConfig,
+    /// `[state]`
+    pub state: StateConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
 }
@@ -418,6 +423,7 @@ impl Validator<'_> {
         let upload = self.upload(raw.upload);
         let defender = self.defender(raw.defender);
         let auth = self.auth(raw.auth);
+        let state = self.state(raw.state);
         let users = self.users(raw.users);
         self.listeners_distinct(&ftp, &sftp, &metrics);
         Config {
@@ -431,6 +437,7 @@ impl Validator<'_> {
             upload,
             defender,
             auth,
+            state,
             users,
         }
     }

@@ -105,6 +105,16 @@ impl Pg {
             StateError::backend("state database", "[state] url", InvalidUrl(Box::new(e)))
         })?;
         let location: Arc<str> = location_of(&config).into();
+        if !matches!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
+        ) {
+            return Err(StateError::backend(
+                "state database",
+                location.to_string(),
+                TlsUnsupported,
+            ));
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -144,6 +154,14 @@ impl Pg {
 #[derive(Debug, thiserror::Error)]
 #[error("not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
 pub struct InvalidUrl(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+/// A URL asking for TLS (`sslmode=require`), which this release does not speak yet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "sslmode=require: this release connects to PostgreSQL without TLS; keep the database on \
+     a private network and drop sslmode from state.url (or set sslmode=disable)"
+)]
+pub struct TlsUnsupported;
 
 /// `postgres://user@host:port/database`, without the password, for errors and logs.
 fn location_of(config: &tokio_postgres::Config) -> String {

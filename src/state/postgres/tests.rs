@@ -309,6 +309,10 @@ async fn bad_urls_are_typed_errors() {
         format!("{error}").contains("not a PostgreSQL URL"),
         "{error}"
     );
+    let error = open("postgres://u@127.0.0.1/db?sslmode=require", true, 2)
+        .await
+        .expect_err("no TLS yet");
+    assert!(format!("{error}").contains("without TLS"), "{error}");
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
