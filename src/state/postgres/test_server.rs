@@ -46,6 +46,11 @@ impl TestServer {
         let bin = std::env::var_os("INGEST_TEST_PG_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(PG_BIN));
+        TestServer::start_from(bin)
+    }
+
+    /// Starts the server programs in `bin`; fails, naming the package, when they are not there.
+    fn start_from(bin: PathBuf) -> TestServer {
         for program in ["initdb", "postgres", "pg_ctl", "pg_isready"] {
             assert!(
                 bin.join(program).is_file(),
@@ -208,4 +213,14 @@ fn id(args: &[&str]) -> u32 {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
+}
+
+mod tests {
+    /// Without the server programs the tests fail and say what to install, never pass.
+    #[test]
+    #[should_panic(expected = "install the Debian package postgresql-15")]
+    fn missing_programs_fail_naming_the_package() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        super::TestServer::start_from(empty.path().to_path_buf());
+    }
 }
