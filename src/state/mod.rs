@@ -5,7 +5,8 @@
 //!
 //! One trait per kind of state, each object-safe (held as `Arc<dyn …>`) and async where the
 //! work may block on a disk or a network. [`Stores`] bundles one implementation of each;
-//! [`sqlite::open`] opens today's backend (SQLite files under `data_dir`, bans in memory).
+//! [`sqlite::open`] opens the default backend (SQLite files under `data_dir`, bans in
+//! memory), [`postgres::open`] the one every replica shares (`[state] url = "postgres://…"`).
 //! Every implementation must pass the shared contract tests in `conformance`.
 
 mod bans;
