@@ -3,7 +3,11 @@
 # (kubernetes-validate, strict: unknown fields are errors), the base's own consistency (ports,
 # probes, selectors, grace period, one FTP Service per replica with its passive range), and
 # the ConfigMap's config with `ingest-bridge check-config`, with the variables the
-# StatefulSet's start command sets for a replica. Ends with "k8s: N passed, N failed".
+# StatefulSet's start command sets for a replica. The postgres overlay likewise: built with
+# `kubectl kustomize` (or `kustomize build`), every resource it renders against the schemas,
+# its own consistency (no per-replica volume, data_dir on an emptyDir, the HPA's range against
+# the FTP Services, the config equal to the base's but for [state]) and its config through
+# check-config with the Secret's variables. Ends with "k8s: N passed, N failed".
 # Usage: deploy/kubernetes/validate.sh [PATH_TO_INGEST_BRIDGE_BINARY]
 set -uo pipefail
 BIN=$(realpath -m "${1:-$(dirname "$0")/../../target/release/ingest-bridge}")
@@ -120,6 +124,125 @@ if problems:
     print("\n".join(problems))
     sys.exit(1)
 PY
+
+# The postgres overlay (overlays/postgres): built, then checked like the base.
+for file in overlays/postgres/ftp-services.yaml overlays/postgres/horizontal-pod-autoscaler.yaml \
+  overlays/postgres/secret.example.yaml; do
+  check "schema: $file" python3 -m kubernetes_validate --strict --quiet \
+    -k "$KUBERNETES_VERSION" "$file"
+done
+check "overlays/postgres/ftp-services.yaml is what services.py generates" \
+  bash -c 'diff <(python3 services.py 6 3) overlays/postgres/ftp-services.yaml'
+
+overlay_dir=$(mktemp -d)
+if command -v kubectl >/dev/null; then
+  KUSTOMIZE=(kubectl kustomize overlays/postgres)
+elif command -v kustomize >/dev/null; then
+  KUSTOMIZE=(kustomize build overlays/postgres)
+else
+  KUSTOMIZE=()
+fi
+if [ ${#KUSTOMIZE[@]} -gt 0 ] && "${KUSTOMIZE[@]}" >"$overlay_dir/rendered.yaml" 2>"$overlay_dir/err"; then
+  passed=$((passed + 1))
+  echo "ok   overlays/postgres builds (${KUSTOMIZE[*]})"
+  # One file per rendered resource, the built-in kinds against their schemas.
+  python3 - "$overlay_dir" <<'PY'
+import sys, yaml
+out = sys.argv[1]
+for i, doc in enumerate(d for d in yaml.safe_load_all(open(f"{out}/rendered.yaml")) if d):
+    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        continue
+    with open(f"{out}/{i:03d}-{doc['kind']}-{doc['metadata']['name']}.yaml", "w") as f:
+        yaml.safe_dump(doc, f)
+PY
+  check "schema: overlays/postgres, every rendered resource" python3 -m kubernetes_validate --strict \
+    --quiet -k "$KUBERNETES_VERSION" "$overlay_dir"/[0-9]*.yaml
+  check "overlays/postgres is consistent" python3 - "$overlay_dir/rendered.yaml" <<'PY'
+import re, sys, tomllib, yaml
+
+problems = []
+def need(ok, what):
+    if not ok:
+        problems.append(what)
+
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+base_config = tomllib.loads(yaml.safe_load(open("base/configmap.yaml"))["data"]["ingest-bridge.toml"])
+config = tomllib.loads(by_kind["ConfigMap"][0]["data"]["ingest-bridge.toml"])
+state = config.pop("state", {})
+need(config == base_config, "the overlay's config differs from the base's outside [state]")
+url = state.get("url", "")
+need(url.startswith("postgres://"), "state.url is not a postgres:// URL")
+need("${PGPASSWORD}" in url, "state.url does not take the password from ${PGPASSWORD}")
+
+sts = by_kind["StatefulSet"][0]
+need("volumeClaimTemplates" not in sts["spec"], "the StatefulSet still has volumeClaimTemplates")
+need("replicas" not in sts["spec"], "the StatefulSet fixes replicas (the HPA sets them)")
+pod = sts["spec"]["template"]["spec"]
+container = pod["containers"][0]
+volumes = {v["name"]: v for v in pod["volumes"]}
+mount = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+data = mount.get(config["server"]["data_dir"])
+need(data is not None and "emptyDir" in volumes.get(data, {}), "server.data_dir is not on an emptyDir")
+
+secret = yaml.safe_load(open("overlays/postgres/secret.example.yaml"))
+secret_refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+need(secret["metadata"]["name"] in secret_refs, "the container does not read the postgres Secret")
+env = {e["name"] for e in container.get("env", [])} | set(secret["stringData"])
+for name, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}", url):
+    need(name in env or default, f"state.url needs ${{{name}}}, which neither the pod nor the Secret sets")
+
+hpa = by_kind["HorizontalPodAutoscaler"][0]["spec"]
+target = hpa["scaleTargetRef"]
+need((target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "StatefulSet", sts["metadata"]["name"]),
+     "the HPA does not scale the StatefulSet")
+need(hpa["minReplicas"] >= 2, "the HPA's minReplicas is below 2")
+need(any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"]), "the HPA is not on CPU")
+need("cpu" in container["resources"]["requests"], "no CPU request: the HPA's utilization has no base")
+ftp = sorted(s["metadata"]["name"] for s in by_kind["Service"]
+             if "statefulset.kubernetes.io/pod-name" in s["spec"]["selector"])
+need(ftp == [f"ingest-bridge-{n}" for n in range(hpa["maxReplicas"])],
+     f"FTP Services {ftp} do not cover replicas 0..maxReplicas-1 ({hpa['maxReplicas']})")
+match = re.search(r"first=\$\(\((\d+) \+ (\d+) \* ordinal\)\)", " ".join(container["command"]))
+for svc in by_kind["Service"]:
+    pod_name = svc["spec"]["selector"].get("statefulset.kubernetes.io/pod-name")
+    if not pod_name or not match:
+        continue
+    n = int(pod_name.rsplit("-", 1)[1])
+    first = int(match.group(1)) + int(match.group(2)) * n
+    passive = sorted(p["port"] for p in svc["spec"]["ports"] if p["name"].startswith("passive-"))
+    need(passive == list(range(first, first + 100)), f"Service {pod_name} does not carry ports {first}-{first + 99}")
+pdb = by_kind["PodDisruptionBudget"][0]["spec"]
+need(pdb.get("maxUnavailable") == 1, "the PodDisruptionBudget does not allow one replica at a time")
+
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+PY
+  python3 -c 'import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ConfigMap": print(d["data"]["ingest-bridge.toml"])' \
+    "$overlay_dir/rendered.yaml" >"$overlay_dir/ingest-bridge.toml"
+  if [ -x "$BIN" ]; then
+    # The Secret's variables as the pod gets them (envFrom), and those of replica 4, which
+    # only the overlay has. check-config parses the URL but does not connect.
+    check "overlays/postgres config passes check-config (replica 4, the Secret's variables)" env \
+      $(python3 -c 'import yaml; print(" ".join(f"{k}={v}" for k, v in yaml.safe_load(open("overlays/postgres/secret.example.yaml"))["stringData"].items()))') \
+      INGEST_BRIDGE__FTP__PASSIVE_PORTS=50400-50499 \
+      INGEST_BRIDGE__FTP__PASSIVE_HOST=ingest-bridge-4.ftp.example.com \
+      PLATFORM_API_KEY=test "$BIN" check-config --config "$overlay_dir/ingest-bridge.toml"
+    check "overlays/postgres config without PGPASSWORD is refused" bash -c \
+      '! env -u PGPASSWORD PGHOST=db PGUSER=u PGDATABASE=d PLATFORM_API_KEY=t "$0" check-config --config "$1"' \
+      "$BIN" "$overlay_dir/ingest-bridge.toml"
+  fi
+else
+  failed=$((failed + 1))
+  echo "FAIL overlays/postgres does not build (needs kubectl or kustomize)"
+  sed 's/^/     /' "$overlay_dir/err" 2>/dev/null
+fi
+rm -rf "$overlay_dir"
 
 # The ConfigMap's config as replica 1 reads it.
 config_dir=$(mktemp -d)

@@ -41,6 +41,7 @@ fn check_config_accepts_the_shipped_configs() {
         "config/ingest-bridge.toml",
         "config/production.example.toml",
         "config/docker-compose.toml",
+        "config/docker-compose-postgres.toml",
     ] {
         let out = bin()
             .args(["check-config", "--config", file])
