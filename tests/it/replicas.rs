@@ -164,3 +164,130 @@ async fn a_ban_made_on_one_replica_refuses_the_address_on_the_other_within_secon
     )
     .await;
 }
+
+/// The pending outbox entries in the database at `url`: id, attempts, whether claimed.
+async fn pending_entries(url: &str) -> Vec<(String, i64, bool)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the state database");
+    let connection = tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT id, attempts, claimed_by IS NOT NULL FROM outbox WHERE state = 'pending'",
+            &[],
+        )
+        .await
+        .expect("read the outbox");
+    drop(client);
+    let _ = connection.await;
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// A replica killed with completions pending while the API is down: the other delivers each
+/// exactly once, with its original id. Failed attempts release their claim (and the API's
+/// `Retry-After` spaces them 5 s apart), so the kill lands between attempts; an entry
+/// claimed at the moment of a kill would wait for the 5-minute lease instead, which the
+/// test checks did not happen rather than hiding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completions_pending_on_a_killed_replica_are_delivered_once_by_the_other() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = FakeApi::start().await;
+    let down = Arc::new(AtomicBool::new(true));
+    let is_down = down.clone();
+    api.route(move |_| {
+        is_down
+            .load(Ordering::SeqCst)
+            .then(|| common::Reply::new(503, "{}").header("retry-after", "5"))
+    });
+    let pg = common::postgres::server();
+    let url = pg.database().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = || {
+        Harness::builder()
+            .notify_url(&api.url)
+            .notify("max_backoff", "5s")
+            .state_url(&url)
+    };
+    let (store, config) = replica().write_config(dir.path()).await;
+    let mut a = common::spawn_bridge_process(&config);
+    let names = ["one.bin", "two.bin", "three.bin"];
+    let sources: Vec<Vec<u8>> = (0..names.len())
+        .map(|i| data(4096, 40 + i as u64))
+        .collect();
+    let killed = async {
+        let mut ftp = common::ftp_login_at(a.ftp, "alice").await;
+        for (name, source) in names.iter().zip(&sources) {
+            ftp.put_file(*name, &mut std::io::Cursor::new(source.clone()))
+                .await
+                .expect("STOR on A");
+        }
+        let _ = ftp.quit().await;
+        // Every completion tried once and put back unclaimed until its retry.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pending = pending_entries(&url).await;
+            if pending.len() == names.len() && pending.iter().all(|(_, n, c)| *n >= 1 && !c) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "A never tried each completion: {pending:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    a.child.kill().expect("SIGKILL A");
+    let _ = a.child.wait();
+    let () = killed;
+    let pending = pending_entries(&url).await;
+    assert!(
+        pending.iter().all(|(_, _, claimed)| !claimed),
+        "A died holding a claim (it waits for the 5-minute lease): {pending:?}"
+    );
+    let ids: std::collections::BTreeSet<String> =
+        pending.into_iter().map(|(id, _, _)| id).collect();
+    let tried: std::collections::BTreeSet<String> = api
+        .requests()
+        .iter()
+        .filter_map(|r| r.body["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids, tried, "the pending entries are the ones A tried");
+    let before = api.requests().len();
+
+    down.store(false, Ordering::SeqCst);
+    let b = replica().start_sharing(&store).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !pending_entries(&url).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never delivered them"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let delivered: Vec<Received> = api.requests().split_off(before);
+    let mut delivered_ids: Vec<String> = delivered
+        .iter()
+        .map(|r| r.body["id"].as_str().expect("id").to_string())
+        .collect();
+    delivered_ids.sort();
+    assert_eq!(
+        delivered_ids,
+        ids.iter().cloned().collect::<Vec<_>>(),
+        "each delivered exactly once by B, with its original id"
+    );
+    for r in &delivered {
+        assert_eq!(r.header("idempotency-key"), r.body["id"].as_str());
+    }
+    let mut keys: Vec<&str> = delivered
+        .iter()
+        .map(|r| r.body["key"].as_str().expect("key"))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["alice/one.bin", "alice/three.bin", "alice/two.bin"]);
+    b.assert_metric("ingest_bridge_notifications_total{outcome=delivered}", 3.0)
+        .await;
+}
