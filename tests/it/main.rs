@@ -25,6 +25,7 @@ mod platform_standins;
 mod platform_standins_more;
 mod preauth;
 mod reload;
+mod replicas;
 mod resume;
 mod security;
 mod sftp;

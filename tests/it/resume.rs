@@ -13,7 +13,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Alice starts `STOR path`, sends `bytes`, then dies: the control connection closes, then
 /// the data connection — which on its own looks exactly like a finished upload.
-async fn ftp_die_mid_upload(addr: SocketAddr, path: &str, bytes: &[u8]) {
+pub(crate) async fn ftp_die_mid_upload(addr: SocketAddr, path: &str, bytes: &[u8]) {
     let mut ftp = RawFtp::login(addr).await;
     let mut data = ftp.data().await;
     let (code, text) = ftp.command(&format!("STOR {path}")).await;

@@ -188,6 +188,11 @@ impl HarnessBuilder {
             .set("defender.ban_time", ban_time)
     }
 
+    /// `state.url`: e.g. a PostgreSQL database several bridges share.
+    pub fn state_url(self, url: &str) -> Self {
+        self.set("state.url", url)
+    }
+
     /// `notify.url` in the base `[notify]` (5 s timeout, 2 s backoff, an `X-Api-Key`).
     pub fn notify_url(self, url: &str) -> Self {
         self.set("notify.url", url)
@@ -270,6 +275,15 @@ impl HarnessBuilder {
         let env = self.env.clone();
         let text = self.config_text(dir.path(), &store);
         Harness::start_with(dir, store, text, env).await
+    }
+
+    /// Starts the bridge in a new temporary directory against `store`, which another
+    /// harness already runs (two replicas writing to one bucket).
+    pub async fn start_sharing(self, store: &EmbeddedStore) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = self.env.clone();
+        let text = self.config_text(dir.path(), store);
+        Harness::start_with(dir, store.clone(), text, env).await
     }
 
     /// Starts a store under `dir` and writes the config to `dir/bridge.toml`, for a bridge

@@ -5,10 +5,11 @@ mod builder;
 // The stand-ins model each platform whole: some of what they record no test reads yet.
 #[allow(dead_code)]
 pub mod platforms;
+pub mod postgres;
 pub mod raw_ftp;
 pub mod sftp_wire;
 
-pub use builder::start_store;
+pub use builder::{HarnessBuilder, start_store};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

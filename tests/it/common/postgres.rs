@@ -1,0 +1,219 @@
+//! A throwaway PostgreSQL 15 server for the integration tests, the same as the library's
+//! `#[cfg(test)]` `state::postgres::test_server` (which tests here cannot reach): `initdb` in
+//! a temporary directory, then `postgres` on a free loopback port, stopped when the last test
+//! using it drops it. Run as the `postgres` OS user when the tests run as root. Missing
+//! binaries fail the test, naming the Debian package `postgresql-15`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `postgresql-15` puts the server programs; `INGEST_TEST_PG_BIN` overrides.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// How long the server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server; stopped (and its directory removed) on drop.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Loopback port it listens on.
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Child,
+    /// The OS user and group to run programs as (`None`: as ourselves).
+    user: Option<(u32, u32)>,
+    databases: AtomicUsize,
+}
+
+/// The server the tests share while any of them runs.
+static SHARED: Mutex<Weak<TestServer>> = Mutex::new(Weak::new());
+
+/// The shared server, started when no test holds it.
+pub fn server() -> Arc<TestServer> {
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = shared.upgrade() {
+        return server;
+    }
+    let server = Arc::new(TestServer::start());
+    *shared = Arc::downgrade(&server);
+    server
+}
+
+impl TestServer {
+    /// Starts the server from `INGEST_TEST_PG_BIN` or Debian's directory.
+    fn start() -> TestServer {
+        let bin = std::env::var_os("INGEST_TEST_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(PG_BIN));
+        TestServer::start_from(bin)
+    }
+
+    /// Starts the server programs in `bin`; fails, naming the package, when they are not there.
+    fn start_from(bin: PathBuf) -> TestServer {
+        for program in ["initdb", "postgres", "pg_ctl", "pg_isready"] {
+            assert!(
+                bin.join(program).is_file(),
+                "PostgreSQL 15 server programs not found ({} is missing): install the Debian \
+                 package postgresql-15 (apt-get install postgresql-15), or set \
+                 INGEST_TEST_PG_BIN to the directory holding initdb and postgres",
+                bin.join(program).display()
+            );
+        }
+        let user = if id(&["-u"]) == 0 {
+            Some((id(&["-u", "postgres"]), id(&["-g", "postgres"])))
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("ingest-pg-")
+            .tempdir()
+            .expect("temporary directory");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown to postgres");
+        }
+        let data = dir.path().join("data");
+        let status = command(&bin.join("initdb"), user)
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
+            .args(["--locale=C", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run initdb");
+        assert!(
+            status.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
+                .expect("chown log");
+        }
+        let child = command(&bin.join("postgres"), user)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-k",
+            ])
+            .arg(dir.path())
+            // A test server: speed over durability; enough connections for parallel tests.
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        let mut server = TestServer {
+            port,
+            bin,
+            dir,
+            child,
+            user,
+            databases: AtomicUsize::new(0),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits until the server accepts connections; fails with its log if it ends or takes
+    /// too long.
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("postgres exited ({status}): {}", self.log());
+            }
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "postgres did not accept connections within {START_TIMEOUT:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// The URL of database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new empty database's URL (each test gets its own).
+    pub async fn database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("test_{n}");
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test server");
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        drop(client);
+        let _ = connection.await;
+        self.url(&name)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // `immediate`: nothing to keep; the data directory goes with the temporary one.
+        let _ = command(&self.bin.join("pg_ctl"), self.user)
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program`, run as `user` when given.
+fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+        // The environment names root's home; initdb and postgres read none of it but locale.
+        command.env("HOME", "/tmp").env("LC_ALL", "C");
+    }
+    command
+}
+
+/// `id ARGS` as a number.
+fn id(args: &[&str]) -> u32 {
+    let out = Command::new("id").args(args).output().expect("run id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("id {args:?} printed no number (is there a postgres user?)"))
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
