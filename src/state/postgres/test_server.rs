@@ -2,6 +2,7 @@
 //! `postgres` on a free loopback port (its socket in the same directory), stopped when the
 //! last test using it drops it. Run as the `postgres` OS user when the tests run as root
 //! (PostgreSQL refuses to run as root). Missing binaries fail the test, naming the package.
+//! The integration tests compile this same file (`tests/it/common/mod.rs`, through `#[path]`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +43,7 @@ pub fn server() -> Arc<TestServer> {
 }
 
 impl TestServer {
+    /// Starts the server from `INGEST_TEST_PG_BIN` or Debian's directory.
     fn start() -> TestServer {
         let bin = std::env::var_os("INGEST_TEST_PG_BIN")
             .map(PathBuf::from)
@@ -146,6 +148,7 @@ impl TestServer {
         }
     }
 
+    /// The server's log so far.
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }

@@ -5,6 +5,9 @@ mod builder;
 // The stand-ins model each platform whole: some of what they record no test reads yet.
 #[allow(dead_code)]
 pub mod platforms;
+/// The library's throwaway PostgreSQL 15 server, compiled here from the same file (the
+/// library's copy is `#[cfg(test)]`, out of reach of integration tests).
+#[path = "../../../src/state/postgres/test_server.rs"]
 pub mod postgres;
 pub mod raw_ftp;
 pub mod sftp_wire;
