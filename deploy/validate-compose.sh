@@ -26,20 +26,8 @@ if ! command -v haproxy >/dev/null; then
   [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
 fi
 
-passed=0
-failed=0
-check() {
-  local name=$1
-  shift
-  if out=$("$@" 2>&1); then
-    passed=$((passed + 1))
-    echo "ok   $name"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $name"
-    echo "$out" | sed 's/^/     /'
-  fi
-}
+# shellcheck source=checks.sh
+source deploy/checks.sh
 
 check "docker-compose.yml: the postgres profile is complete and consistent with haproxy.cfg" python3 - <<'PY'
 import re, sys, tomllib, yaml

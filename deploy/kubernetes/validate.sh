@@ -18,20 +18,8 @@ python3 -c 'import yaml, kubernetes_validate' 2>/dev/null ||
   pip install --quiet --disable-pip-version-check kubernetes-validate pyyaml >/dev/null 2>&1 ||
   pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate pyyaml >/dev/null
 
-passed=0
-failed=0
-check() {
-  local name=$1
-  shift
-  if out=$("$@" 2>&1); then
-    passed=$((passed + 1))
-    echo "ok   $name"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $name"
-    echo "$out" | sed 's/^/     /'
-  fi
-}
+# shellcheck source=../checks.sh
+source ../checks.sh
 
 # Built-in kinds against their schemas; the ServiceMonitor (a CRD) is checked below.
 for file in base/configmap.yaml base/statefulset.yaml base/services.yaml \
