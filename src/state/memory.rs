@@ -11,16 +11,18 @@ use std::time::{Duration, SystemTime};
 const PRUNE_ABOVE: usize = 10_000;
 /// How long a banned address's history is kept after its last failure: as long as the
 /// defender's longest ban, so a returning offender still gets a longer ban.
-const REMEMBER_BANS: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const REMEMBER_BANS: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// One address's failed logins and bans: the bookkeeping every [`BanStore`] keeps the same
+/// way (PostgreSQL's cache too), whatever stores it.
 #[derive(Debug, Default)]
-struct Record {
+pub(crate) struct BanRecord {
     /// Recent failed logins, oldest first.
-    failures: VecDeque<SystemTime>,
+    pub(crate) failures: VecDeque<SystemTime>,
     /// End of the current ban.
-    banned_until: Option<SystemTime>,
+    pub(crate) banned_until: Option<SystemTime>,
     /// Bans so far: each one doubles the next.
-    bans: u32,
+    pub(crate) bans: u32,
 }
 
 /// Time from `earlier` to `later`, zero if the clock says otherwise.
@@ -28,16 +30,61 @@ fn since(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or_default()
 }
 
-impl Record {
-    fn banned_at(&self, now: SystemTime) -> bool {
+impl BanRecord {
+    /// Whether the address is banned at `now`.
+    pub(crate) fn banned_at(&self, now: SystemTime) -> bool {
         self.banned_until.is_some_and(|u| u > now)
+    }
+
+    /// Whether the record still matters at `now`: banned, failures inside `window`, or a
+    /// past offender seen within [`REMEMBER_BANS`]. Others are pruned under a scan.
+    pub(crate) fn worth_keeping(&self, now: SystemTime, window: Duration) -> bool {
+        let last = self.failures.back();
+        self.banned_at(now)
+            || last.is_some_and(|t| since(now, *t) < window)
+            || self.bans > 0 && last.is_some_and(|t| since(now, *t) < REMEMBER_BANS)
+    }
+
+    /// Counts a failed login at `now` (nothing while banned) and forgets those older than
+    /// `window`.
+    pub(crate) fn add_failure(
+        &mut self,
+        now: SystemTime,
+        window: Duration,
+    ) -> Option<FailureScore> {
+        if self.banned_at(now) {
+            return None;
+        }
+        self.failures.push_back(now);
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| since(now, *t) > window)
+        {
+            self.failures.pop_front();
+        }
+        Some(FailureScore {
+            failures: self.failures.len(),
+            bans: self.bans,
+        })
+    }
+
+    /// Bans until `until`, unless already banned at `now`; the bans so far.
+    pub(crate) fn ban(&mut self, now: SystemTime, until: SystemTime) -> Option<u32> {
+        if self.banned_at(now) {
+            return None;
+        }
+        self.bans += 1;
+        self.banned_until = Some(until);
+        self.failures.clear();
+        Some(self.bans)
     }
 }
 
 /// The in-memory ban list; one per bridge.
 #[derive(Debug, Default)]
 pub struct MemoryBans {
-    records: Mutex<HashMap<IpAddr, Record>>,
+    records: Mutex<HashMap<IpAddr, BanRecord>>,
 }
 
 impl MemoryBans {
@@ -59,43 +106,13 @@ impl BanStore for MemoryBans {
     fn add_failure(&self, ip: IpAddr, now: SystemTime, window: Duration) -> Option<FailureScore> {
         let mut records = self.records.lock();
         if records.len() > PRUNE_ABOVE {
-            records.retain(|_, r| {
-                r.banned_at(now)
-                    || r.failures.back().is_some_and(|t| since(now, *t) < window)
-                    || r.bans > 0
-                        && r.failures
-                            .back()
-                            .is_some_and(|t| since(now, *t) < REMEMBER_BANS)
-            });
+            records.retain(|_, r| r.worth_keeping(now, window));
         }
-        let record = records.entry(ip).or_default();
-        if record.banned_at(now) {
-            return None;
-        }
-        record.failures.push_back(now);
-        while record
-            .failures
-            .front()
-            .is_some_and(|t| since(now, *t) > window)
-        {
-            record.failures.pop_front();
-        }
-        Some(FailureScore {
-            failures: record.failures.len(),
-            bans: record.bans,
-        })
+        records.entry(ip).or_default().add_failure(now, window)
     }
 
     fn ban(&self, ip: IpAddr, now: SystemTime, until: SystemTime) -> Option<u32> {
-        let mut records = self.records.lock();
-        let record = records.entry(ip).or_default();
-        if record.banned_at(now) {
-            return None;
-        }
-        record.bans += 1;
-        record.banned_until = Some(until);
-        record.failures.clear();
-        Some(record.bans)
+        self.records.lock().entry(ip).or_default().ban(now, until)
     }
 
     fn unban(&self, ip: IpAddr) {

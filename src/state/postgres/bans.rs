@@ -16,9 +16,10 @@
 //! and the failed writes are logged.
 
 use super::Pg;
+use crate::state::memory::BanRecord;
 use crate::state::{BanStore, FailureScore, StateError};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,29 +58,17 @@ fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// Time from `earlier` to `later`, zero if the clock says otherwise.
-fn since(later: SystemTime, earlier: SystemTime) -> Duration {
-    later.duration_since(earlier).unwrap_or_default()
-}
-
-/// One address as cached.
+/// One address as cached: the bookkeeping [`crate::state::memory::MemoryBans`] keeps, and what is still on its
+/// way to the table.
 #[derive(Debug, Default)]
 struct Record {
-    /// Recent failed logins, oldest first.
-    failures: VecDeque<SystemTime>,
-    /// End of the current ban.
-    banned_until: Option<SystemTime>,
-    /// Bans so far: each one doubles the next.
-    bans: u32,
+    /// Failures and bans, counted as in memory.
+    ban: BanRecord,
     /// Changes queued for the table and not written yet.
     pending: u32,
 }
 
-impl Record {
-    fn banned_at(&self, now: SystemTime) -> bool {
-        self.banned_until.is_some_and(|u| u > now)
-    }
-
+impl BanRecord {
     /// Takes the table's row, keeping the cache's own (finer) times where they agree to
     /// the millisecond.
     fn merge(&mut self, row: &Stored) {
@@ -199,37 +188,17 @@ impl BanStore for PgBans {
         self.cache
             .lock()
             .get(&ip)
-            .and_then(|r| r.banned_until)
+            .and_then(|r| r.ban.banned_until)
             .filter(|until| *until > now)
     }
 
     fn add_failure(&self, ip: IpAddr, now: SystemTime, window: Duration) -> Option<FailureScore> {
         let mut cache = self.cache.lock();
         if cache.len() > PRUNE_ABOVE {
-            let remember = Duration::from_millis(REMEMBER_MS.unsigned_abs());
-            cache.retain(|_, r| {
-                r.pending > 0
-                    || r.banned_at(now)
-                    || r.failures.back().is_some_and(|t| since(now, *t) < window)
-                    || r.bans > 0 && r.failures.back().is_some_and(|t| since(now, *t) < remember)
-            });
+            cache.retain(|_, r| r.pending > 0 || r.ban.worth_keeping(now, window));
         }
         let record = cache.entry(ip).or_default();
-        if record.banned_at(now) {
-            return None;
-        }
-        record.failures.push_back(now);
-        while record
-            .failures
-            .front()
-            .is_some_and(|t| since(now, *t) > window)
-        {
-            record.failures.pop_front();
-        }
-        let score = FailureScore {
-            failures: record.failures.len(),
-            bans: record.bans,
-        };
+        let score = record.ban.add_failure(now, window)?;
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         self.write(
             record,
@@ -245,13 +214,7 @@ impl BanStore for PgBans {
     fn ban(&self, ip: IpAddr, now: SystemTime, until: SystemTime) -> Option<u32> {
         let mut cache = self.cache.lock();
         let record = cache.entry(ip).or_default();
-        if record.banned_at(now) {
-            return None;
-        }
-        record.bans += 1;
-        record.banned_until = Some(until);
-        record.failures.clear();
-        let bans = record.bans;
+        let bans = record.ban.ban(now, until)?;
         self.write(
             record,
             Change::Ban {
@@ -267,7 +230,7 @@ impl BanStore for PgBans {
         let mut cache = self.cache.lock();
         // Written even when this replica never saw the address: another one may have banned it.
         let record = cache.entry(ip).or_default();
-        record.banned_until = None;
+        record.ban.banned_until = None;
         self.write(record, Change::Unban { ip });
     }
 
@@ -275,7 +238,7 @@ impl BanStore for PgBans {
         self.cache
             .lock()
             .values()
-            .filter(|r| r.banned_at(now))
+            .filter(|r| r.ban.banned_at(now))
             .count()
     }
 }
@@ -343,7 +306,7 @@ impl Task {
         if let Some(record) = cache.get_mut(&ip) {
             record.pending = record.pending.saturating_sub(1);
             if let (0, Some(row)) = (record.pending, row) {
-                record.merge(&row);
+                record.ban.merge(&row);
             }
         }
     }
@@ -460,7 +423,7 @@ impl Task {
             for row in &stored {
                 let record = cache.entry(row.ip).or_default();
                 if record.pending == 0 {
-                    record.merge(row);
+                    record.ban.merge(row);
                 }
             }
         }
