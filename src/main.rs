@@ -174,6 +174,7 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
         Err(e) => return fail(e),
     };
     let data_dir = config.server.data_dir;
+    let tls = config.state.tls;
     let shared = match config.state.backend {
         ingest_bridge::config::StateBackend::Sqlite => None,
         ingest_bridge::config::StateBackend::Postgres(url) => Some(url),
@@ -187,7 +188,7 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
     block_on(async move {
         // With a shared database, the outbox every replica delivers from.
         let opened = match &shared {
-            Some(url) => ingest_bridge::state::postgres::open_outbox(url).await,
+            Some(url) => ingest_bridge::state::postgres::open_outbox(url, &tls).await,
             None => ingest_bridge::state::sqlite::open_outbox(&data_dir),
         };
         let outbox = match opened {

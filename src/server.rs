@@ -220,10 +220,14 @@ impl Bridge {
                 })?
             }
             StateBackend::Postgres(url) => {
-                let stores =
-                    crate::state::postgres::open(url, with_outbox, config.state.max_connections)
-                        .await
-                        .map_err(StartError::SharedState)?;
+                let stores = crate::state::postgres::open(
+                    url,
+                    with_outbox,
+                    config.state.max_connections,
+                    &config.state.tls,
+                )
+                .await
+                .map_err(StartError::SharedState)?;
                 tracing::info!(database = %crate::config::state::without_password(url),
                     "durable state shared in PostgreSQL");
                 stores

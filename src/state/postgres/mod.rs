@@ -2,7 +2,7 @@
 //! naming the same `[state] url` share — the outbox, cut uploads with their part marks,
 //! temporary names, quota usage, and the defender's bans and failure scores.
 //!
-//! A bounded pool of connections (tokio-postgres through deadpool-postgres, no TLS yet) is
+//! A bounded pool of connections (tokio-postgres through deadpool-postgres, TLS by [`tls`]) is
 //! shared by the stores; the schema is created and migrated at start under an advisory lock
 //! ([`schema`]), so replicas starting together on an empty database are safe.
 
@@ -16,16 +16,20 @@ mod temp_names;
 mod test_server;
 #[cfg(test)]
 mod tests;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 pub use bans::PgBans;
 pub use outbox::PgOutbox;
 pub use schema::{SCHEMA_VERSION, SchemaTooNew};
+pub use tls::{HandshakeError, TlsSetupError};
 
 use super::{StateError, Stores};
+use crate::config::StateTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// Connections each replica keeps at most when none is configured.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
@@ -34,16 +38,18 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens every store in the database at `url` (`postgres://…` or `postgresql://…`), with at
-/// most `max_connections` connections, after creating or migrating its schema: the outbox
-/// only when `with_outbox` (a connector is configured). Bans are cached in memory and kept in
+/// most `max_connections` connections over TLS as `url`'s `sslmode` and `tls` say, after
+/// creating or migrating its schema: the outbox only when `with_outbox` (a connector is
+/// configured). Bans are cached in memory and kept in
 /// step with the database by a background task (see [`PgBans`]), so this must run inside a
 /// Tokio runtime.
 pub async fn open(
     url: &str,
     with_outbox: bool,
     max_connections: usize,
+    tls: &StateTls,
 ) -> Result<Stores, StateError> {
-    open_with_bans(url, with_outbox, max_connections)
+    open_with_bans(url, with_outbox, max_connections, tls)
         .await
         .map(|(stores, _)| stores)
 }
@@ -53,8 +59,9 @@ async fn open_with_bans(
     url: &str,
     with_outbox: bool,
     max_connections: usize,
+    tls: &StateTls,
 ) -> Result<(Stores, Arc<PgBans>), StateError> {
-    let pg = Pg::connect(url, max_connections).await?;
+    let pg = Pg::connect(url, max_connections, tls).await?;
     schema::migrate(&pg).await?;
     let outbox = if with_outbox {
         let outbox: Arc<dyn super::OutboxStore> = Arc::new(PgOutbox::new(pg.clone()));
@@ -75,8 +82,11 @@ async fn open_with_bans(
 }
 
 /// Opens (creating or migrating) the outbox alone, as the `outbox` commands do.
-pub async fn open_outbox(url: &str) -> Result<Arc<dyn super::OutboxStore>, StateError> {
-    let pg = Pg::connect(url, 2).await?;
+pub async fn open_outbox(
+    url: &str,
+    tls: &StateTls,
+) -> Result<Arc<dyn super::OutboxStore>, StateError> {
+    let pg = Pg::connect(url, 2, tls).await?;
     schema::migrate(&pg).await?;
     Ok(Arc::new(PgOutbox::new(pg)))
 }
@@ -98,26 +108,18 @@ impl std::fmt::Debug for Pg {
 }
 
 impl Pg {
-    /// Parses `url` and makes a pool of at most `max_connections` (at least one); no
-    /// connection is made until the first operation.
-    async fn connect(url: &str, max_connections: usize) -> Result<Pg, StateError> {
+    /// Parses `url` and makes a pool of at most `max_connections` (at least one), with TLS as
+    /// `sslmode` and `tls` say; no connection is made until the first operation.
+    async fn connect(url: &str, max_connections: usize, tls: &StateTls) -> Result<Pg, StateError> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| {
             StateError::backend("state database", "[state] url", InvalidUrl(Box::new(e)))
         })?;
         let location: Arc<str> = location_of(&config).into();
-        if !matches!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
-        ) {
-            return Err(StateError::backend(
-                "state database",
-                location.to_string(),
-                TlsUnsupported,
-            ));
-        }
+        let tls = tls::connector(config.get_ssl_mode(), tls)
+            .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 // Fast: a connection that broke is found out by its next query, which fails
                 // and is retried by the caller's own schedule (the outbox, a resume).
@@ -137,7 +139,10 @@ impl Pg {
 
     /// A connection from the pool, or the error of `store`.
     async fn client(&self, store: &'static str) -> Result<deadpool_postgres::Object, StateError> {
-        self.pool.get().await.map_err(|e| self.error(store, e))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.error(store, tls::WithCauses(e)))
     }
 
     /// The error of `store` in this database, caused by `e`.
@@ -154,14 +159,6 @@ impl Pg {
 #[derive(Debug, thiserror::Error)]
 #[error("not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
 pub struct InvalidUrl(#[source] Box<dyn std::error::Error + Send + Sync>);
-
-/// A URL asking for TLS (`sslmode=require`), which this release does not speak yet.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "sslmode=require: this release connects to PostgreSQL without TLS; keep the database on \
-     a private network and drop sslmode from state.url (or set sslmode=disable)"
-)]
-pub struct TlsUnsupported;
 
 /// `postgres://user@host:port/database`, without the password, for errors and logs.
 fn location_of(config: &tokio_postgres::Config) -> String {

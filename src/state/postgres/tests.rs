@@ -4,15 +4,22 @@
 
 use super::test_server::{TestServer, server};
 use super::{DEFAULT_MAX_CONNECTIONS, PgBans, SCHEMA_VERSION, open, open_with_bans};
+use crate::config::{StateTls, TlsVerify};
 use crate::state::{BanStore, PendingEntry, Stores, conformance, now_ms};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// `[state]` without TLS keys (the test server speaks plain text, which `prefer` accepts).
+const NO_KEYS: StateTls = StateTls {
+    verify: TlsVerify::Full,
+    ca_file: None,
+};
 
 /// A fresh database on the shared server, with every store opened on it.
 async fn stores() -> (Arc<TestServer>, String, Stores) {
     let server = server();
     let url = server.database().await;
-    let stores = open(&url, true, DEFAULT_MAX_CONNECTIONS)
+    let stores = open(&url, true, DEFAULT_MAX_CONNECTIONS, &NO_KEYS)
         .await
         .expect("open the PostgreSQL stores");
     (server, url, stores)
@@ -54,10 +61,14 @@ async fn postgres_quota() {
 async fn postgres_bans() {
     let server = server();
     let url = server.database().await;
-    let (_, bans) = open_with_bans(&url, false, 2).await.expect("open");
+    let (_, bans) = open_with_bans(&url, false, 2, &NO_KEYS)
+        .await
+        .expect("open");
     conformance::bans(bans.as_ref());
     bans.sync().await.expect("every change written");
-    let other = open(&url, false, 2).await.expect("second replica");
+    let other = open(&url, false, 2, &NO_KEYS)
+        .await
+        .expect("second replica");
     let ip = "198.51.100.7".parse().expect("ip");
     let other_ip = "2001:db8::1".parse().expect("ip");
     let now = SystemTime::now();
@@ -75,8 +86,10 @@ async fn postgres_bans() {
 async fn two_replicas() -> (Arc<TestServer>, Arc<PgBans>, Arc<PgBans>) {
     let server = server();
     let url = server.database().await;
-    let (_, a) = open_with_bans(&url, false, 2).await.expect("first replica");
-    let (_, b) = open_with_bans(&url, false, 2)
+    let (_, a) = open_with_bans(&url, false, 2, &NO_KEYS)
+        .await
+        .expect("first replica");
+    let (_, b) = open_with_bans(&url, false, 2, &NO_KEYS)
         .await
         .expect("second replica");
     (server, a, b)
@@ -157,7 +170,7 @@ async fn concurrent_opens_of_an_empty_database_both_succeed() {
     let opens: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { open(&url, true, 2).await })
+            tokio::spawn(async move { open(&url, true, 2, &NO_KEYS).await })
         })
         .collect();
     for opened in opens {
@@ -199,7 +212,7 @@ async fn a_newer_schema_is_refused() {
         )
         .await
         .expect("pretend a newer release ran");
-    let error = open(&url, true, 2).await.expect_err("refused");
+    let error = open(&url, true, 2, &NO_KEYS).await.expect_err("refused");
     let message = format!("{error}");
     assert!(
         message.contains(&format!("version {}", SCHEMA_VERSION + 1))
@@ -218,7 +231,7 @@ async fn a_newer_schema_is_refused() {
 #[tokio::test]
 async fn a_claimed_entry_is_leased_to_its_replica() {
     let (_server, url, first) = stores().await;
-    let second = open(&url, true, 2).await.expect("second replica");
+    let second = open(&url, true, 2, &NO_KEYS).await.expect("second replica");
     let (a, b) = (
         first.outbox.expect("outbox"),
         second.outbox.expect("outbox"),
@@ -256,7 +269,9 @@ async fn a_claimed_entry_is_leased_to_its_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_resumes_a_cut_upload() {
     let (_server, url, first) = stores().await;
-    let second = open(&url, false, 2).await.expect("second replica");
+    let second = open(&url, false, 2, &NO_KEYS)
+        .await
+        .expect("second replica");
     let mut rec = crate::state::PartialRecord {
         key: "u/x.bin".into(),
         username: "u".into(),
@@ -302,22 +317,25 @@ async fn one_replica_resumes_a_cut_upload() {
 /// A URL that is not PostgreSQL's, or a server that is not there, is a typed error.
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {
-    let error = open("postgres://u:secret@127.0.0.1:notaport/db", true, 2)
-        .await
-        .expect_err("bad url");
+    let error = open(
+        "postgres://u:secret@127.0.0.1:notaport/db",
+        true,
+        2,
+        &NO_KEYS,
+    )
+    .await
+    .expect_err("bad url");
     let message = format!("{error}");
     assert!(message.contains("not a PostgreSQL URL"), "{message}");
     assert!(!message.contains("secret"), "{message}");
-    let error = open("postgres://u@127.0.0.1/db?sslmode=require", true, 2)
-        .await
-        .expect_err("no TLS yet");
-    assert!(format!("{error}").contains("without TLS"), "{error}");
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
     };
     let url = format!("postgres://u:secret@127.0.0.1:{port}/db?connect_timeout=2");
-    let error = open(&url, true, 2).await.expect_err("nothing listens");
+    let error = open(&url, true, 2, &NO_KEYS)
+        .await
+        .expect_err("nothing listens");
     let message = format!("{error}");
     assert!(
         message.contains(&format!("127.0.0.1:{port}/db")),
