@@ -233,6 +233,9 @@ impl Bridge {
                 stores
             }
         };
+        if let Some(health) = &stores.health {
+            health.register(&metrics.registry);
+        }
         let notifier = Notifier::start(
             &config.notify,
             &config.users,
@@ -348,12 +351,15 @@ impl Bridge {
             let draining = draining.clone();
             let defender = defender.clone();
             let banned = metrics.defender_banned_addresses.clone();
+            let state = stores.health.clone();
             Arc::new(move || {
                 // Bans end by themselves: refresh the gauge whenever it is looked at.
                 banned.set(i64::try_from(defender.banned_now()).unwrap_or(i64::MAX));
                 let storage = storage.clone();
                 let notifier = notifier.clone();
                 let draining = draining.clone();
+                // Read from the background probe: a scrape never waits on the database.
+                let state = state.as_ref().map(|health| health.check());
                 Box::pin(async move {
                     let listeners = if draining.is_cancelled() {
                         Err(
@@ -373,7 +379,7 @@ impl Bridge {
                                 "HeadBucket took longer than {READY_CHECK_TIMEOUT:?}"
                             )),
                         };
-                    vec![
+                    let mut checks = vec![
                         ("listeners", listeners),
                         ("s3", bucket),
                         (
@@ -384,7 +390,11 @@ impl Bridge {
                             "outbox",
                             notifier.check_outbox().await.map_err(|e| e.to_string()),
                         ),
-                    ]
+                    ];
+                    if let Some(state) = state {
+                        checks.push(("state", state));
+                    }
+                    checks
                 })
             })
         };

@@ -53,7 +53,7 @@ pub enum NotifyError {
         source: std::io::Error,
     },
     /// The outbox could not be opened or written.
-    #[error("cannot use the {0}. Check free space and permissions of server.data_dir.")]
+    #[error("cannot use the {store}. {hint}", store = .0, hint = .0.what_to_check())]
     Outbox(#[from] StateError),
     /// The completion could not be turned into JSON.
     #[error("cannot serialise the completion: {0}")]

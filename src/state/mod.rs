@@ -66,6 +66,18 @@ impl StateError {
         }
     }
 
+    /// What an operator should look at: the database of `state.url`, or the files.
+    pub fn what_to_check(&self) -> &'static str {
+        let location = match self {
+            StateError::Backend { location, .. } | StateError::Task { location, .. } => location,
+        };
+        if location.starts_with("postgres://") {
+            "Check that the database of state.url is reachable and accepts writes."
+        } else {
+            "Check free space and permissions of server.data_dir."
+        }
+    }
+
     /// Which store failed ("outbox", "upload state").
     pub fn store(&self) -> &'static str {
         match self {
@@ -88,6 +100,9 @@ pub struct Stores {
     pub quota: Arc<dyn QuotaStore>,
     /// The defender's bans and failed-login scores.
     pub bans: Arc<dyn BanStore>,
+    /// Reachability of a shared database (for `/readyz` and metrics); `None` on SQLite,
+    /// whose files the outbox and event-log checks already cover.
+    pub health: Option<Arc<postgres::Health>>,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -8,6 +8,9 @@
 
 mod bans;
 mod cut_uploads;
+mod health;
+#[cfg(test)]
+mod outage_tests;
 mod outbox;
 mod quota;
 mod schema;
@@ -21,6 +24,7 @@ mod tls;
 mod tls_tests;
 
 pub use bans::PgBans;
+pub use health::{Health, PROBE_INTERVAL};
 pub use outbox::PgOutbox;
 pub use schema::{SCHEMA_VERSION, SchemaTooNew};
 pub use tls::{HandshakeError, TlsSetupError};
@@ -63,6 +67,7 @@ async fn open_with_bans(
 ) -> Result<(Stores, Arc<PgBans>), StateError> {
     let pg = Pg::connect(url, max_connections, tls).await?;
     schema::migrate(&pg).await?;
+    pg.health.start_probe(&pg.pool);
     let outbox = if with_outbox {
         let outbox: Arc<dyn super::OutboxStore> = Arc::new(PgOutbox::new(pg.clone()));
         Some(outbox)
@@ -70,6 +75,7 @@ async fn open_with_bans(
         None
     };
     let uploads = Arc::new(PgUploads { pg: pg.clone() });
+    let pg_health = pg.health.clone();
     let bans = Arc::new(PgBans::start(pg).await?);
     let stores = Stores {
         outbox,
@@ -77,6 +83,7 @@ async fn open_with_bans(
         temp_names: uploads.clone(),
         quota: uploads,
         bans: bans.clone(),
+        health: Some(pg_health),
     };
     Ok((stores, bans))
 }
@@ -96,6 +103,7 @@ pub async fn open_outbox(
 pub(crate) struct Pg {
     pool: Pool,
     location: Arc<str>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -132,13 +140,29 @@ impl Pg {
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(DURABLE_COMMITS)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
-        Ok(Pg { pool, location })
+        Ok(Pg {
+            pool,
+            location,
+            health: Arc::default(),
+        })
     }
 
-    /// A connection from the pool, or the error of `store`.
+    /// A connection from the pool, or the error of `store`: at once while the health probe
+    /// finds the database unreachable, rather than after a connection attempt of its own.
     async fn client(&self, store: &'static str) -> Result<deadpool_postgres::Object, StateError> {
+        if let Some(why) = self.health.known_down() {
+            return Err(self.error(store, Unreachable(why)));
+        }
         self.pool
             .get()
             .await
@@ -151,9 +175,22 @@ impl Pg {
         store: &'static str,
         e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> StateError {
+        self.health.failed(store);
         StateError::backend(store, self.location.to_string(), e)
     }
 }
+
+/// Run on every new connection: a database (or role) configured with `synchronous_commit =
+/// off` would acknowledge an outbox insert before it is on disk, and a crash would then
+/// lose a completion whose client already heard success; the bridge's sessions commit
+/// durably. Any other setting (`on`, `remote_apply`, …) is the operator's and is kept.
+const DURABLE_COMMITS: &str = "SELECT set_config('synchronous_commit', 'on', false)
+     WHERE current_setting('synchronous_commit') = 'off'";
+
+/// An operation refused at once because the health probe finds the database unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("unreachable (checked every second; operations resume when it answers): {0}")]
+struct Unreachable(String);
 
 /// A `[state] url` that is not a PostgreSQL connection string.
 #[derive(Debug, thiserror::Error)]

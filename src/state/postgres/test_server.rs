@@ -25,6 +25,8 @@ pub struct TestServer {
     child: Child,
     /// The OS user and group to run programs as (`None`: as ourselves).
     user: Option<(u32, u32)>,
+    /// Settings beyond the defaults, kept for a restart (TLS).
+    extra_args: Vec<String>,
     databases: AtomicUsize,
 }
 
@@ -104,40 +106,44 @@ impl TestServer {
         );
         let tls_args = tls.map(|tls| tls.install(&data, user)).unwrap_or_default();
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
-                .expect("chown log");
-        }
-        let child = command(&bin.join("postgres"), user)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-k",
-            ])
-            .arg(dir.path())
-            // A test server: speed over durability; enough connections for parallel tests.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .args(&tls_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
+        let child = launch(&bin, dir.path(), port, user, &tls_args);
         let mut server = TestServer {
             port,
             bin,
             dir,
             child,
             user,
+            extra_args: tls_args,
             databases: AtomicUsize::new(0),
         };
         server.wait_ready();
         server
+    }
+
+    /// A server of the caller's own, not shared with other tests: one it may stop and start.
+    pub fn private() -> TestServer {
+        TestServer::start()
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: like a crash, no shutdown
+    /// checkpoint; what was committed is recovered from the WAL at the next start).
+    pub fn stop(&mut self) {
+        let status = command(&self.bin.join("pg_ctl"), self.user)
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_ctl stop");
+        assert!(status.success(), "pg_ctl stop failed: {}", self.log());
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same port and data directory, and waits
+    /// until it accepts connections.
+    pub fn restart(&mut self) {
+        self.child = launch(&self.bin, self.dir.path(), self.port, self.user, &self.extra_args);
+        self.wait_ready();
     }
 
     /// Waits until the server accepts connections; fails with its log if it ends or takes
@@ -293,6 +299,44 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `postgres` on `port` with its data directory, socket and log in `dir`.
+fn launch(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    user: Option<(u32, u32)>,
+    extra_args: &[String],
+) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .expect("log file");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid))
+            .expect("chown log");
+    }
+    command(&bin.join("postgres"), user)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-k",
+        ])
+        .arg(dir)
+        // A test server: speed over durability; enough connections for parallel tests.
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start postgres")
 }
 
 /// `program`, run as `user` when given.

@@ -36,6 +36,7 @@ pub fn open(data_dir: &Path, with_outbox: bool) -> Result<Stores, StateError> {
         temp_names: uploads.clone(),
         quota: uploads,
         bans: Arc::new(MemoryBans::new()),
+        health: None,
     })
 }
 
