@@ -8,6 +8,7 @@
 
 mod bans;
 mod cut_uploads;
+mod listener;
 mod outbox;
 mod quota;
 mod schema;
@@ -86,6 +87,8 @@ pub async fn open_outbox(url: &str) -> Result<Arc<dyn super::OutboxStore>, State
 pub(crate) struct Pg {
     pool: Pool,
     location: Arc<str>,
+    /// Where to connect, for connections outside the pool (the outbox's listener).
+    config: Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -116,7 +119,7 @@ impl Pg {
             ));
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 // Fast: a connection that broke is found out by its next query, which fails
@@ -132,7 +135,11 @@ impl Pg {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
-        Ok(Pg { pool, location })
+        Ok(Pg {
+            pool,
+            location,
+            config: Arc::new(config),
+        })
     }
 
     /// A connection from the pool, or the error of `store`.
