@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 const BUCKET_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `/readyz` waits for HeadBucket.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stop waits for queued completions to be delivered (or `drain_timeout`, if
-/// shorter); what is left stays pending in the outbox.
+/// How long a stop waits for queued completions to be delivered — with a shared outbox,
+/// for this replica's running deliveries to finish — (or `drain_timeout`, if shorter);
+/// what is left stays pending in the outbox (handed to the other replicas when shared).
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the bridge could not start. Each message names the key or address to fix.
@@ -466,17 +467,9 @@ impl Bridge {
         }
         // Refuses new uploads at once, then waits for the running ones.
         self.pipeline.shutdown(self.drain_timeout).await;
-        if !self
-            .notifier
-            .drain(self.drain_timeout.min(NOTIFY_DRAIN_TIMEOUT))
-            .await
-        {
-            tracing::warn!(
-                pending = self.notifier.pending(),
-                "stopping with undelivered completions; they stay in the outbox and are sent after the next start"
-            );
-        }
-        self.notifier.stop();
+        self.notifier
+            .shutdown(self.drain_timeout.min(NOTIFY_DRAIN_TIMEOUT))
+            .await;
         self.stopped.cancel();
         if let Some(store) = &self.embedded {
             store.stop();

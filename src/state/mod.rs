@@ -19,7 +19,7 @@ pub mod sqlite;
 mod uploads;
 
 pub use bans::{BanStore, FailureScore};
-pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State};
+pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State, WakeupSender, Wakeups, leased};
 pub use uploads::{CutUploadStore, PartMark, PartialRecord, QuotaStore, TempNameStore, TempRecord};
 
 use std::sync::Arc;

@@ -27,6 +27,7 @@ mod preauth;
 mod reload;
 mod replicas;
 mod replicas_outage;
+mod replicas_outbox;
 mod resume;
 mod security;
 mod sftp;

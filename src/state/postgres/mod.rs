@@ -11,6 +11,7 @@ mod cut_uploads;
 mod health;
 #[cfg(test)]
 mod outage_tests;
+mod listener;
 mod outbox;
 mod quota;
 mod schema;
@@ -104,6 +105,10 @@ pub(crate) struct Pg {
     pool: Pool,
     location: Arc<str>,
     health: Arc<Health>,
+    /// Where to connect, for connections outside the pool (the outbox's listener).
+    config: Arc<tokio_postgres::Config>,
+    /// How connections outside the pool (the listener) speak TLS, as the pool's do.
+    tls: tls::MakeRustls,
 }
 
 impl std::fmt::Debug for Pg {
@@ -126,8 +131,8 @@ impl Pg {
         let tls = tls::connector(config.get_ssl_mode(), tls)
             .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
         let manager = Manager::from_config(
-            config,
-            tls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 // Fast: a connection that broke is found out by its next query, which fails
                 // and is retried by the caller's own schedule (the outbox, a resume).
@@ -154,6 +159,8 @@ impl Pg {
             pool,
             location,
             health: Arc::default(),
+            config: Arc::new(config),
+            tls,
         })
     }
 

@@ -5,7 +5,7 @@
 use super::test_server::{TestServer, server};
 use super::{DEFAULT_MAX_CONNECTIONS, PgBans, SCHEMA_VERSION, open, open_with_bans};
 use crate::config::{StateTls, TlsVerify};
-use crate::state::{BanStore, PendingEntry, Stores, conformance, now_ms};
+use crate::state::{BanStore, OutboxStore, PendingEntry, Stores, conformance, now_ms};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -342,4 +342,135 @@ async fn bad_urls_are_typed_errors() {
         "{message}"
     );
     assert!(!message.contains("secret"), "{message}");
+}
+
+/// A pending entry `id`, due at once.
+fn entry(id: &str) -> PendingEntry {
+    PendingEntry {
+        id: id.into(),
+        key: format!("u/{id}.bin"),
+        body: b"{}".to_vec(),
+        step: 0,
+        fields: serde_json::Map::new(),
+        attempts: 0,
+        since_ms: 0,
+    }
+}
+
+/// Waits up to 10 s for `wakeups` to be live, then takes the wake-up that going live gives.
+async fn listening(wakeups: &crate::state::Wakeups) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !wakeups.live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    woken(wakeups, "going live").await;
+}
+
+/// Asserts that `wakeups` wakes within 5 s.
+async fn woken(wakeups: &crate::state::Wakeups, why: &str) {
+    tokio::time::timeout(Duration::from_secs(5), wakeups.changed())
+        .await
+        .unwrap_or_else(|_| panic!("not woken by {why}"));
+}
+
+/// A clean stop releases the stopping replica's claims: another replica is woken and
+/// claims the entry at once, not when the lease ends. Meanwhile the other replica's next
+/// due time is the lease's end (not "now", which would have it poll in a tight loop).
+#[tokio::test]
+async fn a_released_claim_is_claimable_at_once_by_another_replica() {
+    let (_server, url, first) = stores().await;
+    let second = open(&url, true, 2).await.expect("second replica");
+    let (a, b) = (
+        first.outbox.expect("outbox"),
+        second.outbox.expect("outbox"),
+    );
+    let wakeups = b.wakeups().expect("a shared outbox wakes its replicas");
+    listening(&wakeups).await;
+
+    a.insert(entry("e")).await.expect("insert");
+    woken(&wakeups, "an insert on the other replica").await;
+    let now = now_ms();
+    assert!(a.claim("e", now).await.expect("claim").is_some());
+    assert!(b.claim("e", now).await.expect("claim").is_none(), "leased");
+    let lease = i64::try_from(a.lease().expect("a lease").as_millis()).expect("ms");
+    let next = b.next_due().await.expect("next due").expect("pending");
+    assert!(
+        next >= now + lease - 1000,
+        "due on B when A's lease ends, not at once: {} ms from now",
+        next - now
+    );
+
+    assert_eq!(a.release_claims().await.expect("release"), 1);
+    woken(&wakeups, "a released claim").await;
+    let now = now_ms();
+    assert_eq!(b.due(now, 10).await.expect("due"), vec!["e"]);
+    assert!(b.next_due().await.expect("next due").expect("pending") <= now);
+    assert!(
+        b.claim("e", now).await.expect("claim").is_some(),
+        "claimed at once"
+    );
+    assert_eq!(
+        a.release_claims().await.expect("release"),
+        0,
+        "A holds none"
+    );
+
+    // An operator's retry wakes the replicas too.
+    b.finish("e", crate::state::State::Dead, 1, Some("refused".into()))
+        .await
+        .expect("finish");
+    a.retry(Some("e".into())).await.expect("retry");
+    woken(&wakeups, "an operator's retry").await;
+}
+
+/// A delivery that takes longer than the lease keeps its claim: [`crate::state::leased`]
+/// renews it every third of the lease, and the other replica can neither list nor claim
+/// the entry all along; once nothing renews it, the lease lapses and the other takes it.
+#[tokio::test]
+async fn a_delivery_outlasting_its_lease_keeps_its_claim() {
+    let (_server, url, _) = stores().await;
+    let lease = Duration::from_millis(600);
+    let replica = || async {
+        let pg = super::Pg::connect(&url, 2).await.expect("connect");
+        super::PgOutbox::new(pg).with_lease(lease)
+    };
+    let (a, b) = (replica().await, replica().await);
+    assert_ne!(a.owner(), b.owner());
+    a.insert(entry("slow")).await.expect("insert");
+    assert!(a.claim("slow", now_ms()).await.expect("claim").is_some());
+
+    let delivery = crate::state::leased(&a, "slow", async {
+        tokio::time::sleep(lease * 4).await;
+        "delivered"
+    });
+    let other = async {
+        let until = tokio::time::Instant::now() + lease * 4 - Duration::from_millis(100);
+        let mut looks = 0;
+        while tokio::time::Instant::now() < until {
+            let now = now_ms();
+            assert!(b.due(now, 10).await.expect("due").is_empty(), "listed on B");
+            assert!(
+                b.claim("slow", now).await.expect("claim").is_none(),
+                "B took over a delivery still running on A"
+            );
+            looks += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        looks
+    };
+    let (outcome, looks) = tokio::join!(delivery, other);
+    assert_eq!(outcome, "delivered");
+    assert!(looks > 10, "B looked {looks} times");
+
+    // Nothing renews it now: the lease lapses and B takes over.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert!(
+        b.claim("slow", now_ms()).await.expect("claim").is_some(),
+        "taken over once the lease lapsed"
+    );
+    assert!(!a.renew("slow").await.expect("renew"), "A lost it");
 }
