@@ -18,8 +18,9 @@ pub mod postgres;
 pub mod sqlite;
 mod uploads;
 
-pub use bans::{BanStore, FailureScore};
+pub use bans::{BanEntry, BanStore, FailureScore};
 pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State, WakeupSender, Wakeups, leased};
+pub(crate) use uploads::Writing;
 pub use uploads::{CutUploadStore, PartMark, PartialRecord, QuotaStore, TempNameStore, TempRecord};
 
 use std::sync::Arc;

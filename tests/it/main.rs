@@ -28,6 +28,7 @@ mod reload;
 mod replicas;
 mod replicas_outage;
 mod replicas_outbox;
+mod replicas_bans;
 mod resume;
 mod security;
 mod sftp;

@@ -14,7 +14,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Replica A and replica B on one new database of the shared test server and one bucket,
 /// both notifying `api`; each `customize`d the same way.
-async fn two_replicas(
+pub(crate) async fn two_replicas(
     api: &FakeApi,
     customize: impl Fn(common::HarnessBuilder) -> common::HarnessBuilder,
 ) -> (Arc<TestServer>, Harness, Harness) {
@@ -43,7 +43,11 @@ fn completions_for(api: &FakeApi, key: &str) -> Vec<Received> {
 
 /// Waits up to `within` for a completion of `key`, then a little longer for any duplicate;
 /// returns all of them.
-async fn settled_completions(api: &FakeApi, key: &str, within: Duration) -> Vec<Received> {
+pub(crate) async fn settled_completions(
+    api: &FakeApi,
+    key: &str,
+    within: Duration,
+) -> Vec<Received> {
     let deadline = tokio::time::Instant::now() + within;
     while completions_for(api, key).is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -53,7 +57,7 @@ async fn settled_completions(api: &FakeApi, key: &str, within: Duration) -> Vec<
 }
 
 /// The first line the FTP server at `addr` sends.
-async fn ftp_greeting(addr: std::net::SocketAddr) -> String {
+pub(crate) async fn ftp_greeting(addr: std::net::SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut buf = vec![0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))

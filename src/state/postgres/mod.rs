@@ -24,7 +24,7 @@ mod tls;
 #[cfg(test)]
 mod tls_tests;
 
-pub use bans::PgBans;
+pub use bans::{PgBans, REFRESH as BAN_REFRESH};
 pub use health::{Health, PROBE_INTERVAL};
 pub use outbox::PgOutbox;
 pub use schema::{SCHEMA_VERSION, SchemaTooNew};
@@ -38,6 +38,15 @@ use std::time::Duration;
 
 /// Connections each replica keeps at most when none is configured.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+/// How long a running upload stays leased to the replica writing it without a renewal;
+/// past it the upload counts as left by a dead replica and another one adopts it.
+pub const UPLOAD_LEASE: Duration = Duration::from_secs(30);
+/// How often a replica renews the leases of the uploads it writes.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// The database's clock in ms since the epoch: leases and ban changes are timed by it, so
+/// replicas' clocks need not agree.
+const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// How long an operation waits for a free connection, or for a new one to be made, before
 /// it fails (a database that is down must not hang uploads forever).
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,7 +84,7 @@ async fn open_with_bans(
     } else {
         None
     };
-    let uploads = Arc::new(PgUploads { pg: pg.clone() });
+    let uploads = Arc::new(PgUploads::start(pg.clone(), UPLOAD_LEASE, RENEW_EVERY));
     let pg_health = pg.health.clone();
     let bans = Arc::new(PgBans::start(pg).await?);
     let stores = Stores {
@@ -97,6 +106,14 @@ pub async fn open_outbox(
     let pg = Pg::connect(url, 2, tls).await?;
     schema::migrate(&pg).await?;
     Ok(Arc::new(PgOutbox::new(pg)))
+}
+
+/// Opens (creating or migrating) the shared ban list alone, loaded whole, as the `bans`
+/// commands do.
+pub async fn open_bans(url: &str) -> Result<Arc<PgBans>, StateError> {
+    let pg = Pg::connect(url, 2).await?;
+    schema::migrate(&pg).await?;
+    Ok(Arc::new(PgBans::start(pg).await?))
 }
 
 /// The connection pool and where it leads (without credentials, for errors); cheap to clone.
@@ -234,6 +251,72 @@ fn location_of(config: &tokio_postgres::Config) -> String {
 #[derive(Clone, Debug)]
 pub struct PgUploads {
     pg: Pg,
+    /// This opening's name in `partials.owner` and `leases.owner`: unique per start, so a
+    /// restarted replica does not take its dead predecessor's uploads for its own.
+    owner: Arc<str>,
+    /// How long a lease lasts without a renewal, in ms.
+    lease_ms: i64,
+    /// The uploads this opening writes, whose leases it renews.
+    writing: super::Writing,
+    /// Held by every clone: the renewing task ends when the last one is dropped.
+    alive: Arc<()>,
+}
+
+impl PgUploads {
+    /// The stores on `pg`, with a task renewing the leases of the uploads this opening
+    /// writes every `renew_every`, each for `lease`.
+    fn start(pg: Pg, lease: Duration, renew_every: Duration) -> PgUploads {
+        let uploads = PgUploads {
+            pg,
+            owner: uuid::Uuid::now_v7().to_string().into(),
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            writing: super::Writing::default(),
+            alive: Arc::new(()),
+        };
+        // Not `alive` itself: dropping the stores ends the task.
+        let alive = Arc::downgrade(&uploads.alive);
+        let (pg, owner, writing, lease_ms) = (
+            uploads.pg.clone(),
+            uploads.owner.clone(),
+            uploads.writing.clone(),
+            uploads.lease_ms,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(renew_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                let ids = writing.ids();
+                if ids.is_empty() {
+                    continue;
+                }
+                if let Err(e) = renew(&pg, &owner, lease_ms, &ids).await {
+                    tracing::warn!(error = %e, uploads = ids.len(),
+                        "cannot renew the leases of running uploads; another replica adopts them when they run out");
+                }
+            }
+        });
+        uploads
+    }
+}
+
+/// Renews `owner`'s leases of the running uploads `ids` for `lease_ms`.
+async fn renew(pg: &Pg, owner: &str, lease_ms: i64, ids: &[String]) -> Result<(), StateError> {
+    let client = pg.client(UPLOADS).await?;
+    client
+        .execute(
+            &format!(
+                "UPDATE partials SET lease_until_ms = {DB_NOW} + $2
+                 WHERE active AND owner = $1 AND upload_id = ANY($3)"
+            ),
+            &[&owner, &lease_ms, &ids],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| pg.error(UPLOADS, e))
 }
 
 /// The store name of the upload state in errors, as SQLite's.

@@ -55,6 +55,9 @@ const SCHEMA: &str = "
 #[derive(Clone, Debug)]
 pub struct SqliteUploads {
     pub(super) db: Db,
+    /// The uploads this process writes: the running records it did not begin were left by
+    /// an earlier process.
+    pub(super) writing: crate::state::Writing,
 }
 
 impl SqliteUploads {
@@ -62,6 +65,9 @@ impl SqliteUploads {
     pub fn open(data_dir: &Path) -> Result<SqliteUploads, StateError> {
         let db = Db::open("upload state", &data_dir.join(UPLOADS_FILE), "NORMAL")?;
         db.now(|c| c.execute_batch(SCHEMA))?;
-        Ok(SqliteUploads { db })
+        Ok(SqliteUploads {
+            db,
+            writing: Default::default(),
+        })
     }
 }
