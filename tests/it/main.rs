@@ -23,6 +23,7 @@ mod outbox;
 mod pipeline;
 mod platform_standins;
 mod platform_standins_more;
+mod postgres_tls;
 mod preauth;
 mod reload;
 mod replicas;
