@@ -34,8 +34,8 @@ pub fn run(path: &Path, action: BansAction) -> ExitCode {
         Ok(c) => c,
         Err(e) => return super::fail(e),
     };
-    let url = match config.state.backend {
-        StateBackend::Postgres(url) => url,
+    let url = match &config.state.backend {
+        StateBackend::Postgres(url) => url.clone(),
         StateBackend::Sqlite => {
             return super::fail(
                 "with [state] url = \"sqlite\" the bans live in the memory of the running \
@@ -54,7 +54,7 @@ pub fn run(path: &Path, action: BansAction) -> ExitCode {
         ));
     }
     super::block_on(async move {
-        let bans = match open_bans(&url).await {
+        let bans = match open_bans(&url, &config.state.tls).await {
             Ok(b) => b,
             Err(e) => return super::fail(e),
         };

@@ -110,8 +110,8 @@ pub async fn open_outbox(
 
 /// Opens (creating or migrating) the shared ban list alone, loaded whole, as the `bans`
 /// commands do.
-pub async fn open_bans(url: &str) -> Result<Arc<PgBans>, StateError> {
-    let pg = Pg::connect(url, 2).await?;
+pub async fn open_bans(url: &str, tls: &StateTls) -> Result<Arc<PgBans>, StateError> {
+    let pg = Pg::connect(url, 2, tls).await?;
     schema::migrate(&pg).await?;
     Ok(Arc::new(PgBans::start(pg).await?))
 }

@@ -383,7 +383,7 @@ async fn woken(wakeups: &crate::state::Wakeups, why: &str) {
 #[tokio::test]
 async fn a_released_claim_is_claimable_at_once_by_another_replica() {
     let (_server, url, first) = stores().await;
-    let second = open(&url, true, 2).await.expect("second replica");
+    let second = open(&url, true, 2, &NO_KEYS).await.expect("second replica");
     let (a, b) = (
         first.outbox.expect("outbox"),
         second.outbox.expect("outbox"),
@@ -435,7 +435,7 @@ async fn a_delivery_outlasting_its_lease_keeps_its_claim() {
     let (_server, url, _) = stores().await;
     let lease = Duration::from_millis(600);
     let replica = || async {
-        let pg = super::Pg::connect(&url, 2).await.expect("connect");
+        let pg = super::Pg::connect(&url, 2, &NO_KEYS).await.expect("connect");
         super::PgOutbox::new(pg).with_lease(lease)
     };
     let (a, b) = (replica().await, replica().await);
@@ -473,11 +473,12 @@ async fn a_delivery_outlasting_its_lease_keeps_its_claim() {
         "taken over once the lease lapsed"
     );
     assert!(!a.renew("slow").await.expect("renew"), "A lost it");
+}
 
 /// The upload stores of one replica on the database at `url`, with a lease of `lease`
 /// renewed every `renew` (shorter than in production, for the test's sake).
 async fn leased_uploads(url: &str, lease: Duration, renew: Duration) -> super::PgUploads {
-    let pg = super::Pg::connect(url, 2).await.expect("connect");
+    let pg = super::Pg::connect(url, 2, &NO_KEYS).await.expect("connect");
     super::schema::migrate(&pg).await.expect("migrate");
     super::PgUploads::start(pg, lease, renew)
 }
@@ -567,7 +568,7 @@ async fn a_running_upload_is_leased_to_the_replica_writing_it() {
 #[tokio::test]
 async fn one_replica_sweeps_at_a_time() {
     let (_server, url, a) = stores().await;
-    let b = open(&url, false, 2).await.expect("second replica");
+    let b = open(&url, false, 2, &NO_KEYS).await.expect("second replica");
     let lease = Duration::from_millis(600);
     assert!(a.uploads.lead_sweep(lease).await.expect("lead"));
     assert!(
@@ -592,8 +593,8 @@ async fn one_replica_sweeps_at_a_time() {
 async fn a_ban_deleted_from_the_table_is_forgotten_by_every_cache() {
     let server = server();
     let url = server.database().await;
-    let (_, a) = open_with_bans(&url, false, 2).await.expect("first replica");
-    let (_, b) = open_with_bans(&url, false, 2)
+    let (_, a) = open_with_bans(&url, false, 2, &NO_KEYS).await.expect("first replica");
+    let (_, b) = open_with_bans(&url, false, 2, &NO_KEYS)
         .await
         .expect("second replica");
     let (ip, kept) = (
