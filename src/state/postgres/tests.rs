@@ -456,3 +456,42 @@ async fn a_delivery_outlasting_its_lease_keeps_its_claim() {
     );
     assert!(!a.renew("slow").await.expect("renew"), "A lost it");
 }
+
+/// The listening connection killed by the server (a failover, an operator): wake-ups stop
+/// being live (the worker polls), the listener connects again by itself, and wake-ups
+/// arrive again.
+#[tokio::test]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let (_server, url, stores) = stores().await;
+    let outbox = stores.outbox.expect("outbox");
+    let wakeups = outbox
+        .wakeups()
+        .expect("a shared outbox wakes its replicas");
+    listening(&wakeups).await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let killed = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("terminate the listener");
+    assert_eq!(killed.len(), 1, "one listening connection");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while wakeups.live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost connection went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    listening(&wakeups).await;
+    outbox.insert(entry("after")).await.expect("insert");
+    woken(&wakeups, "an insert after the reconnection").await;
+}
