@@ -192,7 +192,7 @@ async fn pending_entries(url: &str) -> Vec<(String, i64, bool)> {
 /// A replica killed with completions pending while the API is down: the other delivers each
 /// exactly once, with its original id. Failed attempts release their claim (and the API's
 /// `Retry-After` spaces them 5 s apart), so the kill lands between attempts; an entry
-/// claimed at the moment of a kill would wait for the 5-minute lease instead, which the
+/// claimed at the moment of a kill would wait for the lease (a minute) instead, which the
 /// test checks did not happen rather than hiding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn completions_pending_on_a_killed_replica_are_delivered_once_by_the_other() {
@@ -249,7 +249,7 @@ async fn completions_pending_on_a_killed_replica_are_delivered_once_by_the_other
     let pending = pending_entries(&url).await;
     assert!(
         pending.iter().all(|(_, _, claimed)| !claimed),
-        "A died holding a claim (it waits for the 5-minute lease): {pending:?}"
+        "A died holding a claim (it waits for the lease, a minute): {pending:?}"
     );
     let ids: std::collections::BTreeSet<String> =
         pending.into_iter().map(|(id, _, _)| id).collect();

@@ -608,6 +608,18 @@ async fn a_ban_deleted_from_the_table_is_forgotten_by_every_cache() {
     settle(&a, &b).await;
     assert!(b.banned_until(ip, now).is_some());
 
+/// The listening connection killed by the server (a failover, an operator): wake-ups stop
+/// being live (the worker polls), the listener connects again by itself, and wake-ups
+/// arrive again.
+#[tokio::test]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let (_server, url, stores) = stores().await;
+    let outbox = stores.outbox.expect("outbox");
+    let wakeups = outbox
+        .wakeups()
+        .expect("a shared outbox wakes its replicas");
+    listening(&wakeups).await;
+
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("connect");
@@ -628,4 +640,26 @@ async fn a_ban_deleted_from_the_table_is_forgotten_by_every_cache() {
         );
         assert_eq!(replica.banned_count(now), 1);
     }
+
+    let killed = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("terminate the listener");
+    assert_eq!(killed.len(), 1, "one listening connection");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while wakeups.live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost connection went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    listening(&wakeups).await;
+    outbox.insert(entry("after")).await.expect("insert");
+    woken(&wakeups, "an insert after the reconnection").await;
 }
