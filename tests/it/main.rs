@@ -27,6 +27,7 @@ mod preauth;
 mod reload;
 mod replicas;
 mod replicas_bans;
+mod replicas_uploads;
 mod resume;
 mod security;
 mod sftp;
