@@ -107,12 +107,16 @@ impl Health {
         self.down.lock().as_ref().map(|(why, _)| why.clone())
     }
 
-    /// Counts a failed operation of `store` and has the probe look at once: a failure may
-    /// be the first sign of an outage (or, while down, of nothing new: the probe is spaced).
-    pub(super) fn failed(&self, store: &'static str) {
+    /// Counts a failed operation of `store`.
+    pub(super) fn count(&self, store: &'static str) {
         if let Some(m) = self.metrics.get() {
             m.errors.with_label_values(&[store]).inc();
         }
+    }
+
+    /// Has the probe look at once (a failed operation may be the first sign of an outage);
+    /// probes stay at least [`PROBE_SPACING`] apart however often this is called.
+    pub(super) fn look_now(&self) {
         self.wake.notify_one();
     }
 

@@ -51,6 +51,13 @@ const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 /// it fails (a database that is down must not hang uploads forever).
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long data sent to the database may stay unacknowledged before its connection
+/// counts as broken, unless the URL sets `tcp_user_timeout`: a database that vanishes
+/// without closing connections (a network partition) fails operations after this rather
+/// than after the kernel's retransmissions (about 15 minutes), so the pool and the health
+/// probe see the outage.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens every store in the database at `url` (`postgres://…` or `postgresql://…`), with at
 /// most `max_connections` connections over TLS as `url`'s `sslmode` and `tls` say, after
 /// creating or migrating its schema: the outbox only when `with_outbox` (a connector is
@@ -141,12 +148,15 @@ impl Pg {
     /// Parses `url` and makes a pool of at most `max_connections` (at least one), with TLS as
     /// `sslmode` and `tls` say; no connection is made until the first operation.
     async fn connect(url: &str, max_connections: usize, tls: &StateTls) -> Result<Pg, StateError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StateError::backend("state database", "[state] url", InvalidUrl(Box::new(e)))
         })?;
         let location: Arc<str> = location_of(&config).into();
         let tls = tls::connector(config.get_ssl_mode(), tls)
             .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -185,7 +195,13 @@ impl Pg {
     /// finds the database unreachable, rather than after a connection attempt of its own.
     async fn client(&self, store: &'static str) -> Result<deadpool_postgres::Object, StateError> {
         if let Some(why) = self.health.known_down() {
-            return Err(self.error(store, Unreachable(why)));
+            // Counted, but no news for the probe: it is what found this out.
+            self.health.count(store);
+            return Err(StateError::backend(
+                store,
+                self.location.to_string(),
+                Unreachable(why),
+            ));
         }
         self.pool
             .get()
@@ -199,7 +215,8 @@ impl Pg {
         store: &'static str,
         e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> StateError {
-        self.health.failed(store);
+        self.health.count(store);
+        self.health.look_now();
         StateError::backend(store, self.location.to_string(), e)
     }
 }
