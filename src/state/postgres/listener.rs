@@ -10,11 +10,11 @@
 //! again after a backoff from [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], logging each
 //! attempt. Once listening again it wakes the worker once, to see what changed meanwhile.
 
+use super::tls::MakeRustls;
 use crate::state::{WakeupSender, Wakeups};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-use super::tls::MakeRustls;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -86,12 +86,12 @@ async fn listen(
     sender: &WakeupSender,
     listening: impl FnOnce(),
 ) -> String {
-    let (client, mut connection) = match tokio::time::timeout(TIMEOUT, config.connect(tls.clone())).await
-    {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return format!("cannot connect: {e}"),
-        Err(_) => return format!("cannot connect within {TIMEOUT:?}"),
-    };
+    let (client, mut connection) =
+        match tokio::time::timeout(TIMEOUT, config.connect(tls.clone())).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return format!("cannot connect: {e}"),
+            Err(_) => return format!("cannot connect within {TIMEOUT:?}"),
+        };
     // The connection does the I/O of the client's queries too, so it is driven on its own
     // task; notifications wake the worker straight from there.
     let notified = sender.clone();

@@ -10,8 +10,10 @@ mod bans;
 mod cut_uploads;
 mod health;
 #[cfg(test)]
-mod outage_tests;
+mod lease_tests;
 mod listener;
+#[cfg(test)]
+mod outage_tests;
 mod outbox;
 mod quota;
 mod schema;

@@ -32,7 +32,9 @@ async fn an_unreachable_database_is_reported_failed_fast_and_recovered_from() {
         .database()
         .await
         .replace("postgres@", "postgres:s3cret-pw@");
-    let stores = open(&url, true, 4, &StateTls::default()).await.expect("open");
+    let stores = open(&url, true, 4, &StateTls::default())
+        .await
+        .expect("open");
     let health = stores
         .health
         .clone()
@@ -74,7 +76,9 @@ async fn an_unreachable_database_is_reported_failed_fast_and_recovered_from() {
 async fn the_first_operation_after_a_restart_succeeds() {
     let mut pg = TestServer::private();
     let url = pg.database().await;
-    let db = Pg::connect(&url, 4, &StateTls::default()).await.expect("pool");
+    let db = Pg::connect(&url, 4, &StateTls::default())
+        .await
+        .expect("pool");
     let query = |db: Pg| async move {
         let client = db.client("test").await?;
         client
@@ -101,7 +105,9 @@ async fn the_first_operation_after_a_restart_succeeds() {
 async fn sessions_commit_durably_on_a_server_that_does_not() {
     let pg = server();
     let url = pg.database().await;
-    let db = Pg::connect(&url, 1, &StateTls::default()).await.expect("pool");
+    let db = Pg::connect(&url, 1, &StateTls::default())
+        .await
+        .expect("pool");
     let client = db.client("test").await.expect("connection");
     let row = client
         .query_one("SELECT current_setting('synchronous_commit')", &[])

@@ -142,7 +142,13 @@ impl TestServer {
     /// Starts the stopped server again on the same port and data directory, and waits
     /// until it accepts connections.
     pub fn restart(&mut self) {
-        self.child = launch(&self.bin, self.dir.path(), self.port, self.user, &self.extra_args);
+        self.child = launch(
+            &self.bin,
+            self.dir.path(),
+            self.port,
+            self.user,
+            &self.extra_args,
+        );
         self.wait_ready();
     }
 
