@@ -50,7 +50,14 @@ async fn an_unreachable_database_is_reported_failed_fast_and_recovered_from() {
     let why = health.check().expect_err("down");
     assert!(why.starts_with("state database unreachable"), "{why}");
     assert!(!why.contains("s3cret"), "no password in the reason: {why}");
-    assert!(why.contains("refused"), "the cause is said: {why}");
+    // The first failure may be the server closing a connection as it stops; later ones
+    // find nothing listening. Either way the cause is said.
+    assert!(
+        ["refused", "reset", "closed"]
+            .iter()
+            .any(|cause| why.contains(cause)),
+        "the cause is said: {why}"
+    );
     let started = Instant::now();
     let e = read(&stores).await.expect_err("no database");
     assert!(
