@@ -411,16 +411,28 @@ impl Task {
     async fn refresh(&mut self) -> Result<(), StateError> {
         let err = |e| self.pg.error(STORE, e);
         let client = self.pg.client(STORE).await?;
-        // The time first: a change stamped after it is read by the next refresh.
+        // The time first: a change stamped after it is read by the next refresh. Both
+        // statements are prepared once per connection: this runs every REFRESH on every
+        // replica, one round trip each.
+        let now_statement = client
+            .prepare_cached(&format!("SELECT {DB_NOW}"))
+            .await
+            .map_err(err)?;
+        let changed_statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM defender_addresses WHERE changed_ms >= $1"
+            ))
+            .await
+            .map_err(err)?;
         let db_now: i64 = client
-            .query_one(&format!("SELECT {DB_NOW}"), &[])
+            .query_one(&now_statement, &[])
             .await
             .map_err(err)?
             .try_get(0)
             .map_err(err)?;
         let rows = client
             .query(
-                &format!("SELECT {COLUMNS} FROM defender_addresses WHERE changed_ms >= $1"),
+                &changed_statement,
                 &[&self.read_from.saturating_sub(REREAD_MS)],
             )
             .await

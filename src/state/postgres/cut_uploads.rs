@@ -45,7 +45,12 @@ impl PgUploads {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StateError> {
         let client = self.pg.client(UPLOADS).await?;
-        client.execute(sql, params).await.map_err(|e| self.err(e))
+        // Prepared once per connection: one round trip per statement, not two.
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Runs one query and returns its rows.
@@ -55,7 +60,11 @@ impl PgUploads {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StateError> {
         let client = self.pg.client(UPLOADS).await?;
-        client.query(sql, params).await.map_err(|e| self.err(e))
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Runs a query of records.
@@ -80,7 +89,11 @@ impl PgUploads {
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         let mut first = None;
         for (sql, params) in statements {
-            let n = tx.execute(*sql, params).await.map_err(|e| self.err(e))?;
+            let statement = tx.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+            let n = tx
+                .execute(&statement, params)
+                .await
+                .map_err(|e| self.err(e))?;
             first.get_or_insert(n);
         }
         tx.commit().await.map_err(|e| self.err(e))?;

@@ -82,7 +82,12 @@ impl PgOutbox {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StateError> {
         let client = self.pg.client(STORE).await?;
-        client.execute(sql, params).await.map_err(|e| self.err(e))
+        // Prepared once per connection: one round trip per statement, not two.
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Runs one query and returns its rows.
@@ -92,7 +97,11 @@ impl PgOutbox {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StateError> {
         let client = self.pg.client(STORE).await?;
-        client.query(sql, params).await.map_err(|e| self.err(e))
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.err(e))
     }
 }
 
