@@ -35,16 +35,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Starts listening with a connection to `config` over `tls` (`location` names it in logs);
 /// the listener stops when the last clone of the returned wake-ups is dropped.
+/// Notifications whose payload is `own` (this replica's outbox owner name) are skipped: that
+/// replica woke its own workers when it made the change.
 pub(super) fn start(
     config: Arc<tokio_postgres::Config>,
     tls: MakeRustls,
     location: Arc<str>,
+    own: String,
 ) -> Wakeups {
     let stop = CancellationToken::new();
     let (wakeups, sender) = Wakeups::new(stop.clone());
     tokio::spawn(async move {
         tokio::select! {
-            () = run(&config, &tls, &location, &sender) => {}
+            () = run(&config, &tls, &location, &own, &sender) => {}
             () = stop.cancelled() => {}
         }
     });
@@ -56,12 +59,13 @@ async fn run(
     config: &tokio_postgres::Config,
     tls: &MakeRustls,
     location: &str,
+    own: &str,
     sender: &WakeupSender,
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
-        let lost = listen(config, tls, sender, || {
+        let lost = listen(config, tls, own, sender, || {
             if failures > 0 {
                 tracing::info!(database = %location, "listening for outbox changes again; other replicas' completions wake delivery at once");
             }
@@ -83,6 +87,7 @@ async fn run(
 async fn listen(
     config: &tokio_postgres::Config,
     tls: &MakeRustls,
+    own: &str,
     sender: &WakeupSender,
     listening: impl FnOnce(),
 ) -> String {
@@ -95,11 +100,12 @@ async fn listen(
     // The connection does the I/O of the client's queries too, so it is driven on its own
     // task; notifications wake the worker straight from there.
     let notified = sender.clone();
+    let own = own.to_string();
     let mut driver = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => notified.wake(),
+                Ok(AsyncMessage::Notification(n)) if n.payload() != own => notified.wake(),
                 Ok(_) => {}
                 Err(e) => return format!("the connection failed: {e}"),
             }

@@ -130,9 +130,11 @@ const INSERT: &str = "INSERT INTO outbox
 
 /// `pg_notify` of the changed rows of a data-modifying `changed` CTE: one notification at
 /// commit however many rows (PostgreSQL folds identical ones), none when nothing changed.
-fn notifying(changed: &str) -> String {
+/// The payload is the notifying store's owner name (a UUID, safe in a literal), so its own
+/// replica's listener can skip it: that replica woke its workers itself.
+fn notifying(changed: &str, owner: &str) -> String {
     format!(
-        "WITH changed AS ({changed} RETURNING 1) SELECT pg_notify('{CHANNEL}', '') FROM changed"
+        "WITH changed AS ({changed} RETURNING 1) SELECT pg_notify('{CHANNEL}', '{owner}') FROM changed"
     )
 }
 
@@ -141,7 +143,7 @@ impl OutboxStore for PgOutbox {
     async fn insert(&self, entry: PendingEntry) -> Result<(), StateError> {
         let fields = fields_text(&entry.fields);
         self.execute(
-            &notifying(INSERT),
+            &notifying(INSERT, &self.owner),
             &[&entry.id, &entry.key, &entry.body, &now_ms(), &fields],
         )
         .await
@@ -154,7 +156,7 @@ impl OutboxStore for PgOutbox {
         // One transaction: one commit (one WAL flush) for the whole batch.
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         let statement = tx
-            .prepare(&notifying(INSERT))
+            .prepare(&notifying(INSERT, &self.owner))
             .await
             .map_err(|e| self.err(e))?;
         for entry in &entries {
@@ -278,7 +280,7 @@ impl OutboxStore for PgOutbox {
             &notifying(
                 "UPDATE outbox SET attempts = $2, next_attempt_ms = $3, updated_ms = $4,
                     last_error = $5, claimed_by = NULL, claimed_until_ms = NULL
-                 WHERE id = $1 AND state = 'pending'",
+                 WHERE id = $1 AND state = 'pending'", &self.owner
             ),
             &[
                 &id,
@@ -362,7 +364,7 @@ impl OutboxStore for PgOutbox {
                         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
                             since_ms = $2, updated_ms = $2, claimed_by = NULL,
                             claimed_until_ms = NULL
-                         WHERE id = $1 AND state != 'delivered'",
+                         WHERE id = $1 AND state != 'delivered'", &self.owner
                     ),
                     &[&id, &now],
                 )
@@ -374,7 +376,7 @@ impl OutboxStore for PgOutbox {
                         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
                             since_ms = $1, updated_ms = $1, claimed_by = NULL,
                             claimed_until_ms = NULL
-                         WHERE state = 'dead'",
+                         WHERE state = 'dead'", &self.owner
                     ),
                     &[&now],
                 )
@@ -428,7 +430,7 @@ impl OutboxStore for PgOutbox {
             .execute(
                 &notifying(
                     "UPDATE outbox SET claimed_by = NULL, claimed_until_ms = NULL
-                     WHERE claimed_by = $1 AND state = 'pending'",
+                     WHERE claimed_by = $1 AND state = 'pending'", &self.owner
                 ),
                 &[&self.owner],
             )
@@ -441,6 +443,7 @@ impl OutboxStore for PgOutbox {
             self.pg.config.clone(),
             self.pg.tls.clone(),
             self.pg.location.clone(),
+            self.owner.clone(),
         ))
     }
 }
