@@ -26,6 +26,7 @@ mod platform_standins_more;
 mod preauth;
 mod reload;
 mod replicas;
+mod replicas_quota;
 mod resume;
 mod security;
 mod sftp;
