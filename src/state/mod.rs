@@ -20,8 +20,8 @@ pub mod sqlite;
 mod uploads;
 
 pub use bans::{BanStore, FailureScore};
-pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State};
 pub use dirs::DirStore;
+pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State};
 pub use uploads::{
     CutUploadStore, PartMark, PartialRecord, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals,
     TempNameStore, TempRecord,

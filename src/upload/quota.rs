@@ -181,7 +181,10 @@ impl QuotaTicket {
                         QuotaGrant::Granted { .. } => continue,
                         QuotaGrant::Uncounted => return Err(uncounted()),
                         QuotaGrant::Refused(t) => {
-                            used = t.bytes.saturating_add(t.reserved_bytes).saturating_add(need);
+                            used = t
+                                .bytes
+                                .saturating_add(t.reserved_bytes)
+                                .saturating_add(need);
                         }
                     }
                 }
@@ -224,12 +227,12 @@ impl Drop for QuotaTicket {
     }
 }
 
+/// Why an upload fails when the store lost the user's count while it ran.
+const UNCOUNTED: &str = "the user's quota usage was forgotten during the upload (quota \
+     removed on another replica?); upload again";
+
 fn uncounted() -> UploadError {
-    UploadError::Internal(
-        "the user's quota usage was forgotten during the upload (quota removed on another \
-         replica?); upload again"
-            .into(),
-    )
+    UploadError::Internal(UNCOUNTED.into())
 }
 
 /// Every user's usage; one per pipeline.
@@ -330,7 +333,7 @@ impl Quotas {
         self.sweep().await;
         self.count(user, false).await?;
         match self.reserve_counted(user, key, offset).await {
-            Err(e) if e.to_string() == uncounted().to_string() => {
+            Err(UploadError::Internal(why)) if why == UNCOUNTED => {
                 self.count(user, true).await?;
                 self.reserve_counted(user, key, offset).await
             }
@@ -355,6 +358,19 @@ impl Quotas {
             renew_at: Instant::now() + QUOTA_LEASE / 2,
             settled: false,
         };
+        // The usual case in one claim: the new file and the first bytes, a part ahead.
+        let files = u64::from(user.quota_files.is_some());
+        let first = match user.quota_bytes {
+            Some(_) => offset.max(1).max(self.shared.ahead),
+            None => 0,
+        };
+        match ticket.claim(first, files).await? {
+            QuotaGrant::Granted { .. } => return Ok(Some(ticket)),
+            QuotaGrant::Uncounted => return Err(uncounted()),
+            QuotaGrant::Refused(_) => {}
+        }
+        // Refused: one limit at a time, to say which, and to let a replacement or a smaller
+        // first claim through.
         if let Some(limit) = user.quota_files {
             match ticket.claim(0, 1).await? {
                 QuotaGrant::Granted { .. } => {}
@@ -418,7 +434,12 @@ impl Quotas {
             return;
         }
         self.counted.lock().remove(&user.name);
-        if let Err(e) = self.shared.store.forget_quota_usage(user.name.clone()).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .forget_quota_usage(user.name.clone())
+            .await
+        {
             tracing::warn!(user = %user.name, error = %e, "cannot forget quota usage");
         }
     }
@@ -459,7 +480,7 @@ mod tests {
         };
         let (mut a, mut b) = (ticket("a"), ticket("b"));
         a.grow_to(3).expect_ok().await;
-        assert_eq!(a.held, 3, "one part (2) ahead would be 4 of 6 left; asked 3");
+        assert_eq!(a.held, 3, "needs 3, more than a part (2): takes just that");
         b.grow_to(1).expect_ok().await;
         assert_eq!(b.held, 2, "one part ahead");
         b.grow_to(3).expect_ok().await;

@@ -70,11 +70,7 @@ async fn quota_rows(url: &str, user: &str) -> (i64, i64, i64) {
 
 /// Bytes of the objects under alice's home.
 async fn stored_under_alice(h: &Harness) -> u64 {
-    let (bytes, _) = h
-        .s3
-        .usage_under("alice/")
-        .await
-        .expect("list the home");
+    let (bytes, _) = h.s3.usage_under("alice/").await.expect("list the home");
     bytes
 }
 
@@ -149,8 +145,15 @@ async fn concurrent_uploads_on_both_replicas_never_pass_the_quota() {
     const QUOTA: usize = 16 * MIB;
     let (_pg, url, a, b) = two_replicas(|builder| builder.alice("quota_bytes", "16MiB")).await;
     a.upload("alice", "seed.bin", &data(2 * MIB, 9)).await;
-    let uploads = [(&a, "a1.bin"), (&b, "b1.bin"), (&a, "a2.bin"), (&b, "b2.bin")];
-    let bodies: Vec<Vec<u8>> = (0..uploads.len()).map(|i| data(6 * MIB, i as u64)).collect();
+    let uploads = [
+        (&a, "a1.bin"),
+        (&b, "b1.bin"),
+        (&a, "a2.bin"),
+        (&b, "b2.bin"),
+    ];
+    let bodies: Vec<Vec<u8>> = (0..uploads.len())
+        .map(|i| data(6 * MIB, i as u64))
+        .collect();
     let replies = futures::future::join_all(
         uploads
             .iter()
@@ -161,10 +164,16 @@ async fn concurrent_uploads_on_both_replicas_never_pass_the_quota() {
     let ok = replies.iter().filter(|(code, _)| *code == 226).count();
     let refused = replies.iter().filter(|(code, _)| *code == 552).count();
     assert_eq!(ok + refused, 4, "{replies:?}");
-    assert!(refused >= 2, "four 6 MiB uploads cannot all fit 14 MiB: {replies:?}");
+    assert!(
+        refused >= 2,
+        "four 6 MiB uploads cannot all fit 14 MiB: {replies:?}"
+    );
 
     let stored = stored_under_alice(&a).await;
-    assert!(stored <= QUOTA as u64, "{stored} bytes stored past the quota");
+    assert!(
+        stored <= QUOTA as u64,
+        "{stored} bytes stored past the quota"
+    );
     assert_eq!(stored, (2 + 6 * ok) as u64 * MIB as u64);
     no_reservations_left(&url).await;
     let (counted, _, _) = quota_rows(&url, "alice").await;
@@ -189,14 +198,18 @@ async fn a_directory_made_on_one_replica_is_seen_and_removed_on_the_other() {
     let mut on_b = b.login("alice").await;
     let list = on_b.list(None).await.expect("LIST on B");
     assert!(
-        list.iter().any(|l| l.starts_with('d') && l.ends_with(" made")),
+        list.iter()
+            .any(|l| l.starts_with('d') && l.ends_with(" made")),
         "{list:?}"
     );
     let names = on_b.nlst(Some("/made")).await.expect("NLST on B");
     assert!(names.iter().any(|n| n.ends_with("inner")), "{names:?}");
     on_b.cwd("/made/inner").await.expect("CWD on B");
     on_b.cwd("/").await.expect("back home");
-    let again = on_b.mkdir("/made").await.expect_err("MKD of A's directory on B");
+    let again = on_b
+        .mkdir("/made")
+        .await
+        .expect_err("MKD of A's directory on B");
     assert!(again.to_string().contains("already exists"), "{again}");
 
     let c = sftp_login(b.sftp, "alice", Login::Password(PASSWORD))
@@ -215,7 +228,10 @@ async fn a_directory_made_on_one_replica_is_seen_and_removed_on_the_other() {
     on_b.rmdir("/made").await.expect("RMD on B");
     let list = on_a.list(None).await.expect("LIST on A");
     assert!(!list.iter().any(|l| l.ends_with(" made")), "{list:?}");
-    assert!(on_a.cwd("/made/inner").await.is_err(), "gone on A, inner too");
+    assert!(
+        on_a.cwd("/made/inner").await.is_err(),
+        "gone on A, inner too"
+    );
     let _ = on_a.quit().await;
     let _ = on_b.quit().await;
 }

@@ -35,16 +35,25 @@ pub async fn quota_claims(store: &dyn QuotaStore) {
         .expect("count");
     let granted = |bytes, files| QuotaGrant::Granted { bytes, files };
     assert_eq!(
-        store.claim_quota(claim("u1", 30, 1, 100, 5)).await.expect("claim"),
+        store
+            .claim_quota(claim("u1", 30, 1, 100, 5))
+            .await
+            .expect("claim"),
         granted(30, 1)
     );
     assert_eq!(
-        store.claim_quota(claim("u1", 10, 0, 100, 5)).await.expect("grow"),
+        store
+            .claim_quota(claim("u1", 10, 0, 100, 5))
+            .await
+            .expect("grow"),
         granted(40, 1)
     );
     // 50 stored + 40 held: another 11 would pass 100.
     assert_eq!(
-        store.claim_quota(claim("u2", 11, 1, 100, 5)).await.expect("claim"),
+        store
+            .claim_quota(claim("u2", 11, 1, 100, 5))
+            .await
+            .expect("claim"),
         QuotaGrant::Refused(QuotaTotals {
             bytes: 50,
             files: 2,
@@ -53,17 +62,26 @@ pub async fn quota_claims(store: &dyn QuotaStore) {
         })
     );
     assert_eq!(
-        store.claim_quota(claim("u2", 10, 1, 100, 5)).await.expect("claim"),
+        store
+            .claim_quota(claim("u2", 10, 1, 100, 5))
+            .await
+            .expect("claim"),
         granted(10, 1),
         "exactly at the limit"
     );
     // 2 stored + 2 held: a third file passes 4; a claim of nothing renews and always passes.
     assert!(matches!(
-        store.claim_quota(claim("u3", 0, 1, 1_000, 4)).await.expect("claim"),
+        store
+            .claim_quota(claim("u3", 0, 1, 1_000, 4))
+            .await
+            .expect("claim"),
         QuotaGrant::Refused(_)
     ));
     assert_eq!(
-        store.claim_quota(claim("u1", 0, 0, 1, 1)).await.expect("renew"),
+        store
+            .claim_quota(claim("u1", 0, 0, 1, 1))
+            .await
+            .expect("renew"),
         granted(40, 1)
     );
 
@@ -85,7 +103,10 @@ pub async fn quota_claims(store: &dyn QuotaStore) {
         Some((85, 3))
     );
     assert_eq!(
-        store.claim_quota(claim("u4", 15, 1, 100, 4)).await.expect("claim"),
+        store
+            .claim_quota(claim("u4", 15, 1, 100, 4))
+            .await
+            .expect("claim"),
         granted(15, 1),
         "everything held before was given back"
     );
@@ -99,14 +120,23 @@ pub async fn quota_claims(store: &dyn QuotaStore) {
     let mut stale = claim("u5", 10, 0, 100, 10);
     stale.limit_bytes = None;
     stale.expires_ms = now_ms() - 1;
-    assert_eq!(store.claim_quota(stale).await.expect("claim"), granted(10, 0));
     assert_eq!(
-        store.claim_quota(claim("u6", 15, 0, 100, 5)).await.expect("claim"),
+        store.claim_quota(stale).await.expect("claim"),
+        granted(10, 0)
+    );
+    assert_eq!(
+        store
+            .claim_quota(claim("u6", 15, 0, 100, 5))
+            .await
+            .expect("claim"),
         granted(15, 0),
         "85 stored + 15: u5's 10 count for nothing"
     );
     assert_eq!(
-        store.claim_quota(claim("u5", 0, 0, 100, 5)).await.expect("renew"),
+        store
+            .claim_quota(claim("u5", 0, 0, 100, 5))
+            .await
+            .expect("renew"),
         granted(0, 0),
         "the expired hold is gone"
     );
@@ -128,10 +158,19 @@ pub async fn quota_claims(store: &dyn QuotaStore) {
 /// with everything under them.
 pub async fn dirs(store: &dyn DirStore) {
     assert!(!store.has_dir("alice/a/".into()).await.expect("has"));
-    for prefix in ["alice/b/", "alice/a/", "alice/a/x/", "alice/a/x/y/", "bob/a/"] {
+    for prefix in [
+        "alice/b/",
+        "alice/a/",
+        "alice/a/x/",
+        "alice/a/x/y/",
+        "bob/a/",
+    ] {
         store.add_dir(prefix.into()).await.expect("add");
     }
-    store.add_dir("alice/a/".into()).await.expect("adding twice is fine");
+    store
+        .add_dir("alice/a/".into())
+        .await
+        .expect("adding twice is fine");
     assert!(store.has_dir("alice/a/x/".into()).await.expect("has"));
     assert_eq!(
         store.dirs_in("alice/".into()).await.expect("list"),
@@ -141,7 +180,13 @@ pub async fn dirs(store: &dyn DirStore) {
         store.dirs_in("alice/a/".into()).await.expect("list"),
         vec!["x".to_string()]
     );
-    assert!(store.dirs_in("alice/b/".into()).await.expect("list").is_empty());
+    assert!(
+        store
+            .dirs_in("alice/b/".into())
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert!(store.remove_dirs("alice/a/".into()).await.expect("remove"));
     assert!(!store.has_dir("alice/a/x/y/".into()).await.expect("has"));
     assert!(
@@ -152,5 +197,8 @@ pub async fn dirs(store: &dyn DirStore) {
         store.dirs_in("alice/".into()).await.expect("list"),
         vec!["b".to_string()]
     );
-    assert!(store.has_dir("bob/a/".into()).await.expect("has"), "other homes stay");
+    assert!(
+        store.has_dir("bob/a/".into()).await.expect("has"),
+        "other homes stay"
+    );
 }

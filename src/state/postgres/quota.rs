@@ -11,6 +11,38 @@
 use super::{PgUploads, clamp, unsigned};
 use crate::state::{QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals, StateError, now_ms};
 
+/// Renews a reservation's lease (a claim of nothing): unchecked, unlocked.
+const RENEW: &str = "INSERT INTO quota_claims (id, username, owner, bytes, files, expires_ms)
+    VALUES ($1, $2, $3, 0, 0, $4)
+    ON CONFLICT (id) DO UPDATE SET
+      bytes = CASE WHEN quota_claims.expires_ms < $5 THEN 0 ELSE quota_claims.bytes END,
+      files = CASE WHEN quota_claims.expires_ms < $5 THEN 0 ELSE quota_claims.files END,
+      owner = EXCLUDED.owner, expires_ms = EXCLUDED.expires_ms
+    RETURNING bytes, files";
+
+/// Locks the user's figures: claims of one user queue here, on every replica.
+const LOCK: &str = "SELECT bytes, files FROM quota_usage WHERE username = $1 FOR UPDATE";
+
+/// Takes more for one reservation unless the limits would pass, counting live leases only
+/// (run after [`LOCK`], so it sees every claim committed before).
+const CLAIM: &str = "INSERT INTO quota_claims (id, username, owner, bytes, files, expires_ms)
+    SELECT $1, $2, $3, $4::bigint, $5::bigint, $6::bigint
+    WHERE ($4::bigint = 0 OR $8::bigint IS NULL OR $10::bigint
+           + (SELECT COALESCE(SUM(bytes), 0) FROM quota_claims
+              WHERE username = $2 AND expires_ms >= $7::bigint)
+           + $4::bigint <= $8::bigint)
+      AND ($5::bigint = 0 OR $9::bigint IS NULL OR $11::bigint
+           + (SELECT COALESCE(SUM(files), 0) FROM quota_claims
+              WHERE username = $2 AND expires_ms >= $7::bigint)
+           + $5::bigint <= $9::bigint)
+    ON CONFLICT (id) DO UPDATE SET
+      bytes = CASE WHEN quota_claims.expires_ms < $7::bigint THEN 0
+              ELSE quota_claims.bytes END + EXCLUDED.bytes,
+      files = CASE WHEN quota_claims.expires_ms < $7::bigint THEN 0
+              ELSE quota_claims.files END + EXCLUDED.files,
+      owner = EXCLUDED.owner, expires_ms = EXCLUDED.expires_ms
+    RETURNING bytes, files";
+
 #[async_trait::async_trait]
 impl QuotaStore for PgUploads {
     async fn quota_usage(&self, username: String) -> Result<Option<(u64, u64)>, StateError> {
@@ -77,15 +109,7 @@ impl QuotaStore for PgUploads {
             // A renewal: nothing to check, nothing to lock.
             let row = client
                 .query_one(
-                    "INSERT INTO quota_claims (id, username, owner, bytes, files, expires_ms)
-                     VALUES ($1, $2, $3, 0, 0, $4)
-                     ON CONFLICT (id) DO UPDATE SET
-                       bytes = CASE WHEN quota_claims.expires_ms < $5 THEN 0
-                               ELSE quota_claims.bytes END,
-                       files = CASE WHEN quota_claims.expires_ms < $5 THEN 0
-                               ELSE quota_claims.files END,
-                       owner = EXCLUDED.owner, expires_ms = EXCLUDED.expires_ms
-                     RETURNING bytes, files",
+                    &client.prepare_cached(RENEW).await.map_err(err)?,
                     &[
                         &claim.id,
                         &claim.username,
@@ -101,7 +125,7 @@ impl QuotaStore for PgUploads {
         let tx = client.transaction().await.map_err(err)?;
         let Some(stored) = tx
             .query_opt(
-                "SELECT bytes, files FROM quota_usage WHERE username = $1 FOR UPDATE",
+                &tx.prepare_cached(LOCK).await.map_err(err)?,
                 &[&claim.username],
             )
             .await
@@ -109,28 +133,15 @@ impl QuotaStore for PgUploads {
         else {
             return Ok(QuotaGrant::Uncounted);
         };
-        let (stored_bytes, stored_files): (i64, i64) =
-            (stored.try_get(0).map_err(err)?, stored.try_get(1).map_err(err)?);
-        let (limit_bytes, limit_files) = (claim.limit_bytes.map(clamp), claim.limit_files.map(clamp));
+        let (stored_bytes, stored_files): (i64, i64) = (
+            stored.try_get(0).map_err(err)?,
+            stored.try_get(1).map_err(err)?,
+        );
+        let (limit_bytes, limit_files) =
+            (claim.limit_bytes.map(clamp), claim.limit_files.map(clamp));
         let row = tx
             .query_opt(
-                "INSERT INTO quota_claims (id, username, owner, bytes, files, expires_ms)
-                 SELECT $1, $2, $3, $4::bigint, $5::bigint, $6::bigint
-                 WHERE ($4::bigint = 0 OR $8::bigint IS NULL OR $10::bigint
-                        + (SELECT COALESCE(SUM(bytes), 0) FROM quota_claims
-                           WHERE username = $2 AND expires_ms >= $7::bigint)
-                        + $4::bigint <= $8::bigint)
-                   AND ($5::bigint = 0 OR $9::bigint IS NULL OR $11::bigint
-                        + (SELECT COALESCE(SUM(files), 0) FROM quota_claims
-                           WHERE username = $2 AND expires_ms >= $7::bigint)
-                        + $5::bigint <= $9::bigint)
-                 ON CONFLICT (id) DO UPDATE SET
-                   bytes = CASE WHEN quota_claims.expires_ms < $7::bigint THEN 0
-                           ELSE quota_claims.bytes END + EXCLUDED.bytes,
-                   files = CASE WHEN quota_claims.expires_ms < $7::bigint THEN 0
-                           ELSE quota_claims.files END + EXCLUDED.files,
-                   owner = EXCLUDED.owner, expires_ms = EXCLUDED.expires_ms
-                 RETURNING bytes, files",
+                &tx.prepare_cached(CLAIM).await.map_err(err)?,
                 &[
                     &claim.id,
                     &claim.username,
