@@ -4,7 +4,7 @@
 //! user uploads with a quota set, kept in the upload state store so it survives restarts,
 //! and changed by every upload, delete and rename the user makes through the bridge.
 //! Uploads in progress hold a reservation in the same store (shared by every replica on
-//! PostgreSQL): before bytes are accepted the upload takes them, up to one part ahead, and
+//! PostgreSQL): before bytes are accepted the upload takes them, up to a part ahead, and
 //! the store refuses atomically when stored plus every live reservation would pass the
 //! quota, so parallel uploads on any replicas cannot overrun a quota together. A commit turns
 //! the reservation into usage in one step; an abort or cut gives it back; a replica that
@@ -69,9 +69,18 @@ struct Shared {
     store: Arc<dyn QuotaStore>,
     /// This process in `quota_claims.owner`, for operators.
     owner: String,
-    /// What a growing upload takes ahead of its bytes: one (first) part's worth, so that a
-    /// claim is made about once a part rather than once a write.
+    /// What a growing upload takes ahead of its bytes at most: one (first) part's worth,
+    /// so that a claim is made about once a part rather than once a write.
     ahead: u64,
+}
+
+impl Shared {
+    /// What an upload takes ahead under a byte quota of `limit`: a part, but never more
+    /// than an eighth of the quota, so that a quota of a few parts still lets several
+    /// uploads run side by side.
+    fn ahead_for(&self, limit: u64) -> u64 {
+        self.ahead.min(limit / 8).max(1)
+    }
 }
 
 fn internal(e: StateError) -> UploadError {
@@ -165,7 +174,7 @@ impl QuotaTicket {
                 return Ok(());
             }
             let need = size - self.held;
-            let want = need.max(self.shared.ahead);
+            let want = need.max(self.shared.ahead_for(limit));
             match self.claim(want, 0).await? {
                 QuotaGrant::Granted { .. } => continue,
                 QuotaGrant::Uncounted => return Err(uncounted()),
@@ -358,10 +367,10 @@ impl Quotas {
             renew_at: Instant::now() + QUOTA_LEASE / 2,
             settled: false,
         };
-        // The usual case in one claim: the new file and the first bytes, a part ahead.
+        // The usual case in one claim: the new file and the first bytes, some ahead.
         let files = u64::from(user.quota_files.is_some());
         let first = match user.quota_bytes {
-            Some(_) => offset.max(1).max(self.shared.ahead),
+            Some(limit) => offset.max(1).max(self.shared.ahead_for(limit)),
             None => 0,
         };
         match ticket.claim(first, files).await? {
@@ -459,19 +468,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite::open(dir.path(), false).expect("open").quota;
         store
-            .set_quota_usage("u".into(), 4, 0)
+            .set_quota_usage("u".into(), 40, 0)
             .await
             .expect("count");
+        // A part is 20 bytes, but an eighth of the quota (12) is what is taken ahead.
         let shared = Arc::new(Shared {
             store: store.clone(),
             owner: "test".into(),
-            ahead: 2,
+            ahead: 20,
         });
         let ticket = |id: &str| QuotaTicket {
             shared: shared.clone(),
             username: "u".into(),
             id: id.into(),
-            limit_bytes: Some(10),
+            limit_bytes: Some(100),
             limit_files: None,
             held: 0,
             file: false,
@@ -479,24 +489,26 @@ mod tests {
             settled: false,
         };
         let (mut a, mut b) = (ticket("a"), ticket("b"));
-        a.grow_to(3).expect_ok().await;
-        assert_eq!(a.held, 3, "needs 3, more than a part (2): takes just that");
+        a.grow_to(30).expect_ok().await;
+        assert_eq!(a.held, 30, "needs more than it takes ahead: just that");
         b.grow_to(1).expect_ok().await;
-        assert_eq!(b.held, 2, "one part ahead");
-        b.grow_to(3).expect_ok().await;
-        assert_eq!(b.held, 3, "only 3 were left: all of it");
-        let err = b.grow_to(4).await.expect_err("11 of 10");
+        assert_eq!(b.held, 12, "an eighth of the quota ahead");
+        b.grow_to(20).expect_ok().await;
+        assert_eq!(b.held, 24);
+        b.grow_to(25).expect_ok().await;
+        assert_eq!(b.held, 30, "only 6 were left: all of them");
+        let err = b.grow_to(31).await.expect_err("101 of 100");
         assert!(err.to_string().contains("quota_bytes"), "{err}");
         drop(b);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        a.grow_to(6).expect_ok().await;
+        a.grow_to(60).expect_ok().await;
         let mut c = ticket("c");
-        shared_commit(&shared, a, 6).await;
+        shared_commit(&shared, a, 60).await;
         assert_eq!(
             store.quota_usage("u".into()).await.expect("usage"),
-            Some((10, 1))
+            Some((100, 1))
         );
-        assert!(c.grow_to(1).await.is_err(), "10 of 10 stored");
+        assert!(c.grow_to(1).await.is_err(), "100 of 100 stored");
     }
 
     async fn shared_commit(shared: &Arc<Shared>, mut t: QuotaTicket, size: i64) {
