@@ -6,6 +6,21 @@ use super::PgUploads;
 use crate::state::dirs::{name_of, parent_of};
 use crate::state::{DirStore, StateError};
 
+impl PgUploads {
+    /// Runs `sql` as a statement prepared once per connection: listings and `stat` ask on
+    /// every call, so each is one round trip rather than two.
+    async fn query_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+        let err = |e| self.pg.error(super::UPLOADS, e);
+        let client = self.pg.client(super::UPLOADS).await?;
+        let statement = client.prepare_cached(sql).await.map_err(err)?;
+        client.query(&statement, params).await.map_err(err)
+    }
+}
+
 #[async_trait::async_trait]
 impl DirStore for PgUploads {
     async fn add_dir(&self, prefix: String) -> Result<(), StateError> {
@@ -33,14 +48,14 @@ impl DirStore for PgUploads {
 
     async fn has_dir(&self, prefix: String) -> Result<bool, StateError> {
         let rows = self
-            .query("SELECT 1 FROM made_dirs WHERE prefix = $1", &[&prefix])
+            .query_prepared("SELECT 1 FROM made_dirs WHERE prefix = $1", &[&prefix])
             .await?;
         Ok(!rows.is_empty())
     }
 
     async fn dirs_in(&self, parent: String) -> Result<Vec<String>, StateError> {
         let rows = self
-            .query(
+            .query_prepared(
                 "SELECT prefix FROM made_dirs WHERE parent = $1 ORDER BY prefix",
                 &[&parent],
             )

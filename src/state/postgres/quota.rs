@@ -43,6 +43,13 @@ const CLAIM: &str = "INSERT INTO quota_claims (id, username, owner, bytes, files
       owner = EXCLUDED.owner, expires_ms = EXCLUDED.expires_ms
     RETURNING bytes, files";
 
+/// Ends a reservation and adds to the stored figures, in one statement (a commit, or a
+/// release with zeros).
+const SETTLE: &str = "WITH released AS (DELETE FROM quota_claims WHERE id = $2)
+    UPDATE quota_usage
+    SET bytes = GREATEST(0, bytes + $3), files = GREATEST(0, files + $4)
+    WHERE username = $1";
+
 #[async_trait::async_trait]
 impl QuotaStore for PgUploads {
     async fn quota_usage(&self, username: String) -> Result<Option<(u64, u64)>, StateError> {
@@ -188,15 +195,14 @@ impl QuotaStore for PgUploads {
         bytes: i64,
         files: i64,
     ) -> Result<(), StateError> {
-        self.execute(
-            "WITH released AS (DELETE FROM quota_claims WHERE id = $2)
-             UPDATE quota_usage
-             SET bytes = GREATEST(0, bytes + $3), files = GREATEST(0, files + $4)
-             WHERE username = $1",
-            &[&username, &id, &bytes, &files],
-        )
-        .await
-        .map(|_| ())
+        let err = |e| self.pg.error(super::UPLOADS, e);
+        let client = self.pg.client(super::UPLOADS).await?;
+        let statement = client.prepare_cached(SETTLE).await.map_err(err)?;
+        client
+            .execute(&statement, &[&username, &id, &bytes, &files])
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 
     async fn expire_quota_claims(&self, before_ms: i64) -> Result<usize, StateError> {

@@ -194,6 +194,7 @@ mod tests {
             .set_quota_usage("u".into(), 9, 1)
             .await
             .expect("quota");
+        stores.dirs.add_dir("u/made/".into()).await.expect("dir");
         drop((stores, outbox));
 
         let stores = super::open(dir.path(), true).expect("reopen");
@@ -222,6 +223,7 @@ mod tests {
             stores.quota.quota_usage("u".into()).await.expect("quota"),
             Some((9, 1))
         );
+        assert!(stores.dirs.has_dir("u/made/".into()).await.expect("dir"));
         assert!(
             dir.path().join(super::OUTBOX_FILE).exists()
                 && dir.path().join(super::UPLOADS_FILE).exists()
