@@ -1,5 +1,7 @@
 //! The `ingest-bridge` command line.
 
+mod bans_cli;
+
 use clap::{Parser, Subcommand};
 use ingest_bridge::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use ingest_bridge::server::Bridge;
@@ -39,6 +41,15 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: OutboxAction,
+    },
+    /// List the defender's bans and lift one (reaches every replica with a PostgreSQL
+    /// [state] url; with SQLite the bans live in the `serve` process only).
+    Bans {
+        /// Configuration file (its [state] url names where the bans are).
+        #[arg(long, global = true, env = "INGEST_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: bans_cli::BansAction,
     },
     /// Run only the embedded S3 store (s3s-fs) as a standalone S3 server, for benchmarks
     /// and for pointing other tools at the same store.
@@ -111,6 +122,7 @@ fn main() -> ExitCode {
         },
         Command::HashPassword => hash_password(),
         Command::Outbox { config, action } => outbox(config, action),
+        Command::Bans { config, action } => bans_cli::run(&config, action),
         Command::EmbeddedStore {
             root,
             listen,
@@ -174,6 +186,7 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
         Err(e) => return fail(e),
     };
     let data_dir = config.server.data_dir;
+    let tls = config.state.tls;
     let shared = match config.state.backend {
         ingest_bridge::config::StateBackend::Sqlite => None,
         ingest_bridge::config::StateBackend::Postgres(url) => Some(url),
@@ -187,7 +200,7 @@ fn outbox(path: PathBuf, action: OutboxAction) -> ExitCode {
     block_on(async move {
         // With a shared database, the outbox every replica delivers from.
         let opened = match &shared {
-            Some(url) => ingest_bridge::state::postgres::open_outbox(url).await,
+            Some(url) => ingest_bridge::state::postgres::open_outbox(url, &tls).await,
             None => ingest_bridge::state::sqlite::open_outbox(&data_dir),
         };
         let outbox = match opened {

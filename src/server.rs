@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 const BUCKET_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `/readyz` waits for HeadBucket.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stop waits for queued completions to be delivered (or `drain_timeout`, if
-/// shorter); what is left stays pending in the outbox.
+/// How long a stop waits for queued completions to be delivered — with a shared outbox,
+/// for this replica's running deliveries to finish — (or `drain_timeout`, if shorter);
+/// what is left stays pending in the outbox (handed to the other replicas when shared).
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the bridge could not start. Each message names the key or address to fix.
@@ -220,15 +221,22 @@ impl Bridge {
                 })?
             }
             StateBackend::Postgres(url) => {
-                let stores =
-                    crate::state::postgres::open(url, with_outbox, config.state.max_connections)
-                        .await
-                        .map_err(StartError::SharedState)?;
+                let stores = crate::state::postgres::open(
+                    url,
+                    with_outbox,
+                    config.state.max_connections,
+                    &config.state.tls,
+                )
+                .await
+                .map_err(StartError::SharedState)?;
                 tracing::info!(database = %crate::config::state::without_password(url),
                     "durable state shared in PostgreSQL");
                 stores
             }
         };
+        if let Some(health) = &stores.health {
+            health.register(&metrics.registry);
+        }
         let notifier = Notifier::start(
             &config.notify,
             &config.users,
@@ -344,12 +352,15 @@ impl Bridge {
             let draining = draining.clone();
             let defender = defender.clone();
             let banned = metrics.defender_banned_addresses.clone();
+            let state = stores.health.clone();
             Arc::new(move || {
                 // Bans end by themselves: refresh the gauge whenever it is looked at.
                 banned.set(i64::try_from(defender.banned_now()).unwrap_or(i64::MAX));
                 let storage = storage.clone();
                 let notifier = notifier.clone();
                 let draining = draining.clone();
+                // Read from the background probe: a scrape never waits on the database.
+                let state = state.as_ref().map(|health| health.check());
                 Box::pin(async move {
                     let listeners = if draining.is_cancelled() {
                         Err(
@@ -369,7 +380,7 @@ impl Bridge {
                                 "HeadBucket took longer than {READY_CHECK_TIMEOUT:?}"
                             )),
                         };
-                    vec![
+                    let mut checks = vec![
                         ("listeners", listeners),
                         ("s3", bucket),
                         (
@@ -380,7 +391,11 @@ impl Bridge {
                             "outbox",
                             notifier.check_outbox().await.map_err(|e| e.to_string()),
                         ),
-                    ]
+                    ];
+                    if let Some(state) = state {
+                        checks.push(("state", state));
+                    }
+                    checks
                 })
             })
         };
@@ -452,17 +467,9 @@ impl Bridge {
         }
         // Refuses new uploads at once, then waits for the running ones.
         self.pipeline.shutdown(self.drain_timeout).await;
-        if !self
-            .notifier
-            .drain(self.drain_timeout.min(NOTIFY_DRAIN_TIMEOUT))
-            .await
-        {
-            tracing::warn!(
-                pending = self.notifier.pending(),
-                "stopping with undelivered completions; they stay in the outbox and are sent after the next start"
-            );
-        }
-        self.notifier.stop();
+        self.notifier
+            .shutdown(self.drain_timeout.min(NOTIFY_DRAIN_TIMEOUT))
+            .await;
         self.stopped.cancel();
         if let Some(store) = &self.embedded {
             store.stop();

@@ -5,9 +5,10 @@
 # the ConfigMap's config with `ingest-bridge check-config`, with the variables the
 # StatefulSet's start command sets for a replica. The postgres overlay likewise: built with
 # `kubectl kustomize` (or `kustomize build`), every resource it renders against the schemas,
-# its own consistency (no per-replica volume, data_dir on an emptyDir, the HPA's range against
-# the FTP Services, the config equal to the base's but for [state]) and its config through
-# check-config with the Secret's variables. Ends with "k8s: N passed, N failed".
+# its own consistency (a Deployment instead of the StatefulSet, no per-replica volume,
+# data_dir on an emptyDir, the HPA on the Deployment, one FTP Service with client affinity
+# carrying the passive range, the config equal to the base's but for [state]) and its config
+# through check-config with the Secret's variables. Ends with "k8s: N passed, N failed".
 # Usage: deploy/kubernetes/validate.sh [PATH_TO_INGEST_BRIDGE_BINARY]
 set -uo pipefail
 BIN=$(realpath -m "${1:-$(dirname "$0")/../../target/release/ingest-bridge}")
@@ -114,13 +115,13 @@ if problems:
 PY
 
 # The postgres overlay (overlays/postgres): built, then checked like the base.
-for file in overlays/postgres/ftp-services.yaml overlays/postgres/horizontal-pod-autoscaler.yaml \
-  overlays/postgres/secret.example.yaml; do
+for file in overlays/postgres/deployment.yaml overlays/postgres/ftp-service.yaml \
+  overlays/postgres/horizontal-pod-autoscaler.yaml overlays/postgres/secret.example.yaml; do
   check "schema: $file" python3 -m kubernetes_validate --strict --quiet \
     -k "$KUBERNETES_VERSION" "$file"
 done
-check "overlays/postgres/ftp-services.yaml is what services.py generates" \
-  bash -c 'diff <(python3 services.py 6 3) overlays/postgres/ftp-services.yaml'
+check "overlays/postgres/ftp-service.yaml is what services.py generates" \
+  bash -c 'diff <(python3 services.py shared) overlays/postgres/ftp-service.yaml'
 
 overlay_dir=$(mktemp -d)
 if command -v kubectl >/dev/null; then
@@ -165,15 +166,38 @@ url = state.get("url", "")
 need(url.startswith("postgres://"), "state.url is not a postgres:// URL")
 need("${PGPASSWORD}" in url, "state.url does not take the password from ${PGPASSWORD}")
 
-sts = by_kind["StatefulSet"][0]
-need("volumeClaimTemplates" not in sts["spec"], "the StatefulSet still has volumeClaimTemplates")
-need("replicas" not in sts["spec"], "the StatefulSet fixes replicas (the HPA sets them)")
-pod = sts["spec"]["template"]["spec"]
+need("StatefulSet" not in by_kind, "the base's StatefulSet is still rendered")
+deployments = by_kind.get("Deployment", [])
+need(len(deployments) == 1, "the overlay does not render exactly one Deployment")
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+deploy = deployments[0]
+need("replicas" not in deploy["spec"], "the Deployment fixes replicas (the HPA sets them)")
+template = deploy["spec"]["template"]
+labels = template["metadata"]["labels"]
+need(deploy["spec"]["selector"]["matchLabels"].items() <= labels.items(), "the Deployment's selector does not match its pods")
+rolling = deploy["spec"].get("strategy", {}).get("rollingUpdate", {})
+need(rolling.get("maxUnavailable") == 0, "a rolling update may stop a replica before its successor is ready")
+pod = template["spec"]
 container = pod["containers"][0]
+need(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness probe is not /readyz")
+need(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness probe is not /healthz")
+drain = config["server"]["drain_timeout"]
+units = {"s": 1, "m": 60, "h": 3600}
+need(pod["terminationGracePeriodSeconds"] >= int(drain[:-1]) * units[drain[-1]] + 10 + 5,
+     f"terminationGracePeriodSeconds must cover drain_timeout ({drain}) + 10 s outbox + preStop")
+ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+port = lambda listen: int(listen.rsplit(":", 1)[1])
+need(ports.get("ftp") == port(config["ftp"]["listen"]), "container port ftp != ftp.listen")
+need(ports.get("sftp") == port(config["sftp"]["listen"]), "container port sftp != sftp.listen")
 volumes = {v["name"]: v for v in pod["volumes"]}
+need(all("persistentVolumeClaim" not in v for v in volumes.values()), "a replica has a volume of its own")
 mount = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
 data = mount.get(config["server"]["data_dir"])
 need(data is not None and "emptyDir" in volumes.get(data, {}), "server.data_dir is not on an emptyDir")
+for key in config["sftp"]["host_keys"]:
+    need(any(key.startswith(m + "/") for m in mount), f"host key {key} is not on a mounted volume")
 
 secret = yaml.safe_load(open("overlays/postgres/secret.example.yaml"))
 secret_refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
@@ -181,27 +205,35 @@ need(secret["metadata"]["name"] in secret_refs, "the container does not read the
 env = {e["name"] for e in container.get("env", [])} | set(secret["stringData"])
 for name, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}", url):
     need(name in env or default, f"state.url needs ${{{name}}}, which neither the pod nor the Secret sets")
+need("INGEST_BRIDGE__FTP__PASSIVE_HOST" in env or "passive_host" in config["ftp"],
+     "no replica announces a public passive address (ftp.passive_host)")
 
 hpa = by_kind["HorizontalPodAutoscaler"][0]["spec"]
 target = hpa["scaleTargetRef"]
-need((target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "StatefulSet", sts["metadata"]["name"]),
-     "the HPA does not scale the StatefulSet")
+need((target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", deploy["metadata"]["name"]),
+     "the HPA does not scale the Deployment")
 need(hpa["minReplicas"] >= 2, "the HPA's minReplicas is below 2")
 need(any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"]), "the HPA is not on CPU")
 need("cpu" in container["resources"]["requests"], "no CPU request: the HPA's utilization has no base")
-ftp = sorted(s["metadata"]["name"] for s in by_kind["Service"]
-             if "statefulset.kubernetes.io/pod-name" in s["spec"]["selector"])
-need(ftp == [f"ingest-bridge-{n}" for n in range(hpa["maxReplicas"])],
-     f"FTP Services {ftp} do not cover replicas 0..maxReplicas-1 ({hpa['maxReplicas']})")
-match = re.search(r"first=\$\(\((\d+) \+ (\d+) \* ordinal\)\)", " ".join(container["command"]))
-for svc in by_kind["Service"]:
-    pod_name = svc["spec"]["selector"].get("statefulset.kubernetes.io/pod-name")
-    if not pod_name or not match:
-        continue
-    n = int(pod_name.rsplit("-", 1)[1])
-    first = int(match.group(1)) + int(match.group(2)) * n
-    passive = sorted(p["port"] for p in svc["spec"]["ports"] if p["name"].startswith("passive-"))
-    need(passive == list(range(first, first + 100)), f"Service {pod_name} does not carry ports {first}-{first + 99}")
+
+services = by_kind["Service"]
+for svc in services:
+    selector = svc["spec"]["selector"]
+    need("statefulset.kubernetes.io/pod-name" not in selector,
+         f"Service {svc['metadata']['name']} selects one StatefulSet pod, which a Deployment does not have")
+    need(selector.items() <= labels.items(), f"Service {svc['metadata']['name']} selects no bridge pod")
+ftp = [s for s in services if any(p["name"] == "ftp" for p in s["spec"]["ports"])]
+need(len(ftp) == 1, "not exactly one FTP Service")
+if ftp:
+    svc = ftp[0]["spec"]
+    need(svc.get("sessionAffinity") == "ClientIP", "the FTP Service does not keep a client on one replica")
+    need(svc.get("externalTrafficPolicy") == "Local", "the FTP Service hides the client's address")
+    first, last = (int(x) for x in config["ftp"]["passive_ports"].split("-"))
+    passive = sorted(p["port"] for p in svc["ports"] if p["name"].startswith("passive-"))
+    need(passive == list(range(first, last + 1)), f"the FTP Service does not carry ftp.passive_ports {first}-{last}")
+    need(any(p["name"] == "ftp" and p["targetPort"] == ports.get("ftp") for p in svc["ports"]),
+         "the FTP Service does not forward to the FTP port")
+need(any(any(p["name"] == "sftp" for p in s["spec"]["ports"]) for s in services), "no SFTP Service")
 pdb = by_kind["PodDisruptionBudget"][0]["spec"]
 need(pdb.get("maxUnavailable") == 1, "the PodDisruptionBudget does not allow one replica at a time")
 
@@ -214,12 +246,11 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     if d and d["kind"] == "ConfigMap": print(d["data"]["ingest-bridge.toml"])' \
     "$overlay_dir/rendered.yaml" >"$overlay_dir/ingest-bridge.toml"
   if [ -x "$BIN" ]; then
-    # The Secret's variables as the pod gets them (envFrom), and those of replica 4, which
-    # only the overlay has. check-config parses the URL but does not connect.
-    check "overlays/postgres config passes check-config (replica 4, the Secret's variables)" env \
+    # The Secret's variables as the pod gets them (envFrom), and the Deployment's.
+    # check-config parses the URL but does not connect.
+    check "overlays/postgres config passes check-config (the Secret's and the pod's variables)" env \
       $(python3 -c 'import yaml; print(" ".join(f"{k}={v}" for k, v in yaml.safe_load(open("overlays/postgres/secret.example.yaml"))["stringData"].items()))') \
-      INGEST_BRIDGE__FTP__PASSIVE_PORTS=50400-50499 \
-      INGEST_BRIDGE__FTP__PASSIVE_HOST=ingest-bridge-4.ftp.example.com \
+      INGEST_BRIDGE__FTP__PASSIVE_HOST=ftp.example.com \
       PLATFORM_API_KEY=test "$BIN" check-config --config "$overlay_dir/ingest-bridge.toml"
     check "overlays/postgres config without PGPASSWORD is refused" bash -c \
       '! env -u PGPASSWORD PGHOST=db PGUSER=u PGDATABASE=d PLATFORM_API_KEY=t "$0" check-config --config "$1"' \

@@ -45,7 +45,7 @@ pub use notify::{DeliveryMode, NotifyConfig};
 pub use rules::{RuleConfig, RuleOutcome, StatusMatch};
 pub use server::ServerConfig;
 pub use sftp::{SFTP_CIPHERS, SFTP_DEFAULT_CIPHERS, SftpConfig};
-pub use state::{StateBackend, StateConfig};
+pub use state::{StateBackend, StateConfig, StateTls, TlsVerify};
 pub use storage::{Endpoint, StorageConfig};
 pub use units::{format_size, parse_duration, parse_size};
 pub use upload::{DEFAULT_TEMP_PATTERNS, UploadConfig};

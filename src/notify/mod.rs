@@ -34,10 +34,17 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a stop waits for the worker and the cut deliveries to end before it releases
+/// their claims (they end at their next await; this only bounds a wedged one).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How long a stop tries to release this replica's claims.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a completion could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +60,7 @@ pub enum NotifyError {
         source: std::io::Error,
     },
     /// The outbox could not be opened or written.
-    #[error("cannot use the {0}. Check free space and permissions of server.data_dir.")]
+    #[error("cannot use the {store}. {hint}", store = .0, hint = .0.what_to_check())]
     Outbox(#[from] StateError),
     /// The completion could not be turned into JSON.
     #[error("cannot serialise the completion: {0}")]
@@ -90,6 +97,12 @@ struct Inner {
     stop: CancellationToken,
     /// Wakes the worker: a new entry, or a free delivery slot.
     wake: Notify,
+    /// The worker and the deliveries it started, waited for by a stop.
+    tasks: TaskTracker,
+    /// Deliveries running now.
+    running: AtomicUsize,
+    /// Stopping with a shared outbox: start no new delivery, the other replicas will.
+    handing_over: AtomicBool,
     pending: AtomicUsize,
     idle: Notify,
     /// Sync mode: clients waiting for their completion's outcome.
@@ -132,6 +145,9 @@ impl Notifier {
             delivery,
             stop: CancellationToken::new(),
             wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            running: AtomicUsize::new(0),
+            handing_over: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
             waiters: Mutex::default(),
@@ -144,7 +160,7 @@ impl Notifier {
             }
             inner.pending.store(count, Ordering::Release);
             inner.refresh_gauges().await;
-            tokio::spawn(worker::run(inner.clone()));
+            inner.tasks.spawn(worker::run(inner.clone()));
         }
         Ok(Notifier { inner })
     }
@@ -262,9 +278,66 @@ impl Notifier {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops delivering; what is undelivered stays pending in the outbox for the next start.
-    pub fn stop(&self) {
+    /// Stops delivering, after up to `timeout` for what is under way. With an outbox of its
+    /// own, queued completions get that time to be delivered (what is left stays pending
+    /// for the next start). With an outbox shared by replicas, this one starts nothing new
+    /// and its running deliveries get that time to finish; then the rest are cut and their
+    /// claims released at once, so another replica delivers them now rather than when the
+    /// lease ends — a cut one is sent again, with the same id (at least once, as after a
+    /// crash: the API may have seen the cut attempt).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let Some(delivery) = &self.inner.delivery else {
+            self.inner.stop.cancel();
+            return;
+        };
+        if delivery.outbox.lease().is_some() {
+            self.inner.handing_over.store(true, Ordering::Release);
+            self.inner.wake.notify_one();
+            if !self.deliveries_end(timeout).await {
+                tracing::warn!(
+                    running = self.inner.running.load(Ordering::Acquire),
+                    "stopping with deliveries running; they are cut and handed to the other replicas (sent again with the same id)"
+                );
+            }
+        } else if !self.drain(timeout).await {
+            tracing::warn!(
+                pending = self.pending(),
+                "stopping with undelivered completions; they stay in the outbox and are sent after the next start"
+            );
+        }
         self.inner.stop.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(STOP_WAIT, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a delivery did not stop in time; its claim is released anyway");
+        }
+        match tokio::time::timeout(RELEASE_TIMEOUT, delivery.outbox.release_claims()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(released)) => tracing::info!(
+                released,
+                "released the completions this replica was delivering; another replica takes them over now"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e,
+                "cannot release the completions this replica was delivering; another replica takes them over when their lease ends"),
+            Err(_) => tracing::warn!(timeout = ?RELEASE_TIMEOUT,
+                "the outbox did not answer in time to release this replica's completions; another replica takes them over when their lease ends"),
+        }
+    }
+
+    /// Waits until no delivery runs, or `timeout` passes.
+    async fn deliveries_end(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.inner.running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     /// Writes a test record to the event log: is it still writable?

@@ -1,20 +1,29 @@
 //! The delivery worker: picks due entries from the outbox (never more than
 //! `notify.concurrency` at once), runs their remaining steps, and writes the outcome back —
 //! the next step, a retry time, delivered, or dead. The schedule lives in the database, so
-//! a restart resumes it and `outbox retry` from another process is seen within a second.
+//! a restart resumes it. Changes made elsewhere are seen by polling every second — or, on
+//! an outbox shared by replicas whose [`Wakeups`] are live, at once: each replica hears of
+//! the others' inserts, retries and released claims, and then only polls every
+//! [`LISTENING_POLL`] as a safety net. Each delivery keeps its claim renewed while it runs
+//! ([`leased`]).
 
 use super::Inner;
 use super::connector::{StepOutcome, StoredObject};
 use super::http::backoff;
-use crate::state::{PendingEntry, State, now_ms};
+use crate::state::{PendingEntry, State, Wakeups, leased, now_ms};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Longest sleep between two looks at the outbox (other processes may change it).
 const POLL: Duration = Duration::from_secs(1);
+
+/// Longest sleep of an idle worker while other processes' changes wake it: only a safety
+/// net (the next due time, a lapsing lease elsewhere, are timers of their own).
+const LISTENING_POLL: Duration = Duration::from_secs(15);
 
 /// Due entries read from the outbox at once; each is re-checked when its delivery starts.
 const PREFETCH: usize = 256;
@@ -28,6 +37,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let Some(delivery) = inner.delivery.as_ref() else {
         return;
     };
+    let wakeups = delivery.outbox.wakeups();
     let slots = Arc::new(Semaphore::new(delivery.concurrency));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut queue: VecDeque<String> = VecDeque::new();
@@ -42,7 +52,12 @@ pub(super) async fn run(inner: Arc<Inner>) {
             gauges_at = Instant::now();
         }
         // Refill when empty, or when stale so that new and retried entries are not starved.
-        if slots.available_permits() > 0 && (queue.is_empty() || queued_at.elapsed() >= POLL) {
+        // A replica handing over (stopping) starts nothing new: the others deliver it.
+        let handing_over = inner.handing_over.load(Ordering::Acquire);
+        if !handing_over
+            && slots.available_permits() > 0
+            && (queue.is_empty() || queued_at.elapsed() >= POLL)
+        {
             match delivery.outbox.due(now_ms(), PREFETCH).await {
                 Ok(due) => {
                     queue = due.into();
@@ -58,7 +73,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
         }
         let mut started = 0;
-        while slots.available_permits() > 0 {
+        while !handing_over && slots.available_permits() > 0 {
             let Some(id) = queue.pop_front() else {
                 break;
             };
@@ -74,14 +89,18 @@ pub(super) async fn run(inner: Arc<Inner>) {
             drop(running);
             started += 1;
             let (inner, in_flight) = (inner.clone(), in_flight.clone());
-            tokio::spawn(async move {
+            inner.running.fetch_add(1, Ordering::AcqRel);
+            inner.tasks.clone().spawn(async move {
                 tokio::select! {
                     () = deliver(&inner, &id) => {}
-                    // Still pending in the outbox: the next run resumes it.
+                    // Still pending in the outbox: the next run (or another replica, once
+                    // the stop released the claim) resumes it.
                     () = inner.stop.cancelled() => {}
                 }
                 in_flight.lock().remove(&id);
                 drop(slot);
+                inner.running.fetch_sub(1, Ordering::AcqRel);
+                inner.idle.notify_waiters();
                 inner.wake.notify_one();
             });
         }
@@ -91,35 +110,58 @@ pub(super) async fn run(inner: Arc<Inner>) {
         // Wait for a free slot, a new entry, or the next due time. Entries in flight are
         // due too, so with deliveries running only a wake or the poll interval helps.
         let busy = !in_flight.lock().is_empty();
-        let wait = if busy || slots.available_permits() == 0 {
+        let idle_poll = if wakeups.as_ref().is_some_and(Wakeups::live) {
+            LISTENING_POLL
+        } else {
+            POLL
+        };
+        let wait = if busy || slots.available_permits() == 0 || handing_over {
             POLL
         } else {
             match delivery.outbox.next_due().await {
                 Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
-                _ => POLL,
+                Ok(None) => idle_poll,
+                Err(_) => POLL,
             }
-            .clamp(Duration::from_millis(5), POLL)
+            .clamp(Duration::from_millis(5), idle_poll)
         };
         tokio::select! {
             () = inner.wake.notified() => {}
+            () = changed_elsewhere(wakeups.as_ref()) => {}
             () = tokio::time::sleep(wait) => {}
             () = inner.stop.cancelled() => return,
         }
     }
 }
 
-/// Runs an entry's remaining steps; records where it got to.
+/// Returns when another process changed the outbox (never without wake-ups).
+async fn changed_elsewhere(wakeups: Option<&Wakeups>) {
+    match wakeups {
+        Some(wakeups) => wakeups.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Claims an entry and runs its remaining steps, keeping the claim renewed meanwhile.
 async fn deliver(inner: &Inner, id: &str) {
     let Some(delivery) = inner.delivery.as_ref() else {
         return;
     };
-    let mut entry: PendingEntry = match delivery.outbox.claim(id, now_ms()).await {
+    let entry: PendingEntry = match delivery.outbox.claim(id, now_ms()).await {
         Ok(Some(current)) => current,
         Ok(None) => return, // delivered, rescheduled or retried meanwhile
         Err(e) => {
             tracing::error!(id, error = %e, "cannot read the outbox");
             return;
         }
+    };
+    leased(delivery.outbox.as_ref(), id, run_steps(inner, entry)).await;
+}
+
+/// Runs a claimed entry's remaining steps; records where it got to.
+async fn run_steps(inner: &Inner, mut entry: PendingEntry) {
+    let Some(delivery) = inner.delivery.as_ref() else {
+        return;
     };
     let connector = &delivery.connector;
     let completion: serde_json::Map<String, serde_json::Value> =

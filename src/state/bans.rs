@@ -17,6 +17,19 @@ pub struct FailureScore {
     pub bans: u32,
 }
 
+/// One address the store remembers, as `ingest-bridge bans list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanEntry {
+    /// The client address.
+    pub ip: IpAddr,
+    /// The end of its ban, if it is banned at the time asked.
+    pub banned_until: Option<SystemTime>,
+    /// Failed logins counted since its last ban (a ban clears them).
+    pub failures: usize,
+    /// Bans it had so far.
+    pub bans: u32,
+}
+
 /// Failed-login scores and bans per address.
 pub trait BanStore: Send + Sync + std::fmt::Debug {
     /// The end of `ip`'s ban, if it is banned at `now`.
@@ -31,8 +44,13 @@ pub trait BanStore: Send + Sync + std::fmt::Debug {
     /// one included, when it banned.
     fn ban(&self, ip: IpAddr, now: SystemTime, until: SystemTime) -> Option<u32>;
 
-    /// Lifts `ip`'s ban; its ban count stays, so a next ban is still longer.
+    /// Lifts `ip`'s ban; its ban count stays, so a next ban is still longer. The one place
+    /// a ban is lifted (the `bans lift` command, the admin API): a shared store lifts it for
+    /// every replica.
     fn unban(&self, ip: IpAddr);
+
+    /// The addresses banned at `now` or with failed logins counted, by address.
+    fn list(&self, now: SystemTime) -> Vec<BanEntry>;
 
     /// How many addresses are banned at `now`.
     fn banned_count(&self, now: SystemTime) -> usize;

@@ -6,8 +6,8 @@ mod shared;
 pub use shared::{dirs, quota_claims};
 
 use super::{
-    BanStore, CutUploadStore, FailureScore, OutboxStore, PartMark, PartialRecord, PendingEntry,
-    QuotaStore, State, TempNameStore, TempRecord, now_ms,
+    BanEntry, BanStore, CutUploadStore, FailureScore, OutboxStore, PartMark, PartialRecord,
+    PendingEntry, QuotaStore, State, TempNameStore, TempRecord, now_ms,
 };
 use crate::upload::partials::{load_hash, save_hash};
 use sha2::{Digest, Sha256};
@@ -220,6 +220,23 @@ pub async fn cut_uploads(store: &dyn CutUploadStore) {
         .expect("get")
         .expect("record");
     assert!(running.active);
+    // Its writer is this store: not an orphan, not adoptable.
+    assert!(store.orphaned().await.expect("orphaned").is_empty());
+    assert!(
+        !store
+            .adopt("a/x.mp4".into(), "up-1".into())
+            .await
+            .expect("adopt")
+    );
+    // The sweep lease: taken, then renewed by its holder.
+    for _ in 0..2 {
+        assert!(
+            store
+                .lead_sweep(Duration::from_secs(5))
+                .await
+                .expect("lead_sweep")
+        );
+    }
     assert_eq!((running.durable_bytes, running.durable_parts), (0, 0));
     assert_eq!(running.hash_state, None);
     assert_eq!(running.fields["asset"], "7");
@@ -319,6 +336,7 @@ pub async fn cut_uploads(store: &dyn CutUploadStore) {
             .expect("running")
     );
     assert_eq!(store.count_cut().await.expect("count"), 2);
+    assert!(store.orphaned().await.expect("orphaned").is_empty());
 
     // Expiry: cut uploads untouched since before the cut-off.
     assert!(store.expired(0).await.expect("expired").is_empty());
@@ -495,6 +513,17 @@ pub fn bans(store: &dyn BanStore) {
     assert_eq!(store.ban(ip, at(250), at(400)), None, "already banned");
     assert_eq!(store.add_failure(ip, at(250), window), None);
     assert_eq!(store.banned_count(at(250)), 1);
+    // Listed by address: the banned one, and one with failures counted.
+    let entry = |ip, banned_until, failures, bans| BanEntry {
+        ip,
+        banned_until,
+        failures,
+        bans,
+    };
+    assert_eq!(
+        store.list(at(250)),
+        vec![entry(ip, Some(at(300)), 0, 1), entry(other, None, 1, 0)]
+    );
     assert_eq!(store.banned_until(ip, at(300)), None, "over at its end");
     assert_eq!(store.banned_count(at(300)), 0);
     assert_eq!(store.add_failure(ip, at(310), window), score(1, 1));
@@ -506,8 +535,23 @@ pub fn bans(store: &dyn BanStore) {
     store.unban(ip);
     assert_eq!(store.banned_until(ip, at(320)), None);
     assert_eq!(store.banned_count(at(320)), 1);
+    assert_eq!(
+        store.list(at(320)),
+        vec![entry(other, Some(at(1_000)), 0, 1)]
+    );
     assert_eq!(store.add_failure(ip, at(330), window), score(1, 2));
+    // Lifting an address nobody banned changes nothing and lists nothing.
     store.unban("203.0.113.1".parse().expect("ip"));
+    assert_eq!(
+        store.list(at(330)),
+        vec![entry(ip, None, 1, 2), entry(other, Some(at(1_000)), 0, 1)]
+    );
+    assert!(
+        store
+            .list(at(1_000))
+            .iter()
+            .all(|e| e.banned_until.is_none())
+    );
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Bans and failed-login scores in process memory: the single-replica [`BanStore`]. They are
 //! gone after a restart, which only forgives the addresses banned at the time.
 
-use super::{BanStore, FailureScore};
+use super::{BanEntry, BanStore, FailureScore};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -69,6 +69,17 @@ impl BanRecord {
         })
     }
 
+    /// The record as listed at `now`, if it is banned or has failures counted.
+    pub(crate) fn entry(&self, ip: IpAddr, now: SystemTime) -> Option<BanEntry> {
+        let banned_until = self.banned_until.filter(|u| *u > now);
+        (banned_until.is_some() || !self.failures.is_empty()).then_some(BanEntry {
+            ip,
+            banned_until,
+            failures: self.failures.len(),
+            bans: self.bans,
+        })
+    }
+
     /// Bans until `until`, unless already banned at `now`; the bans so far.
     pub(crate) fn ban(&mut self, now: SystemTime, until: SystemTime) -> Option<u32> {
         if self.banned_at(now) {
@@ -119,6 +130,17 @@ impl BanStore for MemoryBans {
         if let Some(record) = self.records.lock().get_mut(&ip) {
             record.banned_until = None;
         }
+    }
+
+    fn list(&self, now: SystemTime) -> Vec<BanEntry> {
+        let mut entries: Vec<BanEntry> = self
+            .records
+            .lock()
+            .iter()
+            .filter_map(|(ip, r)| r.entry(*ip, now))
+            .collect();
+        entries.sort_by_key(|e| e.ip);
+        entries
     }
 
     fn banned_count(&self, now: SystemTime) -> usize {

@@ -19,9 +19,10 @@ pub mod postgres;
 pub mod sqlite;
 mod uploads;
 
-pub use bans::{BanStore, FailureScore};
+pub use bans::{BanEntry, BanStore, FailureScore};
 pub use dirs::DirStore;
-pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State};
+pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State, WakeupSender, Wakeups, leased};
+pub(crate) use uploads::Writing;
 pub use uploads::{
     CutUploadStore, PartMark, PartialRecord, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals,
     TempNameStore, TempRecord,
@@ -71,6 +72,18 @@ impl StateError {
         }
     }
 
+    /// What an operator should look at: the database of `state.url`, or the files.
+    pub fn what_to_check(&self) -> &'static str {
+        let location = match self {
+            StateError::Backend { location, .. } | StateError::Task { location, .. } => location,
+        };
+        if location.starts_with("postgres://") {
+            "Check that the database of state.url is reachable and accepts writes."
+        } else {
+            "Check free space and permissions of server.data_dir."
+        }
+    }
+
     /// Which store failed ("outbox", "upload state").
     pub fn store(&self) -> &'static str {
         match self {
@@ -95,6 +108,9 @@ pub struct Stores {
     pub bans: Arc<dyn BanStore>,
     /// Directories clients made (`MKD`) that S3 cannot show while they hold no object.
     pub dirs: Arc<dyn DirStore>,
+    /// Reachability of a shared database (for `/readyz` and metrics); `None` on SQLite,
+    /// whose files the outbox and event-log checks already cover.
+    pub health: Option<Arc<postgres::Health>>,
 }
 
 /// Milliseconds since the Unix epoch.

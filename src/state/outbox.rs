@@ -3,6 +3,11 @@
 //! retry resumes where delivery stopped.
 
 use super::StateError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// An entry's delivery state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +104,9 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     /// while the scheduler read a batch must not run again.
     async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<PendingEntry>, StateError>;
 
-    /// The earliest next attempt (ms since the epoch) of a pending entry, if any.
+    /// When (ms since the epoch) a pending entry is next due for this store, if any: its
+    /// next attempt, or the end of another process's claim on it (an entry leased elsewhere
+    /// is not due here before that).
     async fn next_due(&self) -> Result<Option<i64>, StateError>;
 
     /// How many entries are pending, and the creation time of the oldest.
@@ -147,4 +154,130 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes delivered entries last updated before `before_ms`. Returns how many.
     async fn purge_delivered(&self, before_ms: i64) -> Result<usize, StateError>;
+
+    /// How long a claim keeps other processes off an entry where claims are leases (a
+    /// shared database); `None` where one process owns the outbox and claims never lapse.
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Extends this store's claim on `id` by a whole lease. `Ok(false)`: the claim is no
+    /// longer this store's (it lapsed and another process took it, or it was released).
+    async fn renew(&self, _id: &str) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
+    /// Releases every claim this store holds, so other processes take the entries at once
+    /// (a clean stop). Returns how many.
+    async fn release_claims(&self) -> Result<usize, StateError> {
+        Ok(0)
+    }
+
+    /// Starts listening for other processes' changes that make entries due (an insert, an
+    /// operator's retry, a released claim); `None` where no other process shares the
+    /// outbox. Each call starts its own listener, which stops when the last clone of the
+    /// returned [`Wakeups`] is dropped.
+    fn wakeups(&self) -> Option<Wakeups> {
+        None
+    }
+}
+
+/// Word from the other processes sharing an outbox that an entry may have become due:
+/// an idle delivery worker waits on [`Wakeups::changed`] besides its own timers.
+#[derive(Clone, Debug)]
+pub struct Wakeups {
+    notify: Arc<Notify>,
+    live: Arc<AtomicBool>,
+    /// Stops the listener when the last clone goes.
+    _listener: Arc<DropGuard>,
+}
+
+impl Wakeups {
+    /// Wake-ups fed through the returned [`WakeupSender`]; `stop` is cancelled when the last
+    /// clone of these wake-ups is dropped, so the listener feeding them can end.
+    pub fn new(stop: CancellationToken) -> (Wakeups, WakeupSender) {
+        let notify = Arc::new(Notify::new());
+        let live = Arc::new(AtomicBool::new(false));
+        let sender = WakeupSender {
+            notify: notify.clone(),
+            live: live.clone(),
+        };
+        let wakeups = Wakeups {
+            notify,
+            live,
+            _listener: Arc::new(stop.drop_guard()),
+        };
+        (wakeups, sender)
+    }
+
+    /// Returns at the next wake-up (at once if one came since the last call returned).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether wake-ups arrive now; while they do not, the worker must poll.
+    pub fn live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+/// The listener's side of [`Wakeups`].
+#[derive(Clone, Debug)]
+pub struct WakeupSender {
+    notify: Arc<Notify>,
+    live: Arc<AtomicBool>,
+}
+
+impl WakeupSender {
+    /// Wakes the worker (one stored wake-up if it is busy, so nothing is missed).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Records whether wake-ups arrive; becoming live also wakes the worker, to look at
+    /// what changed while they did not.
+    pub fn set_live(&self, live: bool) {
+        if !self.live.swap(live, Ordering::AcqRel) && live {
+            self.wake();
+        }
+    }
+}
+
+/// Runs `work` (one entry's delivery) while keeping `store`'s claim on `id` alive: renewed
+/// every third of the lease, so a slow API or a long multi-step delivery is never taken
+/// over by another process while this one is alive.
+pub async fn leased<T>(
+    store: &dyn OutboxStore,
+    id: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(lease) = store.lease() else {
+        return work.await;
+    };
+    let heartbeat = async {
+        let every = (lease / 3).max(Duration::from_millis(10));
+        let mut warned = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match store.renew(id).await {
+                Ok(true) => warned = false,
+                Ok(false) if !warned => {
+                    warned = true;
+                    tracing::warn!(
+                        id,
+                        "the claim on this completion lapsed; another replica may deliver it too (at least once, same id)"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "cannot renew the claim on this completion; another replica may take it over when it lapses");
+                }
+            }
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => out,
+        () = heartbeat => work.await,
+    }
 }

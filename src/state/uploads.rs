@@ -96,7 +96,8 @@ pub trait CutUploadStore: Send + Sync + std::fmt::Debug {
         hash_state: Vec<u8>,
     ) -> Result<bool, StateError>;
 
-    /// Claims a cut upload for a resuming session; false if another session has it.
+    /// Claims a cut upload for a resuming session (or the sweep that aborts it); false if
+    /// another session has it.
     async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError>;
 
     /// Forgets an upload (completed or aborted) and its marks.
@@ -120,6 +121,21 @@ pub trait CutUploadStore: Send + Sync + std::fmt::Debug {
 
     /// Cut uploads untouched since before `before_ms`.
     async fn expired(&self, before_ms: i64) -> Result<Vec<PartialRecord>, StateError>;
+
+    /// Running records whose writer is gone: on a shared store, those whose writer's lease
+    /// ran out (its replica died); on a store one process owns, those an earlier process
+    /// left running. Never a record this store began, resumed or adopted and still runs.
+    async fn orphaned(&self) -> Result<Vec<PartialRecord>, StateError>;
+
+    /// Takes an orphaned running record for this store (it stays running, now held here),
+    /// so that one process alone keeps it at the parts S3 holds; false if its writer is
+    /// alive, another process took it first, or it is gone.
+    async fn adopt(&self, key: String, upload_id: String) -> Result<bool, StateError>;
+
+    /// Takes or renews, for `lease`, the right to sweep expired cut uploads; true while this
+    /// store holds it. One process at a time holds it (a store one process owns always
+    /// does), so two replicas never sweep together.
+    async fn lead_sweep(&self, lease: std::time::Duration) -> Result<bool, StateError>;
 }
 
 /// Finished uploads under temporary names, keyed by object key.
@@ -240,4 +256,31 @@ pub enum QuotaGrant {
     Refused(QuotaTotals),
     /// The user was never counted (or was forgotten): count what they store first.
     Uncounted,
+}
+
+/// The uploads a store's own process is writing, by upload id: what tells its running
+/// records from those another (dead) process left running, and whose leases it renews.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Writing(std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<String>>>);
+
+impl Writing {
+    /// Records that this process writes `upload_id`; false if it already did.
+    pub(crate) fn take(&self, upload_id: &str) -> bool {
+        self.0.lock().insert(upload_id.to_string())
+    }
+
+    /// This process no longer writes `upload_id`.
+    pub(crate) fn release(&self, upload_id: &str) {
+        self.0.lock().remove(upload_id);
+    }
+
+    /// Whether this process writes `upload_id`.
+    pub(crate) fn has(&self, upload_id: &str) -> bool {
+        self.0.lock().contains(upload_id)
+    }
+
+    /// Every upload id this process writes.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.0.lock().iter().cloned().collect()
+    }
 }

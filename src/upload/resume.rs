@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a resume waits for the session it takes over to let go.
 const TAKE_OVER_WAIT: Duration = Duration::from_secs(30);
+/// The sweep lease lasts this many sweep intervals.
+const SWEEP_LEASE_ROUNDS: u32 = 3;
 
 /// What a resumed upload continues from.
 pub(super) struct Resumed {
@@ -78,6 +80,10 @@ impl Pipeline {
         if record.active {
             // The user's own session still holds it (gone but not yet timed out).
             self.take_over(&key).await?;
+            record = own(store.get(key.clone()).await.map_err(internal)?).ok_or_else(nothing)?;
+        }
+        if record.active && adopt(&self.inner, &record).await {
+            // Its writer was gone (a replica that died): now kept at the parts S3 holds.
             record = own(store.get(key.clone()).await.map_err(internal)?).ok_or_else(nothing)?;
         }
         if record.active {
@@ -205,7 +211,16 @@ impl Pipeline {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(every) => {
-                        expire(&inner).await;
+                        // One replica at a time; a dead holder's lease runs out after three
+                        // rounds and another replica takes over.
+                        match inner.partials.lead_sweep(every * SWEEP_LEASE_ROUNDS).await {
+                            Ok(true) => {
+                                adopt_orphans(&inner).await;
+                                expire(&inner).await;
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot take the sweep lease; expired uploads wait"),
+                        }
                         count_kept(&inner).await;
                     }
                     () = inner.stop.cancelled() => return,
@@ -300,8 +315,9 @@ pub(super) async fn suspend(
     }
 }
 
-/// Start-up: every record is checked against ListParts; running ones (left by a crash)
-/// are suspended at the parts S3 holds, vanished ones forgotten.
+/// Start-up: every cut record is checked against ListParts (vanished ones are forgotten),
+/// then running records left by a process that is gone are kept at the parts S3 holds.
+/// Records other replicas are writing are left alone.
 async fn reconcile(inner: &Arc<Inner>) {
     let records = match inner.partials.all().await {
         Ok(r) => r,
@@ -310,44 +326,91 @@ async fn reconcile(inner: &Arc<Inner>) {
             return;
         }
     };
-    for record in records {
-        let parts = match inner
+    for record in records.into_iter().filter(|r| !r.active) {
+        match inner
             .storage
             .list_parts(&record.key, &record.upload_id)
             .await
         {
-            Ok(parts) => parts,
+            Ok(_) => {}
             Err(e) if e.not_found => {
                 let _ = inner
                     .partials
                     .remove(record.key.clone(), record.upload_id.clone())
                     .await;
-                continue;
             }
             Err(e) => {
                 tracing::warn!(key = %record.key, error = %e, "cannot check a kept upload; will retry at the next start");
-                continue;
             }
-        };
-        if !record.active {
-            continue;
         }
-        let marks = inner
-            .partials
-            .marks(record.upload_id.clone())
-            .await
-            .unwrap_or_default();
-        let mut mp = Multipart::new(record.upload_id.clone());
-        mp.recorded = true;
-        mp.marks = marks
-            .into_iter()
-            .map(|m| (m.number, (m.end, m.hash_state)))
-            .collect();
-        mp.done = parts.into_iter().map(|(p, _)| p).collect();
-        mp.next_number = mp.marks.keys().max().map_or(1, |n| n + 1);
-        tracing::info!(key = %record.key, "an upload was running when the bridge stopped; keeping its parts");
-        suspend(inner, &record.key, mp, None).await;
     }
+    adopt_orphans(inner).await;
+}
+
+/// Keeps every running upload whose writer is gone at the parts S3 holds.
+async fn adopt_orphans(inner: &Arc<Inner>) {
+    match inner.partials.orphaned().await {
+        Ok(records) => {
+            for record in records {
+                adopt(inner, &record).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read uploads left running"),
+    }
+}
+
+/// Takes `record`, running but left by a writer that is gone, for this process alone and
+/// keeps it at the parts S3 holds (suspended like a cut upload); false when its writer is
+/// alive, another replica took it, or S3 cannot be asked now.
+async fn adopt(inner: &Arc<Inner>, record: &PartialRecord) -> bool {
+    // Asked before adopting, so an upload that cannot be checked stays anyone's.
+    let parts = match inner
+        .storage
+        .list_parts(&record.key, &record.upload_id)
+        .await
+    {
+        Ok(parts) => Some(parts),
+        Err(e) if e.not_found => None,
+        Err(e) => {
+            tracing::warn!(key = %record.key, error = %e, "cannot check an upload left running; will retry");
+            return false;
+        }
+    };
+    match inner
+        .partials
+        .adopt(record.key.clone(), record.upload_id.clone())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::warn!(key = %record.key, error = %e, "cannot adopt an upload left running");
+            return false;
+        }
+    }
+    let Some(parts) = parts else {
+        let _ = inner
+            .partials
+            .remove(record.key.clone(), record.upload_id.clone())
+            .await;
+        return true;
+    };
+    let marks = inner
+        .partials
+        .marks(record.upload_id.clone())
+        .await
+        .unwrap_or_default();
+    let mut mp = Multipart::new(record.upload_id.clone());
+    mp.recorded = true;
+    mp.marks = marks
+        .into_iter()
+        .map(|m| (m.number, (m.end, m.hash_state)))
+        .collect();
+    mp.done = parts.into_iter().map(|(p, _)| p).collect();
+    mp.next_number = mp.marks.keys().max().map_or(1, |n| n + 1);
+    tracing::info!(key = %record.key, "an upload was running when its bridge stopped; keeping its parts");
+    suspend(inner, &record.key, mp, None).await;
+    true
 }
 
 /// Sets `uploads_kept`.
@@ -365,6 +428,20 @@ async fn expire(inner: &Arc<Inner>) {
     match inner.partials.expired(now.saturating_sub(window)).await {
         Ok(records) => {
             for record in records {
+                // Claimed first, as a resume would: a client resuming it at this moment
+                // keeps it, and the upload is aborted once.
+                match inner
+                    .partials
+                    .activate(record.key.clone(), record.upload_id.clone())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(key = %record.key, error = %e, "cannot claim an expired kept upload");
+                        continue;
+                    }
+                }
                 tracing::info!(key = %record.key, durable = record.durable_bytes, "resume window over; aborting the kept upload");
                 discard(inner, &record).await;
             }

@@ -14,7 +14,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Replica A and replica B on one new database of the shared test server and one bucket,
 /// both notifying `api`; each `customize`d the same way.
-async fn two_replicas(
+pub(crate) async fn two_replicas(
     api: &FakeApi,
     customize: impl Fn(common::HarnessBuilder) -> common::HarnessBuilder,
 ) -> (Arc<TestServer>, Harness, Harness) {
@@ -43,7 +43,11 @@ fn completions_for(api: &FakeApi, key: &str) -> Vec<Received> {
 
 /// Waits up to `within` for a completion of `key`, then a little longer for any duplicate;
 /// returns all of them.
-async fn settled_completions(api: &FakeApi, key: &str, within: Duration) -> Vec<Received> {
+pub(crate) async fn settled_completions(
+    api: &FakeApi,
+    key: &str,
+    within: Duration,
+) -> Vec<Received> {
     let deadline = tokio::time::Instant::now() + within;
     while completions_for(api, key).is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -53,7 +57,7 @@ async fn settled_completions(api: &FakeApi, key: &str, within: Duration) -> Vec<
 }
 
 /// The first line the FTP server at `addr` sends.
-async fn ftp_greeting(addr: std::net::SocketAddr) -> String {
+pub(crate) async fn ftp_greeting(addr: std::net::SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut buf = vec![0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
@@ -188,7 +192,7 @@ async fn pending_entries(url: &str) -> Vec<(String, i64, bool)> {
 /// A replica killed with completions pending while the API is down: the other delivers each
 /// exactly once, with its original id. Failed attempts release their claim (and the API's
 /// `Retry-After` spaces them 5 s apart), so the kill lands between attempts; an entry
-/// claimed at the moment of a kill would wait for the 5-minute lease instead, which the
+/// claimed at the moment of a kill would wait for the lease (a minute) instead, which the
 /// test checks did not happen rather than hiding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn completions_pending_on_a_killed_replica_are_delivered_once_by_the_other() {
@@ -245,7 +249,7 @@ async fn completions_pending_on_a_killed_replica_are_delivered_once_by_the_other
     let pending = pending_entries(&url).await;
     assert!(
         pending.iter().all(|(_, _, claimed)| !claimed),
-        "A died holding a claim (it waits for the 5-minute lease): {pending:?}"
+        "A died holding a claim (it waits for the lease, a minute): {pending:?}"
     );
     let ids: std::collections::BTreeSet<String> =
         pending.into_iter().map(|(id, _, _)| id).collect();

@@ -15,9 +15,9 @@
 //! While the database is unreachable the cache goes on alone (the single-replica behaviour)
 //! and the failed writes are logged.
 
-use super::Pg;
+use super::{DB_NOW, Pg};
 use crate::state::memory::BanRecord;
-use crate::state::{BanStore, FailureScore, StateError};
+use crate::state::{BanEntry, BanStore, FailureScore, StateError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,8 +43,6 @@ const PRUNE_ABOVE: usize = 10_000;
 const REMEMBER_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Failures kept per address in the table (far above any `max_failures`).
 const MAX_FAILURES: i64 = 1_000;
-/// The database's clock in ms since the epoch.
-const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// Milliseconds since the epoch of `t` (saturating; before the epoch is 0).
 fn ms(t: SystemTime) -> i64 {
@@ -66,6 +64,9 @@ struct Record {
     ban: BanRecord,
     /// Changes queued for the table and not written yet.
     pending: u32,
+    /// Whether the table had a row of it when last read: only then does a missing row mean
+    /// someone deleted it (a ban made while the database was unreachable has none).
+    in_table: bool,
 }
 
 impl BanRecord {
@@ -234,6 +235,17 @@ impl BanStore for PgBans {
         self.write(record, Change::Unban { ip });
     }
 
+    fn list(&self, now: SystemTime) -> Vec<BanEntry> {
+        let mut entries: Vec<BanEntry> = self
+            .cache
+            .lock()
+            .iter()
+            .filter_map(|(ip, r)| r.ban.entry(*ip, now))
+            .collect();
+        entries.sort_by_key(|e| e.ip);
+        entries
+    }
+
     fn banned_count(&self, now: SystemTime) -> usize {
         self.cache
             .lock()
@@ -307,6 +319,7 @@ impl Task {
             record.pending = record.pending.saturating_sub(1);
             if let (0, Some(row)) = (record.pending, row) {
                 record.ban.merge(&row);
+                record.in_table = true;
             }
         }
     }
@@ -418,12 +431,46 @@ impl Task {
                 stored.push(s);
             }
         }
+        // Bans whose rows are gone (an operator deleted them rather than lifting them):
+        // an unchanged row is not read again, so its absence is looked for.
+        let banned: Vec<String> = match self.cache.upgrade() {
+            Some(cache) => cache
+                .lock()
+                .iter()
+                .filter(|(_, r)| r.pending == 0 && r.in_table && r.ban.banned_until.is_some())
+                .map(|(ip, _)| ip.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let present: std::collections::HashSet<String> = if banned.is_empty() {
+            Default::default()
+        } else {
+            client
+                .query(
+                    "SELECT ip FROM defender_addresses WHERE ip = ANY($1)",
+                    &[&banned],
+                )
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()
+                .map_err(err)?
+        };
         if let Some(cache) = self.cache.upgrade() {
             let mut cache = cache.lock();
             for row in &stored {
                 let record = cache.entry(row.ip).or_default();
                 if record.pending == 0 {
                     record.ban.merge(row);
+                    record.in_table = true;
+                }
+            }
+            for ip in banned.iter().filter(|ip| !present.contains(*ip)) {
+                if let Ok(ip) = ip.parse::<IpAddr>()
+                    && cache.get(&ip).is_some_and(|r| r.pending == 0 && r.in_table)
+                {
+                    cache.remove(&ip);
                 }
             }
         }

@@ -1,8 +1,13 @@
 //! Cut (and running) uploads and their part marks: the `partials` and `part_marks` tables.
 //! Shared, so a client cut on one replica resumes on another; `activate` is one conditional
 //! `UPDATE`, so two replicas resuming the same upload at once cannot both win.
+//!
+//! A running record is leased to the replica writing it (`owner`, `lease_until_ms` by the
+//! database's clock, renewed by that replica's task in `super`); one whose lease ran out
+//! was left by a replica that died, and `adopt` gives it to one other replica alone. The
+//! sweep of expired cut uploads runs under a row of `leases`, one replica at a time.
 
-use super::{PgUploads, UPLOADS, clamp, fields_of, fields_text, unsigned};
+use super::{DB_NOW, PgUploads, UPLOADS, clamp, fields_of, fields_text, unsigned};
 use crate::state::{CutUploadStore, PartMark, PartialRecord, StateError, now_ms};
 use tokio_postgres::Row;
 
@@ -86,16 +91,22 @@ impl PgUploads {
 #[async_trait::async_trait]
 impl CutUploadStore for PgUploads {
     async fn begin(&self, rec: PartialRecord) -> Result<(), StateError> {
+        self.writing.take(&rec.upload_id);
         self.execute(
-            "INSERT INTO partials (key, username, path, upload_id, content_type, id, fields,
-                started_at_ms, updated_ms, durable_bytes, durable_parts, hash_state, active)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, NULL, true)
-             ON CONFLICT (key) DO UPDATE SET username = EXCLUDED.username,
-                path = EXCLUDED.path, upload_id = EXCLUDED.upload_id,
-                content_type = EXCLUDED.content_type, id = EXCLUDED.id,
-                fields = EXCLUDED.fields, started_at_ms = EXCLUDED.started_at_ms,
-                updated_ms = EXCLUDED.updated_ms, durable_bytes = 0, durable_parts = 0,
-                hash_state = NULL, active = true",
+            &format!(
+                "INSERT INTO partials (key, username, path, upload_id, content_type, id, fields,
+                    started_at_ms, updated_ms, durable_bytes, durable_parts, hash_state, active,
+                    owner, lease_until_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, NULL, true,
+                    $10, {DB_NOW} + $11)
+                 ON CONFLICT (key) DO UPDATE SET username = EXCLUDED.username,
+                    path = EXCLUDED.path, upload_id = EXCLUDED.upload_id,
+                    content_type = EXCLUDED.content_type, id = EXCLUDED.id,
+                    fields = EXCLUDED.fields, started_at_ms = EXCLUDED.started_at_ms,
+                    updated_ms = EXCLUDED.updated_ms, durable_bytes = 0, durable_parts = 0,
+                    hash_state = NULL, active = true, owner = EXCLUDED.owner,
+                    lease_until_ms = EXCLUDED.lease_until_ms"
+            ),
             &[
                 &rec.key,
                 &rec.username,
@@ -106,6 +117,8 @@ impl CutUploadStore for PgUploads {
                 &fields_text(&rec.fields),
                 &rec.started_at_ms,
                 &now_ms(),
+                &&*self.owner,
+                &self.lease_ms,
             ],
         )
         .await
@@ -158,12 +171,13 @@ impl CutUploadStore for PgUploads {
         parts: u32,
         hash_state: Vec<u8>,
     ) -> Result<bool, StateError> {
+        self.writing.release(&upload_id);
         let parts = i64::from(parts);
         let updated = self
             .in_transaction(&[
                 (
                     "UPDATE partials SET durable_bytes = $3, durable_parts = $4, hash_state = $5,
-                        active = false, updated_ms = $6
+                        active = false, updated_ms = $6, owner = NULL, lease_until_ms = NULL
                      WHERE key = $1 AND upload_id = $2",
                     &[
                         &key,
@@ -186,15 +200,22 @@ impl CutUploadStore for PgUploads {
     async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError> {
         let n = self
             .execute(
-                "UPDATE partials SET active = true, updated_ms = $3
-                 WHERE key = $1 AND upload_id = $2 AND NOT active",
-                &[&key, &upload_id, &now_ms()],
+                &format!(
+                    "UPDATE partials SET active = true, updated_ms = $3, owner = $4,
+                        lease_until_ms = {DB_NOW} + $5
+                     WHERE key = $1 AND upload_id = $2 AND NOT active"
+                ),
+                &[&key, &upload_id, &now_ms(), &&*self.owner, &self.lease_ms],
             )
             .await?;
+        if n > 0 {
+            self.writing.take(&upload_id);
+        }
         Ok(n > 0)
     }
 
     async fn remove(&self, key: String, upload_id: String) -> Result<(), StateError> {
+        self.writing.release(&upload_id);
         self.in_transaction(&[
             (
                 "DELETE FROM partials WHERE key = $1 AND upload_id = $2",
@@ -254,5 +275,51 @@ impl CutUploadStore for PgUploads {
             &[&before_ms],
         )
         .await
+    }
+
+    async fn orphaned(&self) -> Result<Vec<PartialRecord>, StateError> {
+        self.records(
+            &format!(
+                "SELECT {PARTIAL_COLUMNS} FROM partials
+                 WHERE active AND (lease_until_ms IS NULL OR lease_until_ms < {DB_NOW})"
+            ),
+            &[],
+        )
+        .await
+    }
+
+    async fn adopt(&self, key: String, upload_id: String) -> Result<bool, StateError> {
+        let n = self
+            .execute(
+                &format!(
+                    "UPDATE partials SET owner = $3, lease_until_ms = {DB_NOW} + $4
+                     WHERE key = $1 AND upload_id = $2 AND active
+                       AND (lease_until_ms IS NULL OR lease_until_ms < {DB_NOW})"
+                ),
+                &[&key, &upload_id, &&*self.owner, &self.lease_ms],
+            )
+            .await?;
+        if n > 0 {
+            self.writing.take(&upload_id);
+        }
+        Ok(n > 0)
+    }
+
+    async fn lead_sweep(&self, lease: std::time::Duration) -> Result<bool, StateError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        // Taken when free or run out, renewed when already ours; otherwise left alone.
+        let n = self
+            .execute(
+                &format!(
+                    "INSERT INTO leases AS l (name, owner, until_ms)
+                     VALUES ('sweep', $1, {DB_NOW} + $2)
+                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner,
+                        until_ms = EXCLUDED.until_ms
+                     WHERE l.owner = EXCLUDED.owner OR l.until_ms < {DB_NOW}"
+                ),
+                &[&&*self.owner, &lease_ms],
+            )
+            .await?;
+        Ok(n > 0)
     }
 }

@@ -3,13 +3,19 @@
 //! temporary names, quota usage and reservations, the defender's bans and failure scores,
 //! and the directories clients made.
 //!
-//! A bounded pool of connections (tokio-postgres through deadpool-postgres, no TLS yet) is
+//! A bounded pool of connections (tokio-postgres through deadpool-postgres, TLS by [`tls`]) is
 //! shared by the stores; the schema is created and migrated at start under an advisory lock
 //! ([`schema`]), so replicas starting together on an empty database are safe.
 
 mod bans;
 mod cut_uploads;
 mod dirs;
+mod health;
+#[cfg(test)]
+mod lease_tests;
+mod listener;
+#[cfg(test)]
+mod outage_tests;
 mod outbox;
 mod quota;
 mod schema;
@@ -18,34 +24,57 @@ mod temp_names;
 mod test_server;
 #[cfg(test)]
 mod tests;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
-pub use bans::PgBans;
+pub use bans::{PgBans, REFRESH as BAN_REFRESH};
+pub use health::{Health, PROBE_INTERVAL};
 pub use outbox::PgOutbox;
 pub use schema::{SCHEMA_VERSION, SchemaTooNew};
+pub use tls::{HandshakeError, TlsSetupError};
 
 use super::{StateError, Stores};
+use crate::config::StateTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// Connections each replica keeps at most when none is configured.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+/// How long a running upload stays leased to the replica writing it without a renewal;
+/// past it the upload counts as left by a dead replica and another one adopts it.
+pub const UPLOAD_LEASE: Duration = Duration::from_secs(30);
+/// How often a replica renews the leases of the uploads it writes.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// The database's clock in ms since the epoch: leases and ban changes are timed by it, so
+/// replicas' clocks need not agree.
+const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// How long an operation waits for a free connection, or for a new one to be made, before
 /// it fails (a database that is down must not hang uploads forever).
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long data sent to the database may stay unacknowledged before its connection
+/// counts as broken, unless the URL sets `tcp_user_timeout`: a database that vanishes
+/// without closing connections (a network partition) fails operations after this rather
+/// than after the kernel's retransmissions (about 15 minutes), so the pool and the health
+/// probe see the outage.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens every store in the database at `url` (`postgres://…` or `postgresql://…`), with at
-/// most `max_connections` connections, after creating or migrating its schema: the outbox
-/// only when `with_outbox` (a connector is configured). Bans are cached in memory and kept in
+/// most `max_connections` connections over TLS as `url`'s `sslmode` and `tls` say, after
+/// creating or migrating its schema: the outbox only when `with_outbox` (a connector is
+/// configured). Bans are cached in memory and kept in
 /// step with the database by a background task (see [`PgBans`]), so this must run inside a
 /// Tokio runtime.
 pub async fn open(
     url: &str,
     with_outbox: bool,
     max_connections: usize,
+    tls: &StateTls,
 ) -> Result<Stores, StateError> {
-    open_with_bans(url, with_outbox, max_connections)
+    open_with_bans(url, with_outbox, max_connections, tls)
         .await
         .map(|(stores, _)| stores)
 }
@@ -55,16 +84,19 @@ async fn open_with_bans(
     url: &str,
     with_outbox: bool,
     max_connections: usize,
+    tls: &StateTls,
 ) -> Result<(Stores, Arc<PgBans>), StateError> {
-    let pg = Pg::connect(url, max_connections).await?;
+    let pg = Pg::connect(url, max_connections, tls).await?;
     schema::migrate(&pg).await?;
+    pg.health.start_probe(&pg.pool);
     let outbox = if with_outbox {
         let outbox: Arc<dyn super::OutboxStore> = Arc::new(PgOutbox::new(pg.clone()));
         Some(outbox)
     } else {
         None
     };
-    let uploads = Arc::new(PgUploads { pg: pg.clone() });
+    let uploads = Arc::new(PgUploads::start(pg.clone(), UPLOAD_LEASE, RENEW_EVERY));
+    let pg_health = pg.health.clone();
     let bans = Arc::new(PgBans::start(pg).await?);
     let stores = Stores {
         outbox,
@@ -73,15 +105,27 @@ async fn open_with_bans(
         quota: uploads.clone(),
         bans: bans.clone(),
         dirs: uploads,
+        health: Some(pg_health),
     };
     Ok((stores, bans))
 }
 
 /// Opens (creating or migrating) the outbox alone, as the `outbox` commands do.
-pub async fn open_outbox(url: &str) -> Result<Arc<dyn super::OutboxStore>, StateError> {
-    let pg = Pg::connect(url, 2).await?;
+pub async fn open_outbox(
+    url: &str,
+    tls: &StateTls,
+) -> Result<Arc<dyn super::OutboxStore>, StateError> {
+    let pg = Pg::connect(url, 2, tls).await?;
     schema::migrate(&pg).await?;
     Ok(Arc::new(PgOutbox::new(pg)))
+}
+
+/// Opens (creating or migrating) the shared ban list alone, loaded whole, as the `bans`
+/// commands do.
+pub async fn open_bans(url: &str, tls: &StateTls) -> Result<Arc<PgBans>, StateError> {
+    let pg = Pg::connect(url, 2, tls).await?;
+    schema::migrate(&pg).await?;
+    Ok(Arc::new(PgBans::start(pg).await?))
 }
 
 /// The connection pool and where it leads (without credentials, for errors); cheap to clone.
@@ -89,6 +133,11 @@ pub async fn open_outbox(url: &str) -> Result<Arc<dyn super::OutboxStore>, State
 pub(crate) struct Pg {
     pool: Pool,
     location: Arc<str>,
+    health: Arc<Health>,
+    /// Where to connect, for connections outside the pool (the outbox's listener).
+    config: Arc<tokio_postgres::Config>,
+    /// How connections outside the pool (the listener) speak TLS, as the pool's do.
+    tls: tls::MakeRustls,
 }
 
 impl std::fmt::Debug for Pg {
@@ -101,26 +150,21 @@ impl std::fmt::Debug for Pg {
 }
 
 impl Pg {
-    /// Parses `url` and makes a pool of at most `max_connections` (at least one); no
-    /// connection is made until the first operation.
-    async fn connect(url: &str, max_connections: usize) -> Result<Pg, StateError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+    /// Parses `url` and makes a pool of at most `max_connections` (at least one), with TLS as
+    /// `sslmode` and `tls` say; no connection is made until the first operation.
+    async fn connect(url: &str, max_connections: usize, tls: &StateTls) -> Result<Pg, StateError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StateError::backend("state database", "[state] url", InvalidUrl(Box::new(e)))
         })?;
         let location: Arc<str> = location_of(&config).into();
-        if !matches!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
-        ) {
-            return Err(StateError::backend(
-                "state database",
-                location.to_string(),
-                TlsUnsupported,
-            ));
+        let tls = tls::connector(config.get_ssl_mode(), tls)
+            .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 // Fast: a connection that broke is found out by its next query, which fails
                 // and is retried by the caller's own schedule (the outbox, a resume).
@@ -133,14 +177,41 @@ impl Pg {
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(DURABLE_COMMITS)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StateError::backend("state database", location.to_string(), e))?;
-        Ok(Pg { pool, location })
+        Ok(Pg {
+            pool,
+            location,
+            health: Arc::default(),
+            config: Arc::new(config),
+            tls,
+        })
     }
 
-    /// A connection from the pool, or the error of `store`.
+    /// A connection from the pool, or the error of `store`: at once while the health probe
+    /// finds the database unreachable, rather than after a connection attempt of its own.
     async fn client(&self, store: &'static str) -> Result<deadpool_postgres::Object, StateError> {
-        self.pool.get().await.map_err(|e| self.error(store, e))
+        if let Some(why) = self.health.known_down() {
+            // Counted, but no news for the probe: it is what found this out.
+            self.health.count(store);
+            return Err(StateError::backend(
+                store,
+                self.location.to_string(),
+                Unreachable(why),
+            ));
+        }
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.error(store, tls::WithCauses(e)))
     }
 
     /// The error of `store` in this database, caused by `e`.
@@ -149,22 +220,28 @@ impl Pg {
         store: &'static str,
         e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> StateError {
+        self.health.count(store);
+        self.health.look_now();
         StateError::backend(store, self.location.to_string(), e)
     }
 }
+
+/// Run on every new connection: a database (or role) configured with `synchronous_commit =
+/// off` would acknowledge an outbox insert before it is on disk, and a crash would then
+/// lose a completion whose client already heard success; the bridge's sessions commit
+/// durably. Any other setting (`on`, `remote_apply`, …) is the operator's and is kept.
+const DURABLE_COMMITS: &str = "SELECT set_config('synchronous_commit', 'on', false)
+     WHERE current_setting('synchronous_commit') = 'off'";
+
+/// An operation refused at once because the health probe finds the database unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("unreachable (checked every second; operations resume when it answers): {0}")]
+struct Unreachable(String);
 
 /// A `[state] url` that is not a PostgreSQL connection string.
 #[derive(Debug, thiserror::Error)]
 #[error("not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
 pub struct InvalidUrl(#[source] Box<dyn std::error::Error + Send + Sync>);
-
-/// A URL asking for TLS (`sslmode=require`), which this release does not speak yet.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "sslmode=require: this release connects to PostgreSQL without TLS; keep the database on \
-     a private network and drop sslmode from state.url (or set sslmode=disable)"
-)]
-pub struct TlsUnsupported;
 
 /// `postgres://user@host:port/database`, without the password, for errors and logs.
 fn location_of(config: &tokio_postgres::Config) -> String {
@@ -196,6 +273,72 @@ fn location_of(config: &tokio_postgres::Config) -> String {
 #[derive(Clone, Debug)]
 pub struct PgUploads {
     pg: Pg,
+    /// This opening's name in `partials.owner` and `leases.owner`: unique per start, so a
+    /// restarted replica does not take its dead predecessor's uploads for its own.
+    owner: Arc<str>,
+    /// How long a lease lasts without a renewal, in ms.
+    lease_ms: i64,
+    /// The uploads this opening writes, whose leases it renews.
+    writing: super::Writing,
+    /// Held by every clone: the renewing task ends when the last one is dropped.
+    alive: Arc<()>,
+}
+
+impl PgUploads {
+    /// The stores on `pg`, with a task renewing the leases of the uploads this opening
+    /// writes every `renew_every`, each for `lease`.
+    fn start(pg: Pg, lease: Duration, renew_every: Duration) -> PgUploads {
+        let uploads = PgUploads {
+            pg,
+            owner: uuid::Uuid::now_v7().to_string().into(),
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            writing: super::Writing::default(),
+            alive: Arc::new(()),
+        };
+        // Not `alive` itself: dropping the stores ends the task.
+        let alive = Arc::downgrade(&uploads.alive);
+        let (pg, owner, writing, lease_ms) = (
+            uploads.pg.clone(),
+            uploads.owner.clone(),
+            uploads.writing.clone(),
+            uploads.lease_ms,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(renew_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                let ids = writing.ids();
+                if ids.is_empty() {
+                    continue;
+                }
+                if let Err(e) = renew(&pg, &owner, lease_ms, &ids).await {
+                    tracing::warn!(error = %e, uploads = ids.len(),
+                        "cannot renew the leases of running uploads; another replica adopts them when they run out");
+                }
+            }
+        });
+        uploads
+    }
+}
+
+/// Renews `owner`'s leases of the running uploads `ids` for `lease_ms`.
+async fn renew(pg: &Pg, owner: &str, lease_ms: i64, ids: &[String]) -> Result<(), StateError> {
+    let client = pg.client(UPLOADS).await?;
+    client
+        .execute(
+            &format!(
+                "UPDATE partials SET lease_until_ms = {DB_NOW} + $2
+                 WHERE active AND owner = $1 AND upload_id = ANY($3)"
+            ),
+            &[&owner, &lease_ms, &ids],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| pg.error(UPLOADS, e))
 }
 
 /// The store name of the upload state in errors, as SQLite's.

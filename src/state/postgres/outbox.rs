@@ -4,20 +4,38 @@
 //! Several replicas deliver from one table, so a claim is a lease: `claim` takes the row
 //! with `FOR UPDATE SKIP LOCKED` (a replica claiming it at the same moment gets nothing
 //! rather than waiting) and records this store as `claimed_by` until `claimed_until_ms`.
-//! Other replicas neither list (`due`) nor claim a leased entry until the lease ends —
-//! so a dead replica's entries are taken over after [`LEASE_MS`]. The same store may claim
-//! its own entry again, as the contract (and SQLite) allow. A retry schedule, an end state
-//! or an operator's retry releases the lease.
+//! Other replicas neither list (`due`) nor claim a leased entry until the lease ends, and
+//! their `next_due` is the lease's end — so a dead replica's entries are taken over
+//! after [`LEASE_MS`]. The same store may claim its own entry again, as the contract (and
+//! SQLite) allow. A retry schedule, an end state or an operator's retry releases the
+//! lease; so does a clean stop ([`OutboxStore::release_claims`]), for every claim the
+//! stopping replica still holds, so another replica takes them at once.
+//!
+//! The lease is 60 s. A delivery renews it every third of that while it runs (the worker
+//! wraps each delivery in [`crate::state::leased`]), and each step that succeeds renews it
+//! too, so a live replica keeps its entry however slow the API or however many steps and
+//! token fetches a connector makes; the lease only has to outlast two missed renewals
+//! (a database round trip stalled for 40 s), and a crashed replica's entries wait at most
+//! a minute instead of the five minutes a lease long enough for any delivery would need.
+//! Replicas compare leases with their own clocks, so clocks a few seconds apart only move
+//! a takeover by as much.
+//!
+//! Changes that make an entry due to others (an insert, a retry, a reschedule, a release)
+//! `pg_notify` in the same statement, delivered at commit to every replica's listener
+//! ([`super::listener`]).
 
+use super::listener::{self, CHANNEL};
 use super::{Pg, fields_of, fields_text};
-use crate::state::{EntrySummary, OutboxStore, PendingEntry, State, StateError, now_ms};
+use crate::state::{EntrySummary, OutboxStore, PendingEntry, State, StateError, Wakeups, now_ms};
+use std::time::Duration;
 use tokio_postgres::Row;
 
 /// The store name in errors.
 const STORE: &str = "outbox";
 
-/// How long a claim keeps other replicas off an entry; each step that succeeds renews it.
-pub const LEASE_MS: i64 = 5 * 60 * 1000;
+/// How long a claim keeps other replicas off an entry; a running delivery renews it every
+/// third of that, and each step that succeeds renews it too.
+pub const LEASE_MS: i64 = 60 * 1000;
 
 /// The shared outbox; cheap to clone.
 #[derive(Clone, Debug)]
@@ -26,6 +44,8 @@ pub struct PgOutbox {
     /// This store's name in `claimed_by`: unique per opening, so a restarted replica does
     /// not mistake an older run's lease for its own.
     owner: String,
+    /// How long a claim lasts, in ms ([`LEASE_MS`] but in tests).
+    lease_ms: i64,
 }
 
 impl PgOutbox {
@@ -34,7 +54,21 @@ impl PgOutbox {
         PgOutbox {
             pg,
             owner: uuid::Uuid::now_v7().to_string(),
+            lease_ms: LEASE_MS,
         }
+    }
+
+    /// This outbox with claims lasting `lease` (tests: a delivery outlasting its lease).
+    #[cfg(test)]
+    pub(super) fn with_lease(mut self, lease: Duration) -> PgOutbox {
+        self.lease_ms = i64::try_from(lease.as_millis()).unwrap_or(LEASE_MS);
+        self
+    }
+
+    /// This store's name in `claimed_by`.
+    #[cfg(test)]
+    pub(super) fn owner(&self) -> &str {
+        &self.owner
     }
 
     fn err(&self, e: tokio_postgres::Error) -> StateError {
@@ -78,17 +112,27 @@ fn entry_of_row(row: &Row) -> Result<PendingEntry, tokio_postgres::Error> {
     })
 }
 
+/// Stores a new entry (an existing id is left alone); wrapped in [`notifying`], so the other
+/// replicas hear of it at commit in the same round trip.
 const INSERT: &str = "INSERT INTO outbox
         (id, key, body, state, created_ms, updated_ms, next_attempt_ms, step, fields, since_ms)
      VALUES ($1, $2, $3, 'pending', $4, $4, 0, 0, $5, $4)
      ON CONFLICT (id) DO NOTHING";
+
+/// `pg_notify` of the changed rows of a data-modifying `changed` CTE: one notification at
+/// commit however many rows (PostgreSQL folds identical ones), none when nothing changed.
+fn notifying(changed: &str) -> String {
+    format!(
+        "WITH changed AS ({changed} RETURNING 1) SELECT pg_notify('{CHANNEL}', '') FROM changed"
+    )
+}
 
 #[async_trait::async_trait]
 impl OutboxStore for PgOutbox {
     async fn insert(&self, entry: PendingEntry) -> Result<(), StateError> {
         let fields = fields_text(&entry.fields);
         self.execute(
-            INSERT,
+            &notifying(INSERT),
             &[&entry.id, &entry.key, &entry.body, &now_ms(), &fields],
         )
         .await
@@ -100,7 +144,10 @@ impl OutboxStore for PgOutbox {
         let mut client = self.pg.client(STORE).await?;
         // One transaction: one commit (one WAL flush) for the whole batch.
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let statement = tx.prepare(INSERT).await.map_err(|e| self.err(e))?;
+        let statement = tx
+            .prepare(&notifying(INSERT))
+            .await
+            .map_err(|e| self.err(e))?;
         for entry in &entries {
             let fields = fields_text(&entry.fields);
             tx.execute(
@@ -131,7 +178,7 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<PendingEntry>, StateError> {
-        let until = now_ms.saturating_add(LEASE_MS);
+        let until = now_ms.saturating_add(self.lease_ms);
         let rows = self
             .query(
                 &format!(
@@ -155,8 +202,10 @@ impl OutboxStore for PgOutbox {
     async fn next_due(&self) -> Result<Option<i64>, StateError> {
         let rows = self
             .query(
-                "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'",
-                &[],
+                "SELECT MIN(CASE WHEN claimed_by != $1 AND claimed_until_ms > next_attempt_ms
+                                 THEN claimed_until_ms ELSE next_attempt_ms END)
+                 FROM outbox WHERE state = 'pending'",
+                &[&self.owner],
             )
             .await?;
         match rows.first() {
@@ -200,7 +249,7 @@ impl OutboxStore for PgOutbox {
                 &fields_text(fields),
                 &now,
                 &self.owner,
-                &now.saturating_add(LEASE_MS),
+                &now.saturating_add(self.lease_ms),
             ],
         )
         .await
@@ -214,10 +263,14 @@ impl OutboxStore for PgOutbox {
         next_attempt_ms: i64,
         error: String,
     ) -> Result<(), StateError> {
+        // Released, and due again at `next_attempt_ms` for every replica: the others look
+        // at their schedule again (it may be sooner than the lease they were waiting for).
         self.execute(
-            "UPDATE outbox SET attempts = $2, next_attempt_ms = $3, updated_ms = $4,
-                last_error = $5, claimed_by = NULL, claimed_until_ms = NULL
-             WHERE id = $1 AND state = 'pending'",
+            &notifying(
+                "UPDATE outbox SET attempts = $2, next_attempt_ms = $3, updated_ms = $4,
+                    last_error = $5, claimed_by = NULL, claimed_until_ms = NULL
+                 WHERE id = $1 AND state = 'pending'",
+            ),
             &[
                 &id,
                 &i64::from(attempts),
@@ -296,18 +349,24 @@ impl OutboxStore for PgOutbox {
         let changed = match id {
             Some(id) => {
                 self.execute(
-                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
-                        since_ms = $2, updated_ms = $2, claimed_by = NULL, claimed_until_ms = NULL
-                     WHERE id = $1 AND state != 'delivered'",
+                    &notifying(
+                        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
+                            since_ms = $2, updated_ms = $2, claimed_by = NULL,
+                            claimed_until_ms = NULL
+                         WHERE id = $1 AND state != 'delivered'",
+                    ),
                     &[&id, &now],
                 )
                 .await?
             }
             None => {
                 self.execute(
-                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
-                        since_ms = $1, updated_ms = $1, claimed_by = NULL, claimed_until_ms = NULL
-                     WHERE state = 'dead'",
+                    &notifying(
+                        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
+                            since_ms = $1, updated_ms = $1, claimed_by = NULL,
+                            claimed_until_ms = NULL
+                         WHERE state = 'dead'",
+                    ),
                     &[&now],
                 )
                 .await?
@@ -335,5 +394,44 @@ impl OutboxStore for PgOutbox {
             )
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_millis(
+            u64::try_from(self.lease_ms).unwrap_or(0),
+        ))
+    }
+
+    async fn renew(&self, id: &str) -> Result<bool, StateError> {
+        let until = now_ms().saturating_add(self.lease_ms);
+        let renewed = self
+            .execute(
+                "UPDATE outbox SET claimed_until_ms = $3
+                 WHERE id = $1 AND claimed_by = $2 AND state = 'pending'",
+                &[&id, &self.owner, &until],
+            )
+            .await?;
+        Ok(renewed > 0)
+    }
+
+    async fn release_claims(&self) -> Result<usize, StateError> {
+        let released = self
+            .execute(
+                &notifying(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until_ms = NULL
+                     WHERE claimed_by = $1 AND state = 'pending'",
+                ),
+                &[&self.owner],
+            )
+            .await?;
+        Ok(usize::try_from(released).unwrap_or(usize::MAX))
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        Some(listener::start(
+            self.pg.config.clone(),
+            self.pg.tls.clone(),
+            self.pg.location.clone(),
+        ))
     }
 }

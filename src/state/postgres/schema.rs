@@ -98,7 +98,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX defender_addresses_changed ON defender_addresses (changed_ms);
     "#,
-    // 2: quota reservations of uploads in flight, one row per upload with its lease (owner,
+    // 2: one writer per running upload. A running record is leased to the replica writing
+    // it (`owner`, renewed until `lease_until_ms`, by the database's clock); one whose lease
+    // ran out was left by a replica that died and is adopted by another. Records running
+    // before this version get one lease to finish. `leases` holds named leases such as the
+    // right to sweep expired cut uploads, one replica at a time.
+    r#"
+    ALTER TABLE partials ADD COLUMN owner text, ADD COLUMN lease_until_ms bigint;
+    UPDATE partials SET lease_until_ms =
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 30000 WHERE active;
+    CREATE INDEX partials_leases ON partials (owner) WHERE active;
+
+    CREATE TABLE leases (
+        name text PRIMARY KEY,
+        owner text NOT NULL,
+        until_ms bigint NOT NULL
+    );
+    "#,
+    // 3: quota reservations of uploads in flight, one row per upload with its lease (owner,
     // expiry), so replicas share them; and directories clients made, with their parent so
     // a listing reads them with one indexed query.
     r#"

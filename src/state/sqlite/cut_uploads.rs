@@ -28,6 +28,7 @@ const PARTIAL_COLUMNS: &str = "key, username, path, upload_id, content_type, id,
 #[async_trait::async_trait]
 impl CutUploadStore for SqliteUploads {
     async fn begin(&self, rec: PartialRecord) -> Result<(), StateError> {
+        self.writing.take(&rec.upload_id);
         self.db.run(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO partials (key, username, path, upload_id, content_type, id,
@@ -90,6 +91,7 @@ impl CutUploadStore for SqliteUploads {
         parts: u32,
         hash_state: Vec<u8>,
     ) -> Result<bool, StateError> {
+        self.writing.release(&upload_id);
         self.db
             .run(move |c| {
                 let n = c.execute(
@@ -108,19 +110,26 @@ impl CutUploadStore for SqliteUploads {
     }
 
     async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError> {
-        self.db
+        let id = upload_id.clone();
+        let won = self
+            .db
             .run(move |c| {
                 c.execute(
                     "UPDATE partials SET active = 1, updated_ms = ?3
                  WHERE key = ?1 AND upload_id = ?2 AND active = 0",
-                    params![key, upload_id, now_ms()],
+                    params![key, id, now_ms()],
                 )
                 .map(|n| n > 0)
             })
-            .await
+            .await?;
+        if won {
+            self.writing.take(&upload_id);
+        }
+        Ok(won)
     }
 
     async fn remove(&self, key: String, upload_id: String) -> Result<(), StateError> {
+        self.writing.release(&upload_id);
         self.db
             .run(move |c| {
                 c.execute(
@@ -194,5 +203,50 @@ impl CutUploadStore for SqliteUploads {
                 rows.collect()
             })
             .await
+    }
+
+    async fn orphaned(&self) -> Result<Vec<PartialRecord>, StateError> {
+        let running = self
+            .db
+            .run(|c| {
+                let mut s = c.prepare(&format!(
+                    "SELECT {PARTIAL_COLUMNS} FROM partials WHERE active = 1"
+                ))?;
+                let rows = s.query_map([], partial_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(running
+            .into_iter()
+            .filter(|r| !self.writing.has(&r.upload_id))
+            .collect())
+    }
+
+    async fn adopt(&self, key: String, upload_id: String) -> Result<bool, StateError> {
+        // Taken first: two adoptions in this process cannot both win.
+        if !self.writing.take(&upload_id) {
+            return Ok(false);
+        }
+        let id = upload_id.clone();
+        let found = self
+            .db
+            .run(move |c| {
+                c.execute(
+                    "UPDATE partials SET updated_ms = ?3
+                     WHERE key = ?1 AND upload_id = ?2 AND active = 1",
+                    params![key, id, now_ms()],
+                )
+                .map(|n| n > 0)
+            })
+            .await;
+        if !matches!(found, Ok(true)) {
+            self.writing.release(&upload_id);
+        }
+        found
+    }
+
+    async fn lead_sweep(&self, _lease: std::time::Duration) -> Result<bool, StateError> {
+        // One process owns the file.
+        Ok(true)
     }
 }

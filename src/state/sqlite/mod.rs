@@ -39,6 +39,7 @@ pub fn open(data_dir: &Path, with_outbox: bool) -> Result<Stores, StateError> {
         quota: uploads.clone(),
         bans: Arc::new(MemoryBans::new()),
         dirs: uploads,
+        health: None,
     })
 }
 
@@ -227,6 +228,70 @@ mod tests {
         assert!(
             dir.path().join(super::OUTBOX_FILE).exists()
                 && dir.path().join(super::UPLOADS_FILE).exists()
+        );
+    }
+
+    /// A record left running by an earlier process is an orphan of the next one, adopted
+    /// once; what the new process begins is its own.
+    #[tokio::test]
+    async fn uploads_left_running_are_orphans_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = |key: &str, upload_id: &str| PartialRecord {
+            key: key.into(),
+            username: "u".into(),
+            path: format!("/{key}"),
+            upload_id: upload_id.into(),
+            content_type: "video/mp4".into(),
+            id: "e1".into(),
+            fields: serde_json::Map::new(),
+            started_at_ms: 1,
+            updated_ms: 1,
+            durable_bytes: 0,
+            durable_parts: 0,
+            hash_state: None,
+            active: true,
+        };
+        let first = super::open(dir.path(), false).expect("open");
+        first
+            .uploads
+            .begin(record("u/a.bin", "up"))
+            .await
+            .expect("begin");
+        drop(first);
+
+        let second = super::open(dir.path(), false).expect("reopen");
+        let uploads = second.uploads;
+        uploads
+            .begin(record("u/b.bin", "up-b"))
+            .await
+            .expect("begin");
+        let orphans = uploads.orphaned().await.expect("orphaned");
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].upload_id, "up");
+        assert!(
+            !uploads
+                .adopt("u/b.bin".into(), "up-b".into())
+                .await
+                .expect("adopt")
+        );
+        assert!(
+            uploads
+                .adopt("u/a.bin".into(), "up".into())
+                .await
+                .expect("adopt")
+        );
+        assert!(
+            !uploads
+                .adopt("u/a.bin".into(), "up".into())
+                .await
+                .expect("once")
+        );
+        assert!(uploads.orphaned().await.expect("orphaned").is_empty());
+        assert!(
+            uploads
+                .lead_sweep(std::time::Duration::from_secs(1))
+                .await
+                .expect("lead")
         );
     }
 

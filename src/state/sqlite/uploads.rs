@@ -69,6 +69,9 @@ const SCHEMA: &str = "
 #[derive(Clone, Debug)]
 pub struct SqliteUploads {
     pub(super) db: Db,
+    /// The uploads this process writes: the running records it did not begin were left by
+    /// an earlier process.
+    pub(super) writing: crate::state::Writing,
 }
 
 impl SqliteUploads {
@@ -79,6 +82,9 @@ impl SqliteUploads {
         // One bridge uses these files: reservations left by a previous run belong to uploads
         // that ended with it.
         db.now(|c| c.execute("DELETE FROM quota_claims", []))?;
-        Ok(SqliteUploads { db })
+        Ok(SqliteUploads {
+            db,
+            writing: Default::default(),
+        })
     }
 }
