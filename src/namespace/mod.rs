@@ -127,9 +127,16 @@ impl Namespace {
         }
     }
 
-    /// Made directories whose parent is `parent_prefix`, as names: one store query.
-    async fn made_children(&self, parent_prefix: &str) -> Result<Vec<String>, FsError> {
-        Ok(self.dirs.dirs_in(parent_prefix.to_string()).await?)
+    /// Made directories whose parent is `parent_prefix`, as names: one store query. A
+    /// store that cannot answer lists none (as with cut uploads): what S3 holds still lists.
+    async fn made_children(&self, parent_prefix: &str) -> Vec<String> {
+        match self.dirs.dirs_in(parent_prefix.to_string()).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up made directories");
+                Vec::new()
+            }
+        }
     }
 
     /// Whether `path` is a directory: home, a common prefix, or made by a client.
@@ -143,10 +150,11 @@ impl Namespace {
             self.dirs.has_dir(prefix.clone()),
             self.storage.has_objects_under(&prefix)
         );
-        if made? {
+        // Objects under it answer even when the store cannot.
+        if objects? {
             return Ok(true);
         }
-        Ok(objects?)
+        Ok(made?)
     }
 
     /// The cut upload of `path` its owner may resume, if one is kept.
@@ -206,7 +214,7 @@ impl Namespace {
             self.storage.list_page(&prefix, None),
             self.made_children(&prefix)
         );
-        let ((listing, next), made) = (page?, made?);
+        let (listing, next) = page?;
         if next.is_none()
             && listing.files.is_empty()
             && listing.dirs.is_empty()
