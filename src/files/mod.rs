@@ -44,7 +44,7 @@ impl Files {
     /// APPE, an SFTP open without truncate); 0 starts afresh.
     pub async fn upload(&self, req: UploadRequest, offset: u64) -> Result<FileUpload, UploadError> {
         let upload = self.pipeline.resume(req, offset).await?;
-        Ok(FileUpload::new(upload, self.namespace.clone()))
+        Ok(FileUpload::new(upload))
     }
 
     /// The bytes kept of the cut upload of `path` its owner may resume, if one is kept.

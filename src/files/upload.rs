@@ -1,23 +1,19 @@
-//! An upload as front-ends hold it: the pipeline's [`Upload`] plus what a finished one
-//! means for the namespace.
+//! An upload as front-ends hold it: the pipeline's [`Upload`], behind the files facade.
 
-use crate::namespace::Namespace;
 use crate::notify::CompletedUpload;
 use crate::upload::{CommitCheck, Upload, UploadError};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
 /// One upload in progress. Finish it with [`FileUpload::finish`]; dropping it aborts.
 pub struct FileUpload {
     upload: Upload,
-    namespace: Arc<Namespace>,
 }
 
 impl FileUpload {
     /// Wraps a started upload.
-    pub(super) fn new(upload: Upload, namespace: Arc<Namespace>) -> FileUpload {
-        FileUpload { upload, namespace }
+    pub(super) fn new(upload: Upload) -> FileUpload {
+        FileUpload { upload }
     }
 
     /// Runs `check` right before the object is committed; an error there cuts the upload.
@@ -54,11 +50,8 @@ impl FileUpload {
         self.upload.abort(reason).await;
     }
 
-    /// Completes the object and queues its completion; the directory it landed in is then
-    /// real in S3, so the namespace stops remembering it as made by a client.
+    /// Completes the object and queues its completion.
     pub async fn finish(self) -> Result<CompletedUpload, UploadError> {
-        let done = self.upload.finish().await?;
-        self.namespace.object_written(&done.key);
-        Ok(done)
+        self.upload.finish().await
     }
 }

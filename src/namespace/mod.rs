@@ -2,8 +2,10 @@
 //! directories, confined to the user's home and checked against the user's permissions.
 //!
 //! S3 has no empty directories, yet clients (curl `--ftp-create-dirs`, GUI clients) make a
-//! directory and enter it at once. Directories made here are remembered in memory until
-//! files appear under them, so they can be entered, listed and removed meanwhile.
+//! directory and enter it at once. Directories made here are remembered in the state store
+//! ([`DirStore`]: SQLite files, or the PostgreSQL database every replica shares) until they
+//! are removed, so they can be entered, listed and removed from any replica, before and
+//! after files land in them, and they survive a restart.
 //!
 //! An upload that was cut and can be resumed shows to its owner as a file of the length
 //! that is safely stored (SIZE, LIST, stat), so resuming clients continue from there.
@@ -11,10 +13,9 @@
 use crate::auth::{PathError, User, VirtualPath};
 use crate::config::Permission;
 use crate::notify::NotifyError;
-use crate::state::{CutUploadStore, PartialRecord, StateError, Stores, TempNameStore};
+use crate::state::{CutUploadStore, DirStore, PartialRecord, StateError, Stores, TempNameStore};
 use crate::storage::{Listing, ObjectInfo, ObjectReader, Storage, StorageError};
 use crate::upload::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
-use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -103,8 +104,8 @@ pub struct Namespace {
     partials: Arc<dyn CutUploadStore>,
     /// Finished temporary uploads, forgotten when their file is deleted.
     temp_names: Arc<dyn TempNameStore>,
-    /// Keys ("home/dir/") of directories created by clients that hold no object yet.
-    made_dirs: Mutex<HashSet<String>>,
+    /// Directories created by clients ("home/dir/"), which S3 cannot show while empty.
+    dirs: Arc<dyn DirStore>,
 }
 
 fn require(user: &User, permission: Permission) -> Result<(), FsError> {
@@ -122,23 +123,20 @@ impl Namespace {
             storage,
             partials: stores.uploads.clone(),
             temp_names: stores.temp_names.clone(),
-            made_dirs: Mutex::new(HashSet::new()),
+            dirs: stores.dirs.clone(),
         }
     }
 
-    fn made_dir(&self, key_prefix: &str) -> bool {
-        self.made_dirs.lock().contains(key_prefix)
-    }
-
-    /// Made directories whose parent is `parent_prefix`, as names.
-    fn made_children(&self, parent_prefix: &str) -> Vec<String> {
-        let dirs = self.made_dirs.lock();
-        dirs.iter()
-            .filter_map(|d| d.strip_prefix(parent_prefix))
-            .filter_map(|rest| rest.strip_suffix('/'))
-            .filter(|name| !name.is_empty() && !name.contains('/'))
-            .map(str::to_string)
-            .collect()
+    /// Made directories whose parent is `parent_prefix`, as names: one store query. A
+    /// store that cannot answer lists none (as with cut uploads): what S3 holds still lists.
+    async fn made_children(&self, parent_prefix: &str) -> Vec<String> {
+        match self.dirs.dirs_in(parent_prefix.to_string()).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up made directories");
+                Vec::new()
+            }
+        }
     }
 
     /// Whether `path` is a directory: home, a common prefix, or made by a client.
@@ -147,10 +145,16 @@ impl Namespace {
             return Ok(true);
         }
         let prefix = format!("{}{}", user.home, path.dir_prefix());
-        if self.made_dir(&prefix) {
+        // Asked together: a made directory answers from the store, others from S3.
+        let (made, objects) = tokio::join!(
+            self.dirs.has_dir(prefix.clone()),
+            self.storage.has_objects_under(&prefix)
+        );
+        // Objects under it answer even when the store cannot.
+        if objects? {
             return Ok(true);
         }
-        Ok(self.storage.has_objects_under(&prefix).await?)
+        Ok(made?)
     }
 
     /// The cut upload of `path` its owner may resume, if one is kept.
@@ -206,8 +210,11 @@ impl Namespace {
     pub async fn open_dir(&self, user: &User, path: &VirtualPath) -> Result<DirPages, FsError> {
         require(user, Permission::List)?;
         let prefix = format!("{}{}", user.home, path.dir_prefix());
-        let (listing, next) = self.storage.list_page(&prefix, None).await?;
-        let made = self.made_children(&prefix);
+        let (page, made) = tokio::join!(
+            self.storage.list_page(&prefix, None),
+            self.made_children(&prefix)
+        );
+        let (listing, next) = page?;
         if next.is_none()
             && listing.files.is_empty()
             && listing.dirs.is_empty()
@@ -260,7 +267,7 @@ impl Namespace {
         }
     }
 
-    /// MKD: remembered until files appear under it.
+    /// MKD: remembered in the state store until removed.
     pub async fn mkdir(&self, user: &User, path: &VirtualPath) -> Result<(), FsError> {
         require(user, Permission::Mkdir)?;
         if path.is_root() {
@@ -277,7 +284,7 @@ impl Namespace {
             return Err(FsError::Unsupported("a file with that name exists"));
         }
         let prefix = format!("{}{}", user.home, path.dir_prefix());
-        self.made_dirs.lock().insert(prefix);
+        self.dirs.add_dir(prefix).await?;
         Ok(())
     }
 
@@ -291,13 +298,7 @@ impl Namespace {
         if self.storage.has_objects_under(&prefix).await? {
             return Err(FsError::NotEmpty(path.to_string()));
         }
-        let removed = {
-            let mut dirs = self.made_dirs.lock();
-            let had = dirs.remove(&prefix);
-            dirs.retain(|other| !other.starts_with(&prefix));
-            had
-        };
-        if removed {
+        if self.dirs.remove_dirs(prefix).await? {
             Ok(())
         } else {
             Err(FsError::NotFound(path.to_string()))
@@ -384,13 +385,6 @@ impl Namespace {
                     FsError::Storage(e)
                 }
             })
-    }
-
-    /// Forgets made directories under which an upload has just landed.
-    pub fn object_written(&self, key: &str) {
-        self.made_dirs
-            .lock()
-            .retain(|d| !key.starts_with(d.as_str()));
     }
 }
 

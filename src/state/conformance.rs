@@ -2,6 +2,9 @@
 //! store. A new backend runs the same functions on its own stores (see the tests at the end
 //! for the SQLite and in-memory ones).
 
+mod shared;
+pub use shared::{dirs, quota_claims};
+
 use super::{
     BanEntry, BanStore, CutUploadStore, FailureScore, OutboxStore, PartMark, PartialRecord,
     PendingEntry, QuotaStore, State, TempNameStore, TempRecord, now_ms,
@@ -590,6 +593,13 @@ mod tests {
     async fn sqlite_quota() {
         let (_dir, stores) = stores();
         super::quota(stores.quota.as_ref()).await;
+        super::quota_claims(stores.quota.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_dirs() {
+        let (_dir, stores) = stores();
+        super::dirs(stores.dirs.as_ref()).await;
     }
 
     #[test]

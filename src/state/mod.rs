@@ -1,7 +1,7 @@
 //! Durable state behind traits, so that the rest of the bridge does not care where it lives:
 //! the outbox of completions, the records of cut uploads (with their part marks and SHA-256
-//! states), finished uploads under temporary names, quota usage, and the defender's bans and
-//! failed-login scores.
+//! states), finished uploads under temporary names, quota usage, the defender's bans and
+//! failed-login scores, and the directories clients made.
 //!
 //! One trait per kind of state, each object-safe (held as `Arc<dyn …>`) and async where the
 //! work may block on a disk or a network. [`Stores`] bundles one implementation of each;
@@ -12,6 +12,7 @@
 mod bans;
 #[cfg(test)]
 pub mod conformance;
+mod dirs;
 pub mod memory;
 mod outbox;
 pub mod postgres;
@@ -19,9 +20,13 @@ pub mod sqlite;
 mod uploads;
 
 pub use bans::{BanEntry, BanStore, FailureScore};
+pub use dirs::DirStore;
 pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State, WakeupSender, Wakeups, leased};
 pub(crate) use uploads::Writing;
-pub use uploads::{CutUploadStore, PartMark, PartialRecord, QuotaStore, TempNameStore, TempRecord};
+pub use uploads::{
+    CutUploadStore, PartMark, PartialRecord, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals,
+    TempNameStore, TempRecord,
+};
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,6 +106,8 @@ pub struct Stores {
     pub quota: Arc<dyn QuotaStore>,
     /// The defender's bans and failed-login scores.
     pub bans: Arc<dyn BanStore>,
+    /// Directories clients made (`MKD`) that S3 cannot show while they hold no object.
+    pub dirs: Arc<dyn DirStore>,
     /// Reachability of a shared database (for `/readyz` and metrics); `None` on SQLite,
     /// whose files the outbox and event-log checks already cover.
     pub health: Option<Arc<postgres::Health>>,

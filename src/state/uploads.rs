@@ -180,6 +180,82 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
 
     /// Forgets what `username` stores (their quota was taken away).
     async fn forget_quota_usage(&self, username: String) -> Result<(), StateError>;
+
+    /// Takes `claim.bytes` and `claim.files` more for one upload in flight, atomically
+    /// refused when what the user stores plus every live reservation (theirs included) plus
+    /// the claim would pass a limit; renews the reservation's lease to `claim.expires_ms`
+    /// either way. A claim of nothing only renews and is never refused. A reservation whose
+    /// lease ran out counts for nothing and restarts from the claim.
+    async fn claim_quota(&self, claim: QuotaClaim) -> Result<QuotaGrant, StateError>;
+
+    /// Ends reservation `id` of `username` and adds `bytes` and `files` to what the user
+    /// stores, in one atomic step (zero and zero to just give the reservation back).
+    async fn settle_quota(
+        &self,
+        username: String,
+        id: String,
+        bytes: i64,
+        files: i64,
+    ) -> Result<(), StateError>;
+
+    /// Deletes reservations whose lease ended before `before_ms` (they already count for
+    /// nothing); returns how many.
+    async fn expire_quota_claims(&self, before_ms: i64) -> Result<usize, StateError>;
+}
+
+/// More of a user's quota asked for by one upload in flight (see
+/// [`QuotaStore::claim_quota`]).
+#[derive(Debug, Clone)]
+pub struct QuotaClaim {
+    /// Whose quota.
+    pub username: String,
+    /// The reservation: one per upload attempt, unique across replicas.
+    pub id: String,
+    /// The replica holding it, for operators reading the table.
+    pub owner: String,
+    /// Bytes to add to the reservation.
+    pub bytes: u64,
+    /// Files to add to the reservation.
+    pub files: u64,
+    /// `quota_bytes`, if set.
+    pub limit_bytes: Option<u64>,
+    /// `quota_files`, if set.
+    pub limit_files: Option<u64>,
+    /// The lease: after this (ms since the epoch) the reservation counts for nothing unless
+    /// renewed, so a replica that died holds no quota for long.
+    pub expires_ms: i64,
+    /// The claimer's clock, ms since the epoch: leases ended before it count for nothing.
+    pub now_ms: i64,
+}
+
+/// A user's figures: what they store and what live reservations hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaTotals {
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Files stored.
+    pub files: u64,
+    /// Bytes held by uploads in flight (live leases only).
+    pub reserved_bytes: u64,
+    /// Files held by uploads in flight (live leases only).
+    pub reserved_files: u64,
+}
+
+/// What came of a [`QuotaClaim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaGrant {
+    /// Taken: what the reservation holds now, in total (less than asked for plus held
+    /// before when its lease had run out).
+    Granted {
+        /// Bytes held.
+        bytes: u64,
+        /// Files held.
+        files: u64,
+    },
+    /// It would pass a limit; the user's figures at the time. Nothing was taken.
+    Refused(QuotaTotals),
+    /// The user was never counted (or was forgotten): count what they store first.
+    Uncounted,
 }
 
 /// The uploads a store's own process is writing, by upload id: what tells its running

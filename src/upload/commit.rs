@@ -48,6 +48,10 @@ impl Upload {
     /// completion (the caller aborts what S3 still holds).
     async fn complete(&mut self) -> Result<CompletedUpload, UploadError> {
         self.check_still_wanted().await?;
+        // The quota hold must still be live (its lease renewed) when the object appears.
+        if let Some(quota) = self.quota.as_mut() {
+            quota.grow_to(self.size).await?;
+        }
         let replaced = self.replaced_size().await?;
         let (etag, content_type) = if self.multipart.is_none() {
             self.put_whole().await?

@@ -95,7 +95,7 @@ impl Pipeline {
             cfg.part_size.min(budget.max_part()),
             cfg.max_part_size.min(budget.max_part()),
         );
-        let quotas = Quotas::new(stores.quota.clone(), storage.clone());
+        let quotas = Quotas::new(stores.quota.clone(), storage.clone(), sizes.size_of(1));
         Pipeline {
             inner: Arc::new(Inner {
                 storage,

@@ -60,7 +60,7 @@ impl Upload {
             let spare = self.writable_buffer().await?;
             let n = spare.min(data.len());
             let (chunk, rest) = data.split_at(n);
-            self.accept(chunk)?;
+            self.accept(chunk).await?;
             if let Some(buffer) = self.buffer.as_mut() {
                 buffer.data.extend_from_slice(chunk);
                 buffer.in_flight.add(chunk.len());
@@ -116,7 +116,7 @@ impl Upload {
                 buffer.in_flight.add(n);
             }
             *size += n as u64;
-            self.check_size()?;
+            self.check_size().await?;
             self.pipeline
                 .metrics
                 .upload_bytes_total
@@ -133,10 +133,10 @@ impl Upload {
     }
 
     /// Counts and hashes bytes about to enter the buffer.
-    fn accept(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+    async fn accept(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.check_size()?;
+        self.check_size().await?;
         self.pipeline
             .metrics
             .upload_bytes_total
@@ -145,7 +145,7 @@ impl Upload {
         Ok(())
     }
 
-    fn check_size(&mut self) -> Result<(), UploadError> {
+    async fn check_size(&mut self) -> Result<(), UploadError> {
         let object_limit = self.pipeline.sizes.max_object_size();
         let user_limit = self.req.user.max_file_size.unwrap_or(u64::MAX);
         if self.size > object_limit.min(user_limit) {
@@ -170,14 +170,16 @@ impl Upload {
             return Err(error);
         }
         if let Some(quota) = self.quota.as_mut()
-            && let Err(e) = quota.grow_to(self.size)
+            && let Err(e) = quota.grow_to(self.size).await
         {
-            self.pipeline
-                .metrics
-                .limits_exceeded_total
-                .with_label_values(&[e.key()])
-                .inc();
-            return Err(e.into());
+            if let UploadError::OverQuota(over) = &e {
+                self.pipeline
+                    .metrics
+                    .limits_exceeded_total
+                    .with_label_values(&[over.key()])
+                    .inc();
+            }
+            return Err(e);
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ mod replicas;
 mod replicas_bans;
 mod replicas_outage;
 mod replicas_outbox;
+mod replicas_quota;
 mod replicas_uploads;
 mod resume;
 mod security;

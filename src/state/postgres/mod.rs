@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: every kind of durable state in one database that all replicas
 //! naming the same `[state] url` share — the outbox, cut uploads with their part marks,
-//! temporary names, quota usage, and the defender's bans and failure scores.
+//! temporary names, quota usage and reservations, the defender's bans and failure scores,
+//! and the directories clients made.
 //!
 //! A bounded pool of connections (tokio-postgres through deadpool-postgres, TLS by [`tls`]) is
 //! shared by the stores; the schema is created and migrated at start under an advisory lock
@@ -8,6 +9,7 @@
 
 mod bans;
 mod cut_uploads;
+mod dirs;
 mod health;
 #[cfg(test)]
 mod lease_tests;
@@ -100,8 +102,9 @@ async fn open_with_bans(
         outbox,
         uploads: uploads.clone(),
         temp_names: uploads.clone(),
-        quota: uploads,
+        quota: uploads.clone(),
         bans: bans.clone(),
+        dirs: uploads,
         health: Some(pg_health),
     };
     Ok((stores, bans))

@@ -115,6 +115,27 @@ const MIGRATIONS: &[&str] = &[
         until_ms bigint NOT NULL
     );
     "#,
+    // 3: quota reservations of uploads in flight, one row per upload with its lease (owner,
+    // expiry), so replicas share them; and directories clients made, with their parent so
+    // a listing reads them with one indexed query.
+    r#"
+    CREATE TABLE quota_claims (
+        id text COLLATE "C" PRIMARY KEY,
+        username text COLLATE "C" NOT NULL,
+        owner text NOT NULL,
+        bytes bigint NOT NULL,
+        files bigint NOT NULL,
+        expires_ms bigint NOT NULL
+    );
+    CREATE INDEX quota_claims_user ON quota_claims (username, expires_ms);
+    CREATE INDEX quota_claims_expiry ON quota_claims (expires_ms);
+
+    CREATE TABLE made_dirs (
+        prefix text COLLATE "C" PRIMARY KEY,
+        parent text COLLATE "C" NOT NULL
+    );
+    CREATE INDEX made_dirs_parent ON made_dirs (parent, prefix);
+    "#,
 ];
 
 /// The schema version this release creates and understands.

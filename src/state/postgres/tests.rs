@@ -53,6 +53,13 @@ async fn postgres_temp_names() {
 async fn postgres_quota() {
     let (_server, _, stores) = stores().await;
     conformance::quota(stores.quota.as_ref()).await;
+    conformance::quota_claims(stores.quota.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_dirs() {
+    let (_server, _, stores) = stores().await;
+    conformance::dirs(stores.dirs.as_ref()).await;
 }
 
 /// The suite on the cache, then the same answers from a second replica's store that only

@@ -1,11 +1,13 @@
 //! The SQLite backend: the outbox in `data_dir/outbox.sqlite3`, cut uploads, temporary
-//! names and quota usage in `data_dir/uploads.sqlite3`; bans stay in memory (one bridge).
+//! names, quota usage and made directories in `data_dir/uploads.sqlite3`; bans stay in
+//! memory (one bridge).
 //!
 //! SQLite (rusqlite, bundled): one file an operator can inspect with the `sqlite3` tool,
 //! WAL journaling, and queries by state and due time. Each call runs on a blocking thread,
 //! as commits fsync.
 
 mod cut_uploads;
+mod dirs;
 mod outbox;
 mod quota;
 mod temp_names;
@@ -34,8 +36,9 @@ pub fn open(data_dir: &Path, with_outbox: bool) -> Result<Stores, StateError> {
         outbox,
         uploads: uploads.clone(),
         temp_names: uploads.clone(),
-        quota: uploads,
+        quota: uploads.clone(),
         bans: Arc::new(MemoryBans::new()),
+        dirs: uploads,
         health: None,
     })
 }
@@ -192,6 +195,7 @@ mod tests {
             .set_quota_usage("u".into(), 9, 1)
             .await
             .expect("quota");
+        stores.dirs.add_dir("u/made/".into()).await.expect("dir");
         drop((stores, outbox));
 
         let stores = super::open(dir.path(), true).expect("reopen");
@@ -220,6 +224,7 @@ mod tests {
             stores.quota.quota_usage("u".into()).await.expect("quota"),
             Some((9, 1))
         );
+        assert!(stores.dirs.has_dir("u/made/".into()).await.expect("dir"));
         assert!(
             dir.path().join(super::OUTBOX_FILE).exists()
                 && dir.path().join(super::UPLOADS_FILE).exists()

@@ -1,5 +1,5 @@
 //! The upload state database (`data_dir/uploads.sqlite3`): one file and one connection for
-//! cut uploads, temporary names and quota usage, each implemented in its own module.
+//! cut uploads, temporary names, quota usage and reservations, and made directories, each implemented in its own module.
 //! `synchronous = NORMAL`: a lost mark after a power cut only means the client resends one
 //! more part.
 
@@ -49,7 +49,21 @@ const SCHEMA: &str = "
         bytes INTEGER NOT NULL,
         files INTEGER NOT NULL,
         counted_ms INTEGER NOT NULL
-    );";
+    );
+    CREATE TABLE IF NOT EXISTS quota_claims (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS quota_claims_user ON quota_claims (username, expires_ms);
+    CREATE TABLE IF NOT EXISTS made_dirs (
+        prefix TEXT PRIMARY KEY,
+        parent TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS made_dirs_parent ON made_dirs (parent, prefix);";
 
 /// The upload state in SQLite; cheap to clone.
 #[derive(Clone, Debug)]
@@ -65,6 +79,9 @@ impl SqliteUploads {
     pub fn open(data_dir: &Path) -> Result<SqliteUploads, StateError> {
         let db = Db::open("upload state", &data_dir.join(UPLOADS_FILE), "NORMAL")?;
         db.now(|c| c.execute_batch(SCHEMA))?;
+        // One bridge uses these files: reservations left by a previous run belong to uploads
+        // that ended with it.
+        db.now(|c| c.execute("DELETE FROM quota_claims", []))?;
         Ok(SqliteUploads {
             db,
             writing: Default::default(),
