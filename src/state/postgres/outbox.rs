@@ -280,7 +280,8 @@ impl OutboxStore for PgOutbox {
             &notifying(
                 "UPDATE outbox SET attempts = $2, next_attempt_ms = $3, updated_ms = $4,
                     last_error = $5, claimed_by = NULL, claimed_until_ms = NULL
-                 WHERE id = $1 AND state = 'pending'", &self.owner
+                 WHERE id = $1 AND state = 'pending'",
+                &self.owner,
             ),
             &[
                 &id,
@@ -364,7 +365,8 @@ impl OutboxStore for PgOutbox {
                         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
                             since_ms = $2, updated_ms = $2, claimed_by = NULL,
                             claimed_until_ms = NULL
-                         WHERE id = $1 AND state != 'delivered'", &self.owner
+                         WHERE id = $1 AND state != 'delivered'",
+                        &self.owner,
                     ),
                     &[&id, &now],
                 )
@@ -376,7 +378,8 @@ impl OutboxStore for PgOutbox {
                         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0,
                             since_ms = $1, updated_ms = $1, claimed_by = NULL,
                             claimed_until_ms = NULL
-                         WHERE state = 'dead'", &self.owner
+                         WHERE state = 'dead'",
+                        &self.owner,
                     ),
                     &[&now],
                 )
@@ -430,7 +433,8 @@ impl OutboxStore for PgOutbox {
             .execute(
                 &notifying(
                     "UPDATE outbox SET claimed_by = NULL, claimed_until_ms = NULL
-                     WHERE claimed_by = $1 AND state = 'pending'", &self.owner
+                     WHERE claimed_by = $1 AND state = 'pending'",
+                    &self.owner,
                 ),
                 &[&self.owner],
             )

@@ -564,6 +564,20 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     listening(&wakeups).await;
-    outbox.insert(entry("after")).await.expect("insert");
+    // Its own replica's changes are skipped (that replica woke its own workers); another
+    // replica's wake it.
+    outbox.insert(entry("own")).await.expect("insert");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), wakeups.changed())
+            .await
+            .is_err(),
+        "woken by its own insert"
+    );
+    let other = open(&url, true, 2, &NO_KEYS)
+        .await
+        .expect("another replica")
+        .outbox
+        .expect("outbox");
+    other.insert(entry("after")).await.expect("insert");
     woken(&wakeups, "an insert after the reconnection").await;
 }
