@@ -134,6 +134,7 @@ fn upload_error(e: UploadError) -> Error {
         UploadError::Storage(_)
         | UploadError::Notify(_)
         | UploadError::Internal(_)
+        | UploadError::LeaseLost
         | UploadError::ShuttingDown
         | UploadError::Draining => ErrorKind::LocalError,
     };

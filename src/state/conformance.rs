@@ -265,6 +265,10 @@ pub async fn cut_uploads(store: &dyn CutUploadStore) {
     let marks = store.marks("up-1".into()).await.expect("marks");
     let ends: Vec<(u32, u64)> = marks.iter().map(|m| (m.number, m.end)).collect();
     assert_eq!(ends, vec![(1, 10), (2, 22), (3, 30)]);
+    assert!(
+        store.may_write("up-1"),
+        "the store that began it may write it"
+    );
 
     // Suspended with two whole parts: the marks after them go, the hash state round-trips
     // and continues to the same digest.

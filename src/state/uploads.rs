@@ -78,7 +78,9 @@ pub trait CutUploadStore: Send + Sync + std::fmt::Debug {
     /// older record for the key.
     async fn begin(&self, rec: PartialRecord) -> Result<(), StateError>;
 
-    /// Writes a part's mark before the part is sent (replacing one of the same number).
+    /// Writes a part's mark before the part is sent (replacing one of the same number). On a
+    /// shared store only while this process holds the upload: a refused mark is an error
+    /// and makes [`CutUploadStore::may_write`] false.
     async fn mark(&self, upload_id: String, mark: PartMark) -> Result<(), StateError>;
 
     /// The marks of an upload, by part number.
@@ -131,6 +133,17 @@ pub trait CutUploadStore: Send + Sync + std::fmt::Debug {
     /// so that one process alone keeps it at the parts S3 holds; false if its writer is
     /// alive, another process took it first, or it is gone.
     async fn adopt(&self, key: String, upload_id: String) -> Result<bool, StateError>;
+
+    /// Whether this process may still send parts into (or complete) the upload it began,
+    /// resumed or adopted: false on a shared store once its lease may be about to run out
+    /// (renewals failed, or a fenced `mark` found the record no longer its own), so another
+    /// replica might adopt it. Once false it stays false: the store stops renewing the
+    /// lease and the writer must let go of the multipart upload without completing,
+    /// marking or aborting it. A store one process owns always answers true.
+    fn may_write(&self, upload_id: &str) -> bool {
+        let _ = upload_id;
+        true
+    }
 
     /// Takes or renews, for `lease`, the right to sweep expired cut uploads; true while this
     /// store holds it. One process at a time holds it (a store one process owns always

@@ -131,6 +131,10 @@ impl Upload {
         while let Some(joined) = mp.in_flight.join_next().await {
             mp.done.push(part_result(joined)?);
         }
+        // Checked after the last part landed, right before the object is made.
+        if !mp.may_write(&self.pipeline) {
+            return Err(UploadError::LeaseLost);
+        }
         let mut parts = std::mem::take(&mut mp.done);
         parts.sort_by_key(|p| p.part_number());
         let etag = self

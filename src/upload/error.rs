@@ -70,6 +70,13 @@ pub enum UploadError {
     /// The file exists and `upload.overwrite` is false.
     #[error("{0} exists and this server does not replace files (upload.overwrite = false)")]
     Exists(String),
+    /// This replica can no longer show that it alone writes the upload (its lease in the
+    /// shared state lapsed or another replica took the upload): it stops without touching
+    /// the multipart upload, which the new owner or the sweep keeps for a resume.
+    #[error(
+        "the server lost track of this upload (its shared state did not answer in time); resume it in a moment or upload it again"
+    )]
+    LeaseLost,
     /// An internal task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,9 +99,10 @@ impl UploadError {
             UploadError::Client(_) | UploadError::Stalled(_) | UploadError::ShuttingDown => {
                 UploadOutcome::Aborted
             }
-            UploadError::Storage(_) | UploadError::Notify(_) | UploadError::Internal(_) => {
-                UploadOutcome::Failed
-            }
+            UploadError::Storage(_)
+            | UploadError::Notify(_)
+            | UploadError::LeaseLost
+            | UploadError::Internal(_) => UploadOutcome::Failed,
         }
     }
 
@@ -156,6 +164,7 @@ mod tests {
             UploadError::Storage(storage),
             UploadError::Notify(NotifyError::Client("down".into())),
             UploadError::Internal("panic".into()),
+            UploadError::LeaseLost,
         ] {
             assert_eq!(e.outcome(), UploadOutcome::Failed, "{e}");
             assert!(!e.keeps_partial(), "{e}");

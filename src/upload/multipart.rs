@@ -70,6 +70,12 @@ impl Multipart {
         number
     }
 
+    /// Whether this process may still write into the multipart upload: always, unless it
+    /// is recorded in a shared store that no longer vouches for this replica's lease.
+    pub(super) fn may_write(&self, pipeline: &Inner) -> bool {
+        !self.recorded || pipeline.partials.may_write(&self.upload_id)
+    }
+
     /// The longest run of whole parts 1..=n that S3 acknowledged and that have marks:
     /// `(n, end offset, hash state)`.
     pub(super) fn durable_prefix(&self) -> Option<(u32, u64, Vec<u8>)> {
@@ -161,10 +167,25 @@ pub(super) async fn end(
     ending: Ending,
     _registration: Option<Registration>,
 ) {
+    let (Ending::Abort(mp) | Ending::Suspend(mp, _)) = &ending;
+    if !mp.may_write(&pipeline) {
+        let (Ending::Abort(mp) | Ending::Suspend(mp, _)) = ending;
+        let_go(&key, mp);
+        return;
+    }
     match ending {
         Ending::Abort(mp) => abort_multipart(&pipeline, &key, mp).await,
         Ending::Suspend(mp, full) => resume::suspend(&pipeline, &key, mp, full).await,
     }
+}
+
+/// Leaves a multipart upload whose lease this replica lost as it is: another replica may
+/// own it now, so it is neither completed, marked, suspended nor aborted here. Its record
+/// stays for the new owner, or for the sweep that adopts it once the lease has run out.
+fn let_go(key: &str, mut mp: Multipart) {
+    mp.in_flight.abort_all();
+    tracing::warn!(key, upload_id = %mp.upload_id,
+        "this replica lost the lease of the upload; leaving it to the replica that holds it now (or to the sweep)");
 }
 
 /// Aborts after the last check that parts still land, up to this many times.

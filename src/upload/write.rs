@@ -284,6 +284,9 @@ impl Upload {
         let Some(mp) = self.multipart.as_mut() else {
             return Err(UploadError::Internal("multipart state missing".into()));
         };
+        if !mp.may_write(&self.pipeline) {
+            return Err(UploadError::LeaseLost);
+        }
         mp.spawn_part(&self.pipeline, &self.key, buffer);
         Ok(())
     }

@@ -28,6 +28,7 @@ mod preauth;
 mod reload;
 mod replicas;
 mod replicas_bans;
+mod replicas_fence;
 mod replicas_outage;
 mod replicas_outbox;
 mod replicas_quota;

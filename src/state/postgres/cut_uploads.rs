@@ -9,6 +9,7 @@
 
 use super::{DB_NOW, PgUploads, UPLOADS, clamp, fields_of, fields_text, unsigned};
 use crate::state::{CutUploadStore, PartMark, PartialRecord, StateError, now_ms};
+use std::time::Instant;
 use tokio_postgres::Row;
 
 /// The columns [`partial_row`] reads, in order.
@@ -34,6 +35,12 @@ fn partial_row(r: &Row) -> Result<PartialRecord, tokio_postgres::Error> {
 }
 
 impl PgUploads {
+    /// This opening no longer writes `upload_id`: its lease is neither renewed nor trusted.
+    fn let_go(&self, upload_id: &str) {
+        self.writing.release(upload_id);
+        self.fence.forget(upload_id);
+    }
+
     fn err(&self, e: tokio_postgres::Error) -> StateError {
         self.pg.error(UPLOADS, e)
     }
@@ -105,6 +112,7 @@ impl PgUploads {
 impl CutUploadStore for PgUploads {
     async fn begin(&self, rec: PartialRecord) -> Result<(), StateError> {
         self.writing.take(&rec.upload_id);
+        let sent = Instant::now();
         self.execute(
             &format!(
                 "INSERT INTO partials (key, username, path, upload_id, content_type, id, fields,
@@ -134,25 +142,42 @@ impl CutUploadStore for PgUploads {
                 &self.lease_ms,
             ],
         )
-        .await
-        .map(|_| ())
+        .await?;
+        self.fence.granted(&rec.upload_id, sent);
+        Ok(())
     }
 
     async fn mark(&self, upload_id: String, mark: PartMark) -> Result<(), StateError> {
-        self.execute(
-            "INSERT INTO part_marks (upload_id, number, end_offset, hash_state)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (upload_id, number) DO UPDATE
-             SET end_offset = EXCLUDED.end_offset, hash_state = EXCLUDED.hash_state",
-            &[
-                &upload_id,
-                &i64::from(mark.number),
-                &clamp(mark.end),
-                &mark.hash_state,
-            ],
-        )
-        .await
-        .map(|_| ())
+        // Fenced: written only while the running record is this opening's, so a replica
+        // whose upload another one adopted learns it here, before sending the part.
+        let n = self
+            .execute(
+                "INSERT INTO part_marks (upload_id, number, end_offset, hash_state)
+                 SELECT $1, $2::bigint, $3::bigint, $4::bytea
+                 WHERE EXISTS (SELECT 1 FROM partials
+                               WHERE upload_id = $1 AND active AND owner = $5)
+                 ON CONFLICT (upload_id, number) DO UPDATE
+                 SET end_offset = EXCLUDED.end_offset, hash_state = EXCLUDED.hash_state",
+                &[
+                    &upload_id,
+                    &i64::from(mark.number),
+                    &clamp(mark.end),
+                    &mark.hash_state,
+                    &&*self.owner,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            self.let_go(&upload_id);
+            tracing::warn!(upload_id = %upload_id,
+                "the record of a running upload is no longer this replica's (its lease ran out and another replica took it); this replica stops writing it");
+            return Err(StateError::backend(
+                UPLOADS,
+                self.pg.location.to_string(),
+                "the upload's lease was lost: another replica holds it now",
+            ));
+        }
+        Ok(())
     }
 
     async fn marks(&self, upload_id: String) -> Result<Vec<PartMark>, StateError> {
@@ -184,7 +209,7 @@ impl CutUploadStore for PgUploads {
         parts: u32,
         hash_state: Vec<u8>,
     ) -> Result<bool, StateError> {
-        self.writing.release(&upload_id);
+        self.let_go(&upload_id);
         let parts = i64::from(parts);
         let updated = self
             .in_transaction(&[
@@ -211,6 +236,7 @@ impl CutUploadStore for PgUploads {
     }
 
     async fn activate(&self, key: String, upload_id: String) -> Result<bool, StateError> {
+        let sent = Instant::now();
         let n = self
             .execute(
                 &format!(
@@ -223,12 +249,13 @@ impl CutUploadStore for PgUploads {
             .await?;
         if n > 0 {
             self.writing.take(&upload_id);
+            self.fence.granted(&upload_id, sent);
         }
         Ok(n > 0)
     }
 
     async fn remove(&self, key: String, upload_id: String) -> Result<(), StateError> {
-        self.writing.release(&upload_id);
+        self.let_go(&upload_id);
         self.in_transaction(&[
             (
                 "DELETE FROM partials WHERE key = $1 AND upload_id = $2",
@@ -302,6 +329,7 @@ impl CutUploadStore for PgUploads {
     }
 
     async fn adopt(&self, key: String, upload_id: String) -> Result<bool, StateError> {
+        let sent = Instant::now();
         let n = self
             .execute(
                 &format!(
@@ -314,8 +342,19 @@ impl CutUploadStore for PgUploads {
             .await?;
         if n > 0 {
             self.writing.take(&upload_id);
+            self.fence.granted(&upload_id, sent);
         }
         Ok(n > 0)
+    }
+
+    fn may_write(&self, upload_id: &str) -> bool {
+        if self.fence.holds(upload_id, self.write_window) {
+            return true;
+        }
+        // No longer renewed either: a partition that heals must not keep the lease alive
+        // for an upload nobody here writes any more.
+        self.let_go(upload_id);
+        false
     }
 
     async fn lead_sweep(&self, lease: std::time::Duration) -> Result<bool, StateError> {

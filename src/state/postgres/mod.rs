@@ -10,6 +10,7 @@
 mod bans;
 mod cut_uploads;
 mod dirs;
+mod fence;
 mod health;
 #[cfg(test)]
 mod lease_tests;
@@ -46,7 +47,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
 /// past it the upload counts as left by a dead replica and another one adopts it.
 pub const UPLOAD_LEASE: Duration = Duration::from_secs(30);
 /// How often a replica renews the leases of the uploads it writes.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// The database's clock in ms since the epoch: leases and ban changes are timed by it, so
 /// replicas' clocks need not agree.
 const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -280,6 +281,11 @@ pub struct PgUploads {
     lease_ms: i64,
     /// The uploads this opening writes, whose leases it renews.
     writing: super::Writing,
+    /// When each of those leases was last given or renewed, for
+    /// [`may_write`](crate::state::CutUploadStore::may_write).
+    fence: fence::Fence,
+    /// How long after that this opening still writes: the lease less a margin (see `start`).
+    write_window: Duration,
     /// Held by every clone: the renewing task ends when the last one is dropped.
     alive: Arc<()>,
 }
@@ -287,20 +293,30 @@ pub struct PgUploads {
 impl PgUploads {
     /// The stores on `pg`, with a task renewing the leases of the uploads this opening
     /// writes every `renew_every`, each for `lease`.
+    ///
+    /// This opening writes an upload only until `lease - 2 × renew_every` after the lease
+    /// was last given or renewed (counted from before the statement was sent, so never
+    /// later than the database's clock counts it). The margin lets up to one renewal fail
+    /// without stopping uploads, covers a part sent just before the fence closes while it
+    /// travels to S3, and a step of the database's clock of up to that much: no other
+    /// replica may adopt before the database's `lease_until_ms` has passed.
     fn start(pg: Pg, lease: Duration, renew_every: Duration) -> PgUploads {
         let uploads = PgUploads {
             pg,
             owner: uuid::Uuid::now_v7().to_string().into(),
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
             writing: super::Writing::default(),
+            fence: fence::Fence::default(),
+            write_window: lease.saturating_sub(renew_every.saturating_mul(2)),
             alive: Arc::new(()),
         };
         // Not `alive` itself: dropping the stores ends the task.
         let alive = Arc::downgrade(&uploads.alive);
-        let (pg, owner, writing, lease_ms) = (
+        let (pg, owner, writing, fence, lease_ms) = (
             uploads.pg.clone(),
             uploads.owner.clone(),
             uploads.writing.clone(),
+            uploads.fence.clone(),
             uploads.lease_ms,
         );
         tokio::spawn(async move {
@@ -315,9 +331,12 @@ impl PgUploads {
                 if ids.is_empty() {
                     continue;
                 }
-                if let Err(e) = renew(&pg, &owner, lease_ms, &ids).await {
-                    tracing::warn!(error = %e, uploads = ids.len(),
-                        "cannot renew the leases of running uploads; another replica adopts them when they run out");
+                let sent = std::time::Instant::now();
+                match renew(&pg, &owner, lease_ms, &ids).await {
+                    // Only the leases the database really renewed (still ours) count.
+                    Ok(renewed) => fence.renewed(&renewed, sent),
+                    Err(e) => tracing::warn!(error = %e, uploads = ids.len(),
+                        "cannot renew the leases of running uploads; they stop before their leases run out, and another replica adopts them"),
                 }
             }
         });
@@ -325,19 +344,29 @@ impl PgUploads {
     }
 }
 
-/// Renews `owner`'s leases of the running uploads `ids` for `lease_ms`.
-async fn renew(pg: &Pg, owner: &str, lease_ms: i64, ids: &[String]) -> Result<(), StateError> {
+/// Renews `owner`'s leases of the running uploads `ids` for `lease_ms`; returns the ids
+/// whose leases it renewed (those still running and ours).
+async fn renew(
+    pg: &Pg,
+    owner: &str,
+    lease_ms: i64,
+    ids: &[String],
+) -> Result<Vec<String>, StateError> {
     let client = pg.client(UPLOADS).await?;
-    client
-        .execute(
+    let rows = client
+        .query(
             &format!(
                 "UPDATE partials SET lease_until_ms = {DB_NOW} + $2
-                 WHERE active AND owner = $1 AND upload_id = ANY($3)"
+                 WHERE active AND owner = $1 AND upload_id = ANY($3)
+                 RETURNING upload_id"
             ),
             &[&owner, &lease_ms, &ids],
         )
         .await
-        .map(|_| ())
+        .map_err(|e| pg.error(UPLOADS, e))?;
+    rows.iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
         .map_err(|e| pg.error(UPLOADS, e))
 }
 
