@@ -170,7 +170,18 @@ pub(super) async fn end(
     let (Ending::Abort(mp) | Ending::Suspend(mp, _)) = &ending;
     if !mp.may_write(&pipeline) {
         let (Ending::Abort(mp) | Ending::Suspend(mp, _)) = ending;
-        let_go(&key, mp);
+        // Another replica can only write into an upload whose record it found. When the
+        // key's record names another upload (a newer upload of the same name replaced it)
+        // or none, nobody else can: abort it rather than leave its parts behind. When the
+        // record is this upload's (adopted by another replica) or cannot be read, let go.
+        match pipeline.partials.get(key.clone()).await {
+            Ok(record) if record.as_ref().is_none_or(|r| r.upload_id != mp.upload_id) => {
+                tracing::info!(key, upload_id = %mp.upload_id,
+                    "the upload's record was replaced by a newer upload of the same name; aborting it");
+                abort_multipart(&pipeline, &key, mp).await;
+            }
+            _ => let_go(&key, mp),
+        }
         return;
     }
     match ending {

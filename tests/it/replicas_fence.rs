@@ -88,3 +88,81 @@ async fn a_replica_that_loses_its_upload_lease_stops_writing_and_leaves_the_uplo
     assert_eq!(a.object("alice/slow.bin").await, None, "no object");
     assert!(api.requests().is_empty(), "no completion");
 }
+
+/// Two fresh uploads of one name on two replicas at once: the newer one's record replaces
+/// the older one's, so the older replica loses its lease. Nobody else knows the older
+/// multipart upload (no record names it), so that replica aborts it rather than leave its
+/// parts behind; the newer upload completes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_whose_record_a_newer_upload_replaced_is_aborted_not_left_behind() {
+    let pg = common::postgres::server();
+    let url = pg.database().await;
+    let api = FakeApi::start().await;
+    let builder = || {
+        Harness::builder()
+            .notify_url(&api.url)
+            .state_url(&url)
+            .part_size("5MiB")
+    };
+    let a = builder().start().await;
+    let b = builder().start_sharing(&a.store).await;
+
+    let mut ftp = RawFtp::login(a.ftp).await;
+    let mut stream = ftp.data().await;
+    let (code, text) = ftp.command("STOR same.bin").await;
+    assert!(code == 150 || code == 125, "STOR accepted: {text}");
+    let older = data(40 * MIB, 5);
+    stream.write_all(&older[..6 * MIB]).await.expect("write");
+    stream.flush().await.expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.open_multipart_ids().is_empty() || common::parts_in_store(&a.store_root()) == 0 {
+        assert!(Instant::now() < deadline, "A's first part reached S3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let older_ids = a.open_multipart_ids();
+
+    // The newer upload of the same name, on B, while A's client is still sending.
+    let newer = data(12 * MIB, 6);
+    b.upload("alice", "same.bin", &newer).await;
+
+    // A's client goes on; A's next part mark is refused and it stops.
+    let mut sent = 6 * MIB;
+    while sent < older.len() {
+        if stream.write_all(&older[sent..sent + MIB]).await.is_err() {
+            break;
+        }
+        sent += MIB;
+    }
+    let _ = stream.shutdown().await;
+    drop(stream);
+    let (code, text) = tokio::time::timeout(Duration::from_secs(20), ftp.reply())
+        .await
+        .expect("the older transfer's reply");
+    assert!(
+        code >= 400,
+        "the older upload did not complete: {code} {text}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a
+        .open_multipart_ids()
+        .iter()
+        .any(|id| older_ids.contains(id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the older multipart upload was aborted, not left behind: {:?}",
+            a.open_multipart_ids()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let object = a.object("alice/same.bin").await.expect("the newer object");
+    assert!(object == newer, "the object is the newer upload");
+    let delivered: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["key"] == "alice/same.bin")
+        .collect();
+    assert_eq!(delivered.len(), 1, "one completion, the newer upload's");
+    assert_eq!(delivered[0].body["sha256"], common::sha256_hex(&newer));
+}
