@@ -37,10 +37,13 @@ chmod 755 "$WORK"
 PIDS=()
 PGDATA="$WORK/pg"
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Under `set -e` a failing command would end the trap early (a process already gone): none may.
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  [ -f "$PGDATA/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1
-  wait 2>/dev/null
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -f "$PGDATA/postmaster.pid" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  wait 2>/dev/null || true
   if [ "${KEEP_WORK:-}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -109,6 +112,14 @@ start() {
 }
 stop() { kill "${PID_OF[$1]}"; wait "${PID_OF[$1]}" 2>/dev/null || true; }
 cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# pg_cpu: CPU seconds of the PostgreSQL processes running now (its backends live as long as
+# the bridges' pooled connections); machine_busy: busy CPU seconds of the whole machine.
+pg_cpu() {
+  local t; t=$(getconf CLK_TCK)
+  for p in $(pgrep -u postgres); do cat "/proc/$p/stat" 2>/dev/null; done |
+    awk -v t="$t" '{ s += $14 + $15 } END { printf "%.1f", s / t }'
+}
+machine_busy() { awk -v t="$(getconf CLK_TCK)" '/^cpu / { printf "%.1f", ($2 + $3 + $4 + $7 + $8) / t }' /proc/stat; }
 field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"$1"; }
 
 # wait_delivered N: until the API has N distinct ids (at most 300 s); prints the seconds
@@ -158,8 +169,12 @@ measure() {
   api PUT "/mode?status=200&latency_ms=0" >/dev/null
   api PUT /reset >/dev/null
   cpu0=0; for p in "${pids[@]}"; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN { print a + b }'); done
+  local pg0 busy0 pg1 busy1
+  pg0=$(pg_cpu); busy0=$(machine_busy)
   out=$(load_on "$ports" "small-$setup" "$FILES" 64K 16)
+  pg1=$(pg_cpu); busy1=$(machine_busy)
   cpu1=0; for p in "${pids[@]}"; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN { print a + b }'); done
+  out="$out pg=$(awk -v a="$pg0" -v b="$pg1" 'BEGIN { printf "%.1f", b - a }') busy=$(awk -v a="$busy0" -v b="$busy1" 'BEGIN { printf "%.1f", b - a }')"
   wait_delivered "$FILES" >/dev/null
   R[$setup-small]="$out cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')"
   echo "$setup small: ${R[$setup-small]}"
@@ -238,7 +253,8 @@ Command: \`bench/replicas.sh $FILES $BIG_MIB $BACKLOG\`
 
 | run | 1 replica, SQLite | 2 replicas, PostgreSQL | ratio |
 |---|---|---|---|
-| $FILES × 64 KiB over FTP, 16 clients | $(field "${R[sqlite-small]}" files_per_s) files/s ($(field "${R[sqlite-small]}" cpu) s bridge CPU) | $(field "${R[postgres-small]}" files_per_s) files/s ($(field "${R[postgres-small]}" cpu) s bridge CPU, both) | $(ratio "$(field "${R[sqlite-small]}" files_per_s)" "$(field "${R[postgres-small]}" files_per_s)") |
+| $FILES × 64 KiB over FTP, 16 clients | $(field "${R[sqlite-small]}" files_per_s) files/s | $(field "${R[postgres-small]}" files_per_s) files/s | $(ratio "$(field "${R[sqlite-small]}" files_per_s)" "$(field "${R[postgres-small]}" files_per_s)") |
+| … CPU seconds: bridges / PostgreSQL / whole machine (of $(nproc) × wall time) | $(field "${R[sqlite-small]}" cpu) / — / $(field "${R[sqlite-small]}" busy) (of $(awk -v n="$(nproc)" -v s="$(field "${R[sqlite-small]}" seconds)" 'BEGIN { printf "%.1f", n * s }')) | $(field "${R[postgres-small]}" cpu) / $(field "${R[postgres-small]}" pg) / $(field "${R[postgres-small]}" busy) (of $(awk -v n="$(nproc)" -v s="$(field "${R[postgres-small]}" seconds)" 'BEGIN { printf "%.1f", n * s }')) | |
 | one $BIG_MIB MiB upload over FTP | $(field "${R[sqlite-big]}" mib_per_s) MiB/s | $(field "${R[postgres-big]}" mib_per_s) MiB/s | $(ratio "$(field "${R[sqlite-big]}" mib_per_s)" "$(field "${R[postgres-big]}" mib_per_s)") |
 | $BACKLOG dead completions retried, API answering in 20 ms | drained in ${R[sqlite-backlog]} s ($(awk -v n="$BACKLOG" -v s="${R[sqlite-backlog]}" 'BEGIN { printf "%.0f", n / s }')/s) | drained in ${R[postgres-backlog]} s ($(awk -v n="$BACKLOG" -v s="${R[postgres-backlog]}" 'BEGIN { printf "%.0f", n / s }')/s) | $(ratio "${R[postgres-backlog]}" "${R[sqlite-backlog]}") |
 

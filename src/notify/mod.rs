@@ -103,6 +103,10 @@ struct Inner {
     running: AtomicUsize,
     /// Stopping with a shared outbox: start no new delivery, the other replicas will.
     handing_over: AtomicBool,
+    /// The outbox may hold entries the worker has not listed yet (a new entry here or on
+    /// another replica, a wait that ran out): the worker looks again only then, not after
+    /// every delivery — one query per completion fewer on a shared database.
+    fresh: AtomicBool,
     pending: AtomicUsize,
     idle: Notify,
     /// Sync mode: clients waiting for their completion's outcome.
@@ -148,6 +152,7 @@ impl Notifier {
             tasks: TaskTracker::new(),
             running: AtomicUsize::new(0),
             handing_over: AtomicBool::new(false),
+            fresh: AtomicBool::new(true),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
             waiters: Mutex::default(),
@@ -238,6 +243,7 @@ impl Notifier {
         }
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
         self.inner.metrics.notifications_pending.inc();
+        self.inner.fresh.store(true, Ordering::Release);
         self.inner.wake.notify_one();
         let Some(rx) = waiter else {
             return Ok(());

@@ -43,6 +43,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let mut queue: VecDeque<String> = VecDeque::new();
     let mut queued_at = Instant::now();
     let mut gauges_at = Instant::now() - POLL;
+    let mut last_full = false;
     loop {
         if inner.stop.is_cancelled() {
             return;
@@ -54,16 +55,23 @@ pub(super) async fn run(inner: Arc<Inner>) {
         // Refill when empty, or when stale so that new and retried entries are not starved.
         // A replica handing over (stopping) starts nothing new: the others deliver it.
         let handing_over = inner.handing_over.load(Ordering::Acquire);
+        // An empty queue is refilled only when there may be more to list: something new
+        // arrived, or the last listing was full.
+        let more = inner.fresh.load(Ordering::Acquire) || last_full;
         if !handing_over
             && slots.available_permits() > 0
-            && (queue.is_empty() || queued_at.elapsed() >= POLL)
+            && ((queue.is_empty() && more) || queued_at.elapsed() >= POLL)
         {
+            // Cleared before the listing, so an entry made during it sets it again.
+            inner.fresh.store(false, Ordering::Release);
             match delivery.outbox.due(now_ms(), PREFETCH).await {
                 Ok(due) => {
+                    last_full = due.len() >= PREFETCH;
                     queue = due.into();
                     queued_at = Instant::now();
                 }
                 Err(e) => {
+                    inner.fresh.store(true, Ordering::Release);
                     tracing::error!(error = %e, "cannot read due completions from the outbox");
                     tokio::select! {
                         () = tokio::time::sleep(POLL) => continue,
@@ -125,10 +133,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             .clamp(Duration::from_millis(5), idle_poll)
         };
+        // A new entry here sets `fresh` itself; a free slot does not.
         tokio::select! {
             () = inner.wake.notified() => {}
-            () = changed_elsewhere(wakeups.as_ref()) => {}
-            () = tokio::time::sleep(wait) => {}
+            () = changed_elsewhere(wakeups.as_ref()) => inner.fresh.store(true, Ordering::Release),
+            () = tokio::time::sleep(wait) => inner.fresh.store(true, Ordering::Release),
             () = inner.stop.cancelled() => return,
         }
     }
