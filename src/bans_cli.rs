@@ -108,9 +108,9 @@ async fn lift(bans: &Arc<PgBans>, ip: IpAddr) -> ExitCode {
         ));
     }
     println!(
-        "ban of {ip} (until {}) lifted; every replica admits it within {} s",
+        "ban of {ip} (until {}) lifted; every replica admits it within {}",
         humantime::format_rfc3339_seconds(until),
-        BAN_REFRESH.as_secs()
+        humantime::format_duration(BAN_REFRESH)
     );
     ExitCode::SUCCESS
 }

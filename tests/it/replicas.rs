@@ -139,7 +139,8 @@ async fn a_ban_made_on_one_replica_refuses_the_address_on_the_other_within_secon
     let greeting = ftp_greeting(a.ftp).await;
     assert!(greeting.starts_with("421 "), "banned on A: {greeting}");
 
-    // B reads bans written elsewhere at its next refresh (every 2 s).
+    // B reads bans written elsewhere at its next refresh (every 0.5 s): within a second,
+    // with slack for a loaded test machine.
     loop {
         let greeting = ftp_greeting(b.ftp).await;
         if greeting.starts_with("421 ") {
@@ -147,7 +148,7 @@ async fn a_ban_made_on_one_replica_refuses_the_address_on_the_other_within_secon
             break;
         }
         assert!(
-            banned_at.elapsed() < Duration::from_secs(3),
+            banned_at.elapsed() < Duration::from_millis(1500),
             "B still greets the banned address after {:?}: {greeting}",
             banned_at.elapsed()
         );
