@@ -276,6 +276,29 @@ pub enum QuotaGrant {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Writing(std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<String>>>);
 
+#[cfg(test)]
+impl PartialRecord {
+    /// A running record of `upload_id` at `key` as the pipeline begins one (user `u`, path
+    /// `/x.bin`, id `e`, nothing durable yet), for the stores' tests.
+    pub(crate) fn running(key: &str, upload_id: &str) -> PartialRecord {
+        PartialRecord {
+            key: key.into(),
+            username: "u".into(),
+            path: "/x.bin".into(),
+            upload_id: upload_id.into(),
+            content_type: "video/mp4".into(),
+            id: "e".into(),
+            fields: serde_json::Map::new(),
+            started_at_ms: 1,
+            updated_ms: 1,
+            durable_bytes: 0,
+            durable_parts: 0,
+            hash_state: None,
+            active: true,
+        }
+    }
+}
+
 impl Writing {
     /// Records that this process writes `upload_id`; false if it already did.
     pub(crate) fn take(&self, upload_id: &str) -> bool {

@@ -172,22 +172,14 @@ async fn a_ban_made_on_one_replica_refuses_the_address_on_the_other_within_secon
 
 /// The pending outbox entries in the database at `url`: id, attempts, whether claimed.
 async fn pending_entries(url: &str) -> Vec<(String, i64, bool)> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the state database");
-    let connection = tokio::spawn(connection);
-    let rows = client
-        .query(
-            "SELECT id, attempts, claimed_by IS NOT NULL FROM outbox WHERE state = 'pending'",
-            &[],
-        )
-        .await
-        .expect("read the outbox");
-    drop(client);
-    let _ = connection.await;
-    rows.iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
+    common::postgres::rows(
+        url,
+        "SELECT id, attempts, claimed_by IS NOT NULL FROM outbox WHERE state = 'pending'",
+    )
+    .await
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
 }
 
 /// A replica killed with completions pending while the API is down: the other delivers each

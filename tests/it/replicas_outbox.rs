@@ -54,22 +54,14 @@ async fn completion_of(api: &FakeApi, key: &str, within: Duration) -> Received {
 
 /// The outbox rows in the database at `url`: id, state, whether claimed.
 async fn outbox_rows(url: &str) -> Vec<(String, String, bool)> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the state database");
-    let connection = tokio::spawn(connection);
-    let rows = client
-        .query(
-            "SELECT id, state, claimed_by IS NOT NULL FROM outbox ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("read the outbox");
-    drop(client);
-    let _ = connection.await;
-    rows.iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
+    common::postgres::rows(
+        url,
+        "SELECT id, state, claimed_by IS NOT NULL FROM outbox ORDER BY id",
+    )
+    .await
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
 }
 
 /// A completes an upload while its only delivery slot is held by a slow API; B, idle, is

@@ -5,6 +5,7 @@
 use super::open;
 use super::test_server::{TestServer, server};
 use super::tests::{NO_KEYS, stores};
+use crate::state::PartialRecord;
 use std::time::Duration;
 
 /// The upload stores of one replica on the database at `url`, with a lease of `lease`
@@ -13,25 +14,6 @@ async fn leased_uploads(url: &str, lease: Duration, renew: Duration) -> super::P
     let pg = super::Pg::connect(url, 2, &NO_KEYS).await.expect("connect");
     super::schema::migrate(&pg).await.expect("migrate");
     super::PgUploads::start(pg, lease, renew)
-}
-
-/// A running record of `upload_id` at `key`, as the pipeline begins one.
-fn running(key: &str, upload_id: &str) -> crate::state::PartialRecord {
-    crate::state::PartialRecord {
-        key: key.into(),
-        username: "u".into(),
-        path: "/x.bin".into(),
-        upload_id: upload_id.into(),
-        content_type: "video/mp4".into(),
-        id: "e".into(),
-        fields: serde_json::Map::new(),
-        started_at_ms: 1,
-        updated_ms: 1,
-        durable_bytes: 0,
-        durable_parts: 0,
-        hash_state: None,
-        active: true,
-    }
 }
 
 /// Part `number`'s mark ending at `end`.
@@ -69,7 +51,9 @@ async fn a_replica_cut_off_from_the_database_stops_writing_before_its_lease_ends
     let url = server.database().await;
     let (lease, renew) = (Duration::from_secs(3), Duration::from_millis(500));
     let a = leased_uploads(&url, lease, renew).await;
-    a.begin(running("u/x.bin", "up")).await.expect("begin");
+    a.begin(PartialRecord::running("u/x.bin", "up"))
+        .await
+        .expect("begin");
     // Renewed while the database answers: well past the first lease.
     tokio::time::sleep(lease + renew).await;
     assert!(a.may_write("up"), "renewed leases keep the writer going");
@@ -137,7 +121,9 @@ async fn a_mark_from_a_replica_that_does_not_hold_the_upload_is_refused() {
     let (lease, renew) = (Duration::from_secs(60), Duration::from_secs(20));
     let a = leased_uploads(&url, lease, renew).await;
     let b = leased_uploads(&url, lease, renew).await;
-    a.begin(running("u/x.bin", "up")).await.expect("begin");
+    a.begin(PartialRecord::running("u/x.bin", "up"))
+        .await
+        .expect("begin");
     assert!(
         b.mark("up".into(), mark(1, 10)).await.is_err(),
         "B never held it"
@@ -183,23 +169,9 @@ async fn a_running_upload_is_leased_to_the_replica_writing_it() {
     let url = server.database().await;
     let (lease, renew) = (Duration::from_millis(800), Duration::from_millis(200));
     let a = leased_uploads(&url, lease, renew).await;
-    a.begin(crate::state::PartialRecord {
-        key: "u/x.bin".into(),
-        username: "u".into(),
-        path: "/x.bin".into(),
-        upload_id: "up".into(),
-        content_type: "video/mp4".into(),
-        id: "e".into(),
-        fields: serde_json::Map::new(),
-        started_at_ms: 1,
-        updated_ms: 1,
-        durable_bytes: 0,
-        durable_parts: 0,
-        hash_state: None,
-        active: true,
-    })
-    .await
-    .expect("begin");
+    a.begin(PartialRecord::running("u/x.bin", "up"))
+        .await
+        .expect("begin");
     let b = leased_uploads(&url, lease, renew).await;
     let c = leased_uploads(&url, lease, renew).await;
     // Three leases long: A's renewals keep it.

@@ -381,3 +381,19 @@ mod tests {
         super::TestServer::start_from(empty.path().to_path_buf());
     }
 }
+
+/// The rows `sql` returns in the database at `url`, on a connection of its own: for tests
+/// that look at what the replicas wrote.
+pub async fn rows(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the state database");
+    let connection = tokio::spawn(connection);
+    let rows = client
+        .query(sql, &[])
+        .await
+        .expect("query the state database");
+    drop(client);
+    let _ = connection.await;
+    rows
+}

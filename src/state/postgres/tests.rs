@@ -192,15 +192,8 @@ async fn concurrent_opens_of_an_empty_database_both_succeed() {
             .await
             .expect("writable");
     }
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    let version: i32 = client
-        .query_one("SELECT version FROM ingest_bridge_schema", &[])
-        .await
-        .expect("version")
-        .get(0);
+    let version: i32 =
+        super::test_server::rows(&url, "SELECT version FROM ingest_bridge_schema").await[0].get(0);
     assert_eq!(version, SCHEMA_VERSION);
 }
 
@@ -279,21 +272,7 @@ async fn one_replica_resumes_a_cut_upload() {
     let second = open(&url, false, 2, &NO_KEYS)
         .await
         .expect("second replica");
-    let mut rec = crate::state::PartialRecord {
-        key: "u/x.bin".into(),
-        username: "u".into(),
-        path: "/x.bin".into(),
-        upload_id: "up".into(),
-        content_type: "video/mp4".into(),
-        id: "e".into(),
-        fields: serde_json::Map::new(),
-        started_at_ms: 1,
-        updated_ms: 1,
-        durable_bytes: 0,
-        durable_parts: 0,
-        hash_state: None,
-        active: true,
-    };
+    let mut rec = crate::state::PartialRecord::running("u/x.bin", "up");
     rec.fields.insert("asset".into(), "1".into());
     first.uploads.begin(rec).await.expect("begin");
     first

@@ -155,19 +155,9 @@ mod tests {
         stores
             .uploads
             .begin(PartialRecord {
-                key: "u/a.bin".into(),
-                username: "u".into(),
                 path: "/a.bin".into(),
-                upload_id: "up".into(),
-                content_type: "video/mp4".into(),
                 id: "e1".into(),
-                fields: serde_json::Map::new(),
-                started_at_ms: 1,
-                updated_ms: 1,
-                durable_bytes: 0,
-                durable_parts: 0,
-                hash_state: None,
-                active: true,
+                ..PartialRecord::running("u/a.bin", "up")
             })
             .await
             .expect("begin");
@@ -237,19 +227,9 @@ mod tests {
     async fn uploads_left_running_are_orphans_after_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let record = |key: &str, upload_id: &str| PartialRecord {
-            key: key.into(),
-            username: "u".into(),
             path: format!("/{key}"),
-            upload_id: upload_id.into(),
-            content_type: "video/mp4".into(),
             id: "e1".into(),
-            fields: serde_json::Map::new(),
-            started_at_ms: 1,
-            updated_ms: 1,
-            durable_bytes: 0,
-            durable_parts: 0,
-            hash_state: None,
-            active: true,
+            ..PartialRecord::running(key, upload_id)
         };
         let first = super::open(dir.path(), false).expect("open");
         first
