@@ -64,18 +64,34 @@ async fn ftp_client(addr: std::net::SocketAddr, n: usize, log: Log, stop: Arc<At
                 let _ = c.quit().await;
             }
         }
-        log.lock().push(Attempt {
-            key: format!("alice/{name}"),
-            bytes,
-            started,
-            ended: Instant::now(),
-            error: result.err(),
-        });
-        if stop.load(Ordering::SeqCst) {
+        if logged(&log, &name, bytes, started, result, &stop).await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Logs one attempt of a client loop; true when the loop is to stop, after a short pause
+/// otherwise.
+async fn logged(
+    log: &Log,
+    name: &str,
+    bytes: Arc<Vec<u8>>,
+    started: Instant,
+    result: Result<(), String>,
+    stop: &AtomicBool,
+) -> bool {
+    log.lock().push(Attempt {
+        key: format!("alice/{name}"),
+        bytes,
+        started,
+        ended: Instant::now(),
+        error: result.err(),
+    });
+    if stop.load(Ordering::SeqCst) {
+        return true;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    false
 }
 
 /// An SFTP client uploading small files in a loop until `stop`, reconnecting after errors.
@@ -101,17 +117,9 @@ async fn sftp_client(addr: std::net::SocketAddr, log: Log, stop: Arc<AtomicBool>
         if result.is_err() {
             session = None;
         }
-        log.lock().push(Attempt {
-            key: format!("alice/{name}"),
-            bytes,
-            started,
-            ended: Instant::now(),
-            error: result.err(),
-        });
-        if stop.load(Ordering::SeqCst) {
+        if logged(&log, &name, bytes, started, result, &stop).await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -93,13 +93,19 @@ async fn postgres_bans() {
 async fn two_replicas() -> (Arc<TestServer>, Arc<PgBans>, Arc<PgBans>) {
     let server = server();
     let url = server.database().await;
-    let (_, a) = open_with_bans(&url, false, 2, &NO_KEYS)
+    let (a, b) = two_replicas_on(&url).await;
+    (server, a, b)
+}
+
+/// Two replicas' ban stores on the database at `url`.
+async fn two_replicas_on(url: &str) -> (Arc<PgBans>, Arc<PgBans>) {
+    let (_, a) = open_with_bans(url, false, 2, &NO_KEYS)
         .await
         .expect("first replica");
-    let (_, b) = open_with_bans(&url, false, 2, &NO_KEYS)
+    let (_, b) = open_with_bans(url, false, 2, &NO_KEYS)
         .await
         .expect("second replica");
-    (server, a, b)
+    (a, b)
 }
 
 /// Both replicas' changes written and each one's cache refreshed from the table.
@@ -469,12 +475,7 @@ async fn a_delivery_outlasting_its_lease_keeps_its_claim() {
 async fn a_ban_deleted_from_the_table_is_forgotten_by_every_cache() {
     let server = server();
     let url = server.database().await;
-    let (_, a) = open_with_bans(&url, false, 2, &NO_KEYS)
-        .await
-        .expect("first replica");
-    let (_, b) = open_with_bans(&url, false, 2, &NO_KEYS)
-        .await
-        .expect("second replica");
+    let (a, b) = two_replicas_on(&url).await;
     let (ip, kept) = (
         "203.0.113.11".parse().expect("ip"),
         "203.0.113.12".parse().expect("ip"),
