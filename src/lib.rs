@@ -7,10 +7,12 @@
 //! [`upload`] (the streaming S3 pipeline) and [`namespace`] (listings, renames) →
 //! [`storage`] (the only S3 client) → [`notify`] (event log and API calls), with [`metrics`]
 //! beside all of them and [`server`] wiring them. [`protocol`] names the front-ends for all
-//! of them.
+//! of them. [`admin`] is the operator's door: it reads [`sessions`], the running uploads and
+//! the durable [`state`], and acts on them.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod outbound;
 pub mod progress;
 pub mod protocol;
 pub mod server;
+pub mod sessions;
 pub mod sftp;
 pub mod state;
 pub mod storage;

@@ -365,6 +365,12 @@ fn serve(path: PathBuf) -> ExitCode {
             "metrics listening on http://{}/metrics",
             bridge.metrics_addr
         );
+        if let Some(addr) = bridge.admin_addr {
+            println!(
+                "admin listening on {}/ (status page; API under /api/v1/)",
+                bridge.admin_url(addr)
+            );
+        }
         reload_until_stopped(&bridge, &path).await;
         tracing::info!(
             "draining: /readyz fails, new connections and uploads are refused, running uploads may finish (server.drain_timeout); a second signal stops at once"

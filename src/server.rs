@@ -96,6 +96,9 @@ pub enum StartError {
     /// An SSH host key is unusable.
     #[error("cannot use {0}. Fix or remove the file (a new key is generated when it is missing).")]
     HostKey(#[from] sftp::HostKeyError),
+    /// The admin listener's certificate or key is unusable.
+    #[error(transparent)]
+    AdminTls(#[from] crate::admin::AdminTlsError),
 }
 
 /// Why a reload (SIGHUP) kept the running configuration.
@@ -119,6 +122,8 @@ pub struct Bridge {
     pub sftp_fingerprints: Vec<String>,
     /// Metrics endpoint address.
     pub metrics_addr: SocketAddr,
+    /// Admin API and status page address, when `[admin] listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// The embedded store, when `storage.endpoint = "embedded"`.
     pub embedded: Option<EmbeddedStore>,
     /// The pipeline (budget, S3).
@@ -127,9 +132,8 @@ pub struct Bridge {
     pub notifier: Notifier,
     /// The metric registry.
     pub metrics: Metrics,
-    users: Arc<UserDirectory>,
-    defender: Arc<Defender>,
-    certificates: Option<Arc<ftp::Certificates>>,
+    reloader: Arc<Reloader>,
+    admin_https: bool,
     draining: CancellationToken,
     stopped: CancellationToken,
     drain_timeout: Duration,
@@ -269,6 +273,14 @@ impl Bridge {
         let metrics_addr = metrics_listener
             .local_addr()
             .unwrap_or(config.metrics.listen);
+        let admin_listener = match config.admin.listen {
+            Some(addr) => Some(bind("admin.listen", addr).await?),
+            None => None,
+        };
+        let admin_tls = match &config.admin.tls {
+            Some(tls) => Some(crate::admin::tls_acceptor(tls)?),
+            None => None,
+        };
         let certificates = match &config.ftp.tls {
             Some(tls) if config.ftp.enabled => Some(ftp::Certificates::load(tls)?),
             _ => None,
@@ -402,54 +414,87 @@ impl Bridge {
         tokio::spawn(metrics::serve_endpoint(
             metrics_listener,
             metrics.clone(),
-            readiness,
+            readiness.clone(),
             stopped.clone(),
         ));
+        let reloader = Arc::new(Reloader {
+            path: config.source.clone(),
+            users,
+            notifier: notifier.clone(),
+            defender: defender.clone(),
+            certificates,
+            metrics: metrics.clone(),
+        });
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok().or(config.admin.listen);
+                if !config.admin.token.is_empty() && config.admin.token.len() < 16 {
+                    tracing::warn!(
+                        "admin.token is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 24`)"
+                    );
+                }
+                let reload: crate::admin::Reload = {
+                    let reloader = reloader.clone();
+                    Arc::new(move || reloader.reload_logged().map_err(|e| e.to_string()))
+                };
+                let context = Arc::new(crate::admin::AdminContext {
+                    token: config.admin.token.clone(),
+                    files: files.clone(),
+                    pipeline: pipeline.clone(),
+                    notifier: notifier.clone(),
+                    defender: defender.clone(),
+                    readiness,
+                    reload,
+                    metrics: metrics.clone(),
+                    replica: crate::admin::replica_name(),
+                    state_backend: match config.state.backend {
+                        StateBackend::Sqlite => "sqlite",
+                        StateBackend::Postgres(_) => "postgres",
+                    },
+                    started_at: std::time::SystemTime::now(),
+                });
+                tokio::spawn(crate::admin::serve(
+                    listener,
+                    context,
+                    admin_tls,
+                    stopped.clone(),
+                ));
+                addr
+            }
+            None => None,
+        };
 
         Ok(Bridge {
             ftp_addr,
             sftp_addr,
             sftp_fingerprints,
             metrics_addr,
+            admin_addr,
             embedded,
             pipeline,
             notifier,
             metrics,
-            users,
-            defender,
-            certificates,
+            reloader,
+            admin_https: config.admin.tls.is_some(),
             draining,
             stopped,
             drain_timeout: config.server.drain_timeout,
         })
     }
 
-    /// Reads the config file again (SIGHUP) and applies it without dropping sessions: users
-    /// (passwords, keys, homes, permissions, limits, notify settings), `server.allowed_ips`,
-    /// `server.trusted_proxies` and the FTPS certificate. All or nothing: a file that does not load, or an unusable
-    /// certificate, keeps the whole running config. Other keys take effect at the next start.
+    /// Reads the config file at `path` again (SIGHUP) and applies it without dropping
+    /// sessions: users (passwords, keys, homes, permissions, limits, notify settings),
+    /// `server.allowed_ips`, `server.trusted_proxies` and the FTPS certificate. All or
+    /// nothing: a file that does not load, or an unusable certificate, keeps the whole
+    /// running config. Other keys take effect at the next start.
     pub fn reload(&self, path: &std::path::Path) -> Result<(), ReloadError> {
-        let outcome = Config::load(path)
-            .map_err(ReloadError::from)
-            .and_then(|config| self.apply(&config));
-        let result = if outcome.is_ok() { "ok" } else { "error" };
-        self.metrics
-            .config_reloads_total
-            .with_label_values(&[result])
-            .inc();
-        outcome
+        self.reloader.reload(path)
     }
 
-    fn apply(&self, config: &Config) -> Result<(), ReloadError> {
-        if let (Some(certificates), Some(tls)) = (&self.certificates, &config.ftp.tls) {
-            certificates.reload(tls)?;
-        }
-        self.users.replace(&config.users);
-        self.notifier.set_users(&config.users);
-        self.defender.set_allowed(config.server.allowed_ips.clone());
-        self.defender
-            .set_trusted_proxies(config.server.trusted_proxies.clone());
-        Ok(())
+    /// `http://addr` or `https://addr`: how to reach the admin listener at `addr`.
+    pub fn admin_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.admin_https { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// Drains, then stops: `/readyz` fails at once, new connections are refused (FTP 421)
@@ -474,5 +519,57 @@ impl Bridge {
         if let Some(store) = &self.embedded {
             store.stop();
         }
+    }
+}
+
+/// What a reload (SIGHUP, or `POST /api/v1/reload`) changes.
+struct Reloader {
+    /// The file the bridge started from.
+    path: std::path::PathBuf,
+    users: Arc<UserDirectory>,
+    notifier: Notifier,
+    defender: Arc<Defender>,
+    certificates: Option<Arc<ftp::Certificates>>,
+    metrics: Metrics,
+}
+
+impl Reloader {
+    /// See [`Bridge::reload`].
+    fn reload(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        let outcome = Config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|config| self.apply(&config));
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[result])
+            .inc();
+        outcome
+    }
+
+    /// Reloads the file the bridge started from, and logs the outcome as SIGHUP does.
+    fn reload_logged(&self) -> Result<(), ReloadError> {
+        let outcome = self.reload(&self.path);
+        match &outcome {
+            Ok(()) => {
+                tracing::info!(config = %self.path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate)")
+            }
+            Err(e) => {
+                tracing::error!(config = %self.path.display(), error = %e, "reload refused; the running configuration stays")
+            }
+        }
+        outcome
+    }
+
+    fn apply(&self, config: &Config) -> Result<(), ReloadError> {
+        if let (Some(certificates), Some(tls)) = (&self.certificates, &config.ftp.tls) {
+            certificates.reload(tls)?;
+        }
+        self.users.replace(&config.users);
+        self.notifier.set_users(&config.users);
+        self.defender.set_allowed(config.server.allowed_ips.clone());
+        self.defender
+            .set_trusted_proxies(config.server.trusted_proxies.clone());
+        Ok(())
     }
 }

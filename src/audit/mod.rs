@@ -1,6 +1,7 @@
-//! The audit trail: one JSON line per login attempt and per transfer (completed, aborted,
-//! failed or refused), appended to `log.audit_file` and also emitted as a `tracing` event
-//! with target `audit`. Never carries a password, key or token.
+//! The audit trail: one JSON line per login attempt, per transfer (completed, aborted,
+//! failed or refused) and per admin action (or refused admin token), appended to
+//! `log.audit_file` and also emitted as a `tracing` event with target `audit`. Never carries
+//! a password, key or token.
 
 use crate::protocol::Protocol;
 use serde::Serialize;
@@ -69,6 +70,25 @@ pub struct TransferRecord<'a> {
     pub error: Option<String>,
 }
 
+/// One call of the admin API that acted (or was refused its token).
+#[derive(Serialize)]
+pub struct AdminRecord<'a> {
+    /// Who called: the caller's address and port.
+    pub caller: SocketAddr,
+    /// The action (route): close_session, retry_outbox, lift_ban, reload, …
+    pub action: &'a str,
+    /// What it acted on: a session id, an outbox id, an address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// ok | unauthorized | invalid | not_found | conflict | error
+    pub result: &'a str,
+    /// Why it did not succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -111,6 +131,11 @@ impl Audit {
     /// Records the end of an upload.
     pub fn transfer(&self, record: &TransferRecord<'_>) {
         self.write("transfer", record);
+    }
+
+    /// Records an admin API action.
+    pub fn admin(&self, record: &AdminRecord<'_>) {
+        self.write("admin", record);
     }
 
     fn write<T: Serialize>(&self, kind: &str, fields: &T) {

@@ -4,10 +4,11 @@
 //! [`ConfigError`] that names the key, the line and what to write instead.
 //!
 //! Each section lives in its own module (`server`, `ftp`, `sftp`, `storage`, `notify`,
-//! `metrics`, `log`, `upload`, `defender`, `auth`, `state`, `users`): the key as written (its serde
+//! `metrics`, `log`, `upload`, `defender`, `auth`, `state`, `admin`, `users`): the key as written (its serde
 //! struct), the key as used (its typed struct), its defaults as `DEFAULT_…` constants and its
 //! checks. This module holds the whole tree, the errors and the helpers every section shares.
 
+pub mod admin;
 pub mod auth;
 mod connector;
 pub mod defender;
@@ -35,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use admin::{AdminConfig, AdminTlsConfig};
 pub use auth::{AuthConfig, HttpAuthConfig};
 pub use connector::{PartsConfig, StepBody, StepConfig, TokenConfig};
 pub use defender::DefenderConfig;
@@ -81,6 +83,7 @@ struct RawConfig {
     defender: defender::RawDefender,
     auth: auth::RawAuth,
     state: state::RawState,
+    admin: admin::RawAdmin,
     users: Vec<users::RawUser>,
 }
 
@@ -109,8 +112,12 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[state]`
     pub state: StateConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
     /// `[[users]]`
     pub users: Vec<UserConfig>,
+    /// The file this configuration was read from: what a reload reads again.
+    pub source: PathBuf,
 }
 
 /// One problem in a configuration file.
@@ -261,7 +268,8 @@ impl Config {
             text,
             problems: Vec::new(),
         };
-        let config = v.config(raw);
+        let mut config = v.config(raw);
+        config.source = path.to_path_buf();
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -424,8 +432,9 @@ impl Validator<'_> {
         let defender = self.defender(raw.defender);
         let auth = self.auth(raw.auth);
         let state = self.state(raw.state);
+        let admin = self.admin(raw.admin);
         let users = self.users(raw.users);
-        self.listeners_distinct(&ftp, &sftp, &metrics);
+        self.listeners_distinct(&ftp, &sftp, &metrics, &admin);
         Config {
             server,
             ftp,
@@ -438,13 +447,24 @@ impl Validator<'_> {
             defender,
             auth,
             state,
+            admin,
             users,
+            source: PathBuf::new(),
         }
     }
 
     /// No two listeners share an address, and FTP's passive range leaves its own port alone.
-    fn listeners_distinct(&mut self, ftp: &FtpConfig, sftp: &SftpConfig, metrics: &MetricsConfig) {
+    fn listeners_distinct(
+        &mut self,
+        ftp: &FtpConfig,
+        sftp: &SftpConfig,
+        metrics: &MetricsConfig,
+        admin: &AdminConfig,
+    ) {
         let mut bound: Vec<(&str, SocketAddr)> = vec![("metrics.listen", metrics.listen)];
+        if let Some(listen) = admin.listen {
+            bound.push(("admin.listen", listen));
+        }
         if ftp.enabled {
             bound.push(("ftp.listen", ftp.listen));
         }

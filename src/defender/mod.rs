@@ -342,6 +342,28 @@ impl Defender {
     pub fn banned_now(&self) -> usize {
         self.bans.banned_count(SystemTime::now())
     }
+
+    /// The bans in force now, by address.
+    pub fn bans(&self) -> Vec<crate::state::BanEntry> {
+        let mut bans = self.bans.list(SystemTime::now());
+        bans.retain(|e| e.banned_until.is_some());
+        bans
+    }
+
+    /// Lifts `ip`'s ban through [`BanStore::unban`], the one place a ban ends early (with a
+    /// shared store, every replica admits the address within its ban refresh). Returns the
+    /// end the ban had; `None` when `ip` is not banned.
+    pub fn lift(&self, ip: IpAddr) -> Option<SystemTime> {
+        let ip = ip.to_canonical();
+        let until = self.bans.banned_until(ip, SystemTime::now())?;
+        self.bans.unban(ip);
+        self.metrics
+            .0
+            .defender_banned_addresses
+            .set(i64::try_from(self.banned_now()).unwrap_or(i64::MAX));
+        tracing::info!(address = %ip, "ban lifted by the operator");
+        Some(until)
+    }
 }
 
 /// The `limits_exceeded_total` label for an SSH connection that russh ended because its

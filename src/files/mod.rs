@@ -15,6 +15,7 @@ pub use upload::FileUpload;
 
 use crate::auth::{User, VirtualPath};
 use crate::namespace::{DirPages, Entry, FsError, Namespace};
+use crate::sessions::SessionTable;
 use crate::storage::ObjectReader;
 use crate::upload::{MemoryBudget, Pipeline, UploadError, UploadRequest};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 pub struct Files {
     pipeline: Pipeline,
     namespace: Arc<Namespace>,
+    sessions: Arc<SessionTable>,
 }
 
 impl Files {
@@ -32,7 +34,28 @@ impl Files {
         Files {
             pipeline,
             namespace,
+            sessions: Arc::new(SessionTable::default()),
         }
+    }
+
+    /// The connections open in this process.
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    /// Closes connection `id` for the operator: its uploads end first (cut, kept for a
+    /// resume when resuming is on, saying the operator closed the session), then its
+    /// front-end ends the connection. False when no such connection is open here.
+    pub fn close_session(&self, id: &str) -> bool {
+        let uploads = self.pipeline.close_uploads_of(id);
+        let found = self.sessions.close(id);
+        tracing::info!(
+            session = id,
+            uploads,
+            found,
+            "session closed by the operator"
+        );
+        found
     }
 
     /// The memory budget uploads and sessions share (for buffer sizes and limits).

@@ -40,9 +40,10 @@ impl FileUpload {
         self.upload.preempted()
     }
 
-    /// The error an upload ends with when a resume from another session takes it over.
-    pub fn taken_over() -> UploadError {
-        Upload::taken_over()
+    /// The error an upload ends with when it was asked to stop: its session closed by the
+    /// operator, or a resume from another session took it over.
+    pub fn preempted_error(&self) -> UploadError {
+        self.upload.preempted_error()
     }
 
     /// Ends the upload without success (a cut transfer keeps its whole parts for a resume).

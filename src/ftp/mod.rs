@@ -32,6 +32,12 @@ const GREETING: &str = "ingest-bridge FTP ready";
 /// What a connection hears while the server drains.
 const DRAINING_REPLY: &str = "421 Service not available: this server is restarting; connect again (another server will answer).\r\n";
 
+/// What a session closed by the operator hears before its connection is shut.
+const CLOSED_REPLY: &str = "421 The server's operator closed this session.\r\n";
+
+/// How long a closed session's control loop gets to end by itself.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves FTP on `listener`: sessions until `draining` is cancelled, then a 421 to every new
 /// connection until `stopped`. Sessions in progress keep running (their uploads are drained
 /// by the pipeline).
@@ -105,7 +111,12 @@ async fn serve_connection(
     let deadline = shared
         .defender
         .login_deadline(&stream, "421 No login in time; closing the connection.\r\n");
-    let session = Session::new(remote_addr, control, deadline);
+    let tracked =
+        shared
+            .files
+            .sessions()
+            .enter(&crate::audit::new_session_id(), Protocol::Ftp, remote_addr);
+    let session = Session::new(remote_addr, control, deadline, tracked.session.clone());
     let _counted = open_sessions.enter();
     let binder = DataSocketBinder {
         policy: cfg.data_receive_buffer,
@@ -125,7 +136,18 @@ async fn serve_connection(
             .with_label_values(&[Protocol::Ftp.as_str()]),
     );
     tracing::debug!(remote = %remote_addr, "ftp session opened");
-    if let Err(e) = server.service(stream).await {
+    let service = server.service(stream);
+    tokio::pin!(service);
+    let ended = tokio::select! {
+        ended = &mut service => ended,
+        () = tracked.session.closed() => {
+            // The uploads already stopped (`Files::close_session`); the control loop sees
+            // the end of its socket and ends, or is dropped after a grace.
+            session.say_and_shut(CLOSED_REPLY);
+            tokio::time::timeout(CLOSE_GRACE, &mut service).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = ended {
         tracing::warn!(remote = %remote_addr, error = %e, "ftp session ended with an error");
     }
     count_libunftp_limits(&metrics);

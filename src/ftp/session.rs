@@ -30,23 +30,40 @@ pub struct Session {
     /// A second handle on the control socket, to see whether the client is still there
     /// before an upload is committed; dropped when the control loop ends.
     control: parking_lot::Mutex<Option<std::net::TcpStream>>,
+    /// This connection in the table the admin API lists.
+    tracked: Arc<crate::sessions::OpenSession>,
 }
 
 impl Session {
-    /// A new, not yet logged-in session on `control` (a duplicate of the control socket).
+    /// A new, not yet logged-in session on `control` (a duplicate of the control socket),
+    /// listed as `tracked`.
     pub fn new(
         remote_addr: SocketAddr,
         control: Option<std::net::TcpStream>,
         login_deadline: Arc<LoginDeadline>,
+        tracked: Arc<crate::sessions::OpenSession>,
     ) -> Arc<Session> {
         Arc::new(Session {
             remote_addr,
-            id: crate::audit::new_session_id(),
+            id: tracked.id.clone(),
+            tracked,
             tls: AtomicBool::new(false),
             user: parking_lot::Mutex::new(None),
             login_deadline,
             control: parking_lot::Mutex::new(control),
         })
+    }
+
+    /// Says `reply` on the control connection and shuts it down (the operator closed the
+    /// session): the control loop sees the end of its socket and ends.
+    pub fn say_and_shut(&self, reply: &str) {
+        use std::io::Write;
+        if let Some(control) = self.control.lock().as_ref() {
+            // The socket is non-blocking (a duplicate of tokio's): a reply that does not fit
+            // in the send buffer is cut short, which is fine for a farewell.
+            let _ = (&*control).write(reply.as_bytes());
+            let _ = control.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// The control loop has ended: the client is gone.
@@ -233,6 +250,7 @@ impl Authenticator for SessionAuthenticator {
             Ok(user) => {
                 self.session.tls.store(tls, Ordering::Release);
                 *self.session.user.lock() = Some(user.clone());
+                self.session.tracked.logged_in(&user.name, protocol);
                 self.session.login_deadline.logged_in();
                 self.metrics.0.login(protocol, true);
                 tracing::info!(user = %user.name, protocol = protocol.as_str(), remote = %self.session.remote_addr, "login");

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub auth_http_requests_total: IntCounterVec,
     /// `config_reloads_total{result}`: SIGHUP reloads, `ok` or `error` (old config kept).
     pub config_reloads_total: IntCounterVec,
+    /// `admin_requests_total{action,result}`: admin API calls by route and outcome.
+    pub admin_requests_total: IntCounterVec,
     /// `defender_bans_total`: addresses banned for failed logins.
     pub defender_bans_total: IntCounter,
     /// `defender_banned_addresses`: addresses banned right now.
@@ -232,6 +234,11 @@ impl Metrics {
                 "config_reloads_total",
                 "Configuration reloads on SIGHUP: ok, or error (the running configuration stays).",
                 &["result"],
+            ),
+            admin_requests_total: counter_vec(
+                "admin_requests_total",
+                "Admin API calls by action (route) and result: ok, unauthorized, invalid, not_found, conflict, error.",
+                &["action", "result"],
             ),
             defender_bans_total: {
                 let c = IntCounter::with_opts(opts(

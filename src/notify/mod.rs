@@ -346,6 +346,26 @@ impl Notifier {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// The outbox, when a connector is configured (the admin API reads it).
+    pub fn outbox(&self) -> Option<Arc<dyn OutboxStore>> {
+        self.inner.delivery.as_ref().map(|d| d.outbox.clone())
+    }
+
+    /// Puts entry `id` back to pending, due now (an operator's retry), and wakes the worker
+    /// so it is delivered at once. `Ok(false)`: no such entry, or it was delivered already.
+    pub async fn retry(&self, id: &str) -> Result<bool, NotifyError> {
+        let Some(delivery) = &self.inner.delivery else {
+            return Ok(false);
+        };
+        let changed = delivery.outbox.retry(Some(id.to_string())).await?;
+        if changed > 0 {
+            self.inner.refresh_gauges().await;
+            self.inner.fresh.store(true, Ordering::Release);
+            self.inner.wake.notify_one();
+        }
+        Ok(changed > 0)
+    }
+
     /// Writes a test record to the event log: is it still writable?
     pub async fn check_writable(&self) -> Result<(), NotifyError> {
         self.inner.log.check().await

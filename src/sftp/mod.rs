@@ -179,12 +179,18 @@ async fn serve_connection(
     // Shuts the connection down when its SFTP sessions stall, whatever russh is doing.
     let socket = crate::defender::second_handle(&stream);
     let progress = Progress::new();
+    let tracked =
+        shared
+            .files
+            .sessions()
+            .enter(&crate::audit::new_session_id(), Protocol::Sftp, remote_addr);
     let connection = SshConnection {
         shared: shared.clone(),
         logins,
         metrics: metrics.clone(),
         remote_addr,
-        session_id: crate::audit::new_session_id(),
+        session_id: tracked.session.id.clone(),
+        tracked: tracked.session.clone(),
         user: None,
         login_deadline: deadline.clone(),
         channels: HashMap::new(),
@@ -207,8 +213,28 @@ async fn serve_connection(
                     None => std::future::pending().await,
                 }
             };
+            let handle = session.handle();
             let ended = tokio::select! {
                 ended = &mut session => ended,
+                () = tracked.session.closed() => {
+                    // The uploads already stopped (`Files::close_session`): say why, then
+                    // make sure the connection ends even if the client does not answer.
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, handle.disconnect(
+                        russh::Disconnect::ByApplication,
+                        "the server's operator closed this session".into(),
+                        "en".into(),
+                    )).await;
+                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut session).await {
+                        Ok(ended) => ended,
+                        Err(_) => {
+                            if let Some(socket) = &socket {
+                                let _ = socket.shutdown(std::net::Shutdown::Both);
+                            }
+                            let _ = tokio::time::timeout(SHUTDOWN_GRACE, session).await;
+                            Ok(())
+                        }
+                    }
+                }
                 () = stalled => {
                     // Shut down, russh's loop sees the end of its socket and ends the
                     // session, whose end ends its SFTP sessions (`stream.rs`).
@@ -244,6 +270,8 @@ struct SshConnection {
     remote_addr: SocketAddr,
     /// Names this connection in the audit trail.
     session_id: String,
+    /// This connection in the table the admin API lists.
+    tracked: Arc<crate::sessions::OpenSession>,
     user: Option<Arc<User>>,
     /// Closes the connection if no login comes in time.
     login_deadline: Arc<LoginDeadline>,
@@ -288,6 +316,7 @@ impl SshConnection {
         match outcome {
             Ok(user) => {
                 tracing::info!(user = %username, protocol = "sftp", method, remote = %self.remote_addr, "login");
+                self.tracked.logged_in(&user.name, Protocol::Sftp);
                 self.user = Some(user);
                 self.login_deadline.logged_in();
                 Auth::Accept

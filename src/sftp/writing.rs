@@ -63,7 +63,8 @@ async fn drive(mut upload: FileUpload, mut queue: mpsc::Receiver<Chunk>) {
         let chunk = tokio::select! {
             chunk = queue.recv() => chunk,
             () = &mut preempted => {
-                upload.abort(&FileUpload::taken_over()).await;
+                let reason = upload.preempted_error();
+                upload.abort(&reason).await;
                 return;
             }
         };

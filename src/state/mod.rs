@@ -21,7 +21,9 @@ mod uploads;
 
 pub use bans::{BanEntry, BanStore, FailureScore};
 pub use dirs::DirStore;
-pub use outbox::{EntrySummary, OutboxStore, PendingEntry, State, WakeupSender, Wakeups, leased};
+pub use outbox::{
+    EntrySummary, OutboxStore, PendingEntry, State, StateCounts, WakeupSender, Wakeups, leased,
+};
 pub(crate) use uploads::Writing;
 pub use uploads::{
     CutUploadStore, PartMark, PartialRecord, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals,

@@ -77,8 +77,21 @@ pub struct EntrySummary {
     pub created_ms: i64,
     /// Next attempt, ms since the epoch (pending entries).
     pub next_attempt_ms: i64,
+    /// Last change (for a delivered entry: its delivery), ms since the epoch.
+    pub updated_ms: i64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+}
+
+/// How many entries are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Not delivered yet.
+    pub pending: usize,
+    /// Refused for good or expired.
+    pub dead: usize,
+    /// Delivered (until purged).
+    pub delivered: usize,
 }
 
 /// Completions waiting for the API; every method returns once its change is stored.
@@ -144,6 +157,37 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 
     /// Entries in `state` (all when `None`), oldest first (then by id).
     async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError>;
+
+    /// At most `limit` entries in `state` (all states when `None`): the oldest first, or,
+    /// with `newest`, the most recently changed first (the last deliveries). The
+    /// operator's page of [`OutboxStore::list`].
+    async fn page(
+        &self,
+        state: Option<State>,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<EntrySummary>, StateError> {
+        let mut entries = self.list(state).await?;
+        if newest {
+            entries.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
+        }
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    /// How many entries are in each state.
+    async fn counts(&self) -> Result<StateCounts, StateError> {
+        let mut counts = StateCounts::default();
+        for entry in self.list(None).await? {
+            match State::parse(&entry.state) {
+                Some(State::Pending) => counts.pending += 1,
+                Some(State::Dead) => counts.dead += 1,
+                Some(State::Delivered) => counts.delivered += 1,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
 
     /// Puts entries back to pending, due now, with a fresh `max_age`: one id (unless
     /// delivered), or every dead entry. Returns how many changed.

@@ -1,6 +1,7 @@
 //! Admission: whether an upload may start (permissions, names, shutdown, overwrite, quota,
 //! the API's `create` step), refusals counted and audited, and a started upload set up.
 
+use super::live::LiveTransfer;
 use super::pipeline::{Pipeline, UploadRequest};
 use super::transfer::Upload;
 use super::{QuotaTicket, UploadError, resume};
@@ -161,7 +162,20 @@ impl Pipeline {
     ) -> Upload {
         let protocol = req.protocol;
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        let registration = self.inner.running.register(&key);
+        let started_at = resumed
+            .as_ref()
+            .map_or_else(SystemTime::now, |r| r.started_at);
+        let registration = self.inner.running.register(LiveTransfer::new(
+            id.clone(),
+            req.session_id.clone(),
+            req.user.name.clone(),
+            protocol,
+            req.path.to_string(),
+            key.clone(),
+            req.remote_addr,
+            started_at,
+            resumed.as_ref().map_or(0, |r| r.offset),
+        ));
         let temp = self.inner.upload.is_temp(req.path.file_name());
         tracing::debug!(user = %req.user.name, path = %req.path, key = %key,
             resumed_from = resumed.as_ref().map_or(0, |r| r.offset), "upload started");

@@ -29,6 +29,7 @@ mod client_message;
 mod commit;
 mod content_type;
 mod error;
+mod live;
 mod multipart;
 mod part_size;
 pub mod partials;
@@ -45,6 +46,7 @@ pub use budget::{
 };
 pub use client_message::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 pub use error::UploadError;
+pub use live::TransferView;
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
 pub use pipeline::{CommitCheck, Pipeline, UploadRequest};

@@ -183,6 +183,27 @@ impl Pipeline {
         }
     }
 
+    /// The uploads running in this process now, oldest first (`GET /api/v1/transfers`).
+    pub fn transfers(&self) -> Vec<super::TransferView> {
+        self.inner.running.views()
+    }
+
+    /// How many uploads each connection runs, by session id.
+    pub fn uploads_per_session(&self) -> std::collections::HashMap<String, usize> {
+        self.inner.running.per_session()
+    }
+
+    /// Stops the uploads of connection `session_id` (the operator closed it): each ends as a
+    /// cut transfer, kept for a resume when resuming is on, and says why. Returns how many.
+    pub fn close_uploads_of(&self, session_id: &str) -> usize {
+        let running = self.inner.running.of_session(session_id);
+        for upload in &running {
+            upload.live.close();
+            upload.preempt.cancel();
+        }
+        running.len()
+    }
+
     /// Refuses new uploads and cancels running ones at once.
     pub fn stop_now(&self) {
         self.inner.stop.cancel();

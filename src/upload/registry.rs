@@ -1,7 +1,8 @@
 //! The running-upload registry: one entry per key, so a resume from a new session can ask
 //! the session still holding the upload (gone but not yet timed out) to let go, and wait
-//! until it has.
+//! until it has; and the live figures of each running upload, for the admin API.
 
+use super::live::{LiveTransfer, TransferView};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub(super) struct Running {
     pub(super) preempt: CancellationToken,
     /// Closed once the upload and its clean-up have ended.
     pub(super) done: tokio::sync::watch::Receiver<()>,
+    /// What the operator sees of it.
+    pub(super) live: Arc<LiveTransfer>,
 }
 
 /// An upload's place in the registry; leaving it (drop) tells waiters the upload ended.
@@ -31,8 +34,11 @@ pub(super) struct Registration {
     registry: Arc<Registry>,
     key: String,
     serial: u64,
-    /// Cancelled when a resume from another session takes the upload over.
+    /// Cancelled when a resume from another session takes the upload over, or the operator
+    /// closes its session.
     pub(super) preempt: CancellationToken,
+    /// The figures the write path keeps up to date.
+    pub(super) live: Arc<LiveTransfer>,
     _done: tokio::sync::watch::Sender<()>,
 }
 
@@ -50,26 +56,64 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Enters `key`, replacing any older entry of it.
-    pub(super) fn register(self: &Arc<Self>, key: &str) -> Registration {
+    /// Enters `live.key`, replacing any older entry of it.
+    pub(super) fn register(self: &Arc<Self>, live: LiveTransfer) -> Registration {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed) + 1;
         let preempt = CancellationToken::new();
         let (done_tx, done_rx) = tokio::sync::watch::channel(());
+        let live = Arc::new(live);
+        let key = live.key.clone();
         self.running.lock().insert(
-            key.to_string(),
+            key.clone(),
             Running {
                 serial,
                 preempt: preempt.clone(),
                 done: done_rx,
+                live: live.clone(),
             },
         );
         Registration {
             registry: self.clone(),
-            key: key.to_string(),
+            key,
             serial,
             preempt,
+            live,
             _done: done_tx,
         }
+    }
+
+    /// Every running upload, oldest first.
+    pub(super) fn views(&self) -> Vec<TransferView> {
+        let lives: Vec<Arc<LiveTransfer>> = self
+            .running
+            .lock()
+            .values()
+            .map(|r| r.live.clone())
+            .collect();
+        // Views are built outside the lock: a thousand of them never hold up a new upload.
+        let mut views: Vec<(std::time::SystemTime, TransferView)> =
+            lives.iter().map(|l| (l.started_at, l.view())).collect();
+        views.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        views.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Running uploads of the connection `session_id`.
+    pub(super) fn of_session(&self, session_id: &str) -> Vec<Running> {
+        self.running
+            .lock()
+            .values()
+            .filter(|r| r.live.session_id == session_id)
+            .cloned()
+            .collect()
+    }
+
+    /// How many uploads each connection runs, by session id.
+    pub(super) fn per_session(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for running in self.running.lock().values() {
+            *counts.entry(running.live.session_id.clone()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The running upload of `key`, if any.
@@ -82,10 +126,43 @@ impl Registry {
 mod tests {
     use super::*;
 
+    impl Registry {
+        fn register_key(self: &Arc<Self>, key: &str) -> Registration {
+            self.register(LiveTransfer::new(
+                format!("id-{key}"),
+                "session".into(),
+                "u".into(),
+                crate::metrics::Protocol::Sftp,
+                format!("/{key}"),
+                key.to_string(),
+                "127.0.0.1:1".parse().expect("address"),
+                std::time::SystemTime::now(),
+                0,
+            ))
+        }
+    }
+
+    #[test]
+    fn views_list_every_running_upload_and_sessions_count_theirs() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.register_key("u/a.bin");
+        let _b = registry.register_key("u/b.bin");
+        a.live.set_bytes(42);
+        let views = registry.views();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].key, "u/a.bin", "oldest first");
+        assert_eq!(views[0].bytes, 42);
+        assert_eq!(registry.per_session().get("session"), Some(&2));
+        assert_eq!(registry.of_session("session").len(), 2);
+        assert!(registry.of_session("other").is_empty());
+        drop(a);
+        assert_eq!(registry.views().len(), 1);
+    }
+
     #[test]
     fn leaving_removes_the_entry() {
         let registry = Arc::new(Registry::default());
-        let registration = registry.register("u/a.bin");
+        let registration = registry.register_key("u/a.bin");
         assert!(registry.get("u/a.bin").is_some());
         drop(registration);
         assert!(registry.get("u/a.bin").is_none());
@@ -94,8 +171,8 @@ mod tests {
     #[test]
     fn an_older_upload_leaving_keeps_the_newer_entry() {
         let registry = Arc::new(Registry::default());
-        let older = registry.register("u/a.bin");
-        let newer = registry.register("u/a.bin");
+        let older = registry.register_key("u/a.bin");
+        let newer = registry.register_key("u/a.bin");
         drop(older);
         let running = registry
             .get("u/a.bin")
@@ -110,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn waiters_hear_when_the_upload_ends() {
         let registry = Arc::new(Registry::default());
-        let registration = registry.register("u/a.bin");
+        let registration = registry.register_key("u/a.bin");
         let mut done = registry.get("u/a.bin").expect("registered").done;
         let waiter = tokio::spawn(async move { while done.changed().await.is_ok() {} });
         drop(registration);

@@ -79,6 +79,18 @@ impl Upload {
         ))
     }
 
+    /// Why the upload was asked to stop: the operator closed its session, or a resume from
+    /// another session took it over.
+    pub fn preempted_error(&self) -> UploadError {
+        if self.registration.as_ref().is_some_and(|r| r.live.closed()) {
+            return UploadError::Client(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the server's operator closed this session",
+            ));
+        }
+        Self::taken_over()
+    }
+
     pub(super) fn is_preempted(&self) -> bool {
         self.registration
             .as_ref()

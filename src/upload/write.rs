@@ -55,7 +55,7 @@ impl Upload {
                 return Err(UploadError::ShuttingDown);
             }
             if self.is_preempted() {
-                return Err(Self::taken_over());
+                return Err(self.preempted_error());
             }
             let spare = self.writable_buffer().await?;
             let n = spare.min(data.len());
@@ -90,7 +90,7 @@ impl Upload {
             let read = tokio::select! {
                 r = tokio::time::timeout(stall_timeout, reader.read_buf(&mut limited)) => r,
                 () = stop.cancelled() => return Err(UploadError::ShuttingDown),
-                () = &mut preempted => return Err(Self::taken_over()),
+                () = &mut preempted => return Err(self.preempted_error()),
             };
             let n = match read {
                 Err(_) => {
@@ -146,6 +146,9 @@ impl Upload {
     }
 
     async fn check_size(&mut self) -> Result<(), UploadError> {
+        if let Some(registration) = &self.registration {
+            registration.live.set_bytes(self.size);
+        }
         let object_limit = self.pipeline.sizes.max_object_size();
         let user_limit = self.req.user.max_file_size.unwrap_or(u64::MAX);
         if self.size > object_limit.min(user_limit) {

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod admin;
 mod auth_http;
 mod cli;
 mod connector_sessions;

@@ -136,6 +136,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX made_dirs_parent ON made_dirs (parent, prefix);
     "#,
+    // 4: the admin API's last deliveries (newest first within a state) without a sort of
+    // every delivered entry.
+    r#"
+    CREATE INDEX outbox_changed ON outbox (state, updated_ms);
+    "#,
 ];
 
 /// The schema version this release creates and understands.

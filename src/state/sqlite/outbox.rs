@@ -4,7 +4,9 @@
 //! more (idempotent) attempt, saving an fsync per delivered entry.
 
 use super::{Db, fields_of, fields_text};
-use crate::state::{EntrySummary, OutboxStore, PendingEntry, State, StateError, now_ms};
+use crate::state::{
+    EntrySummary, OutboxStore, PendingEntry, State, StateCounts, StateError, now_ms,
+};
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
 
@@ -61,7 +63,8 @@ impl SqliteOutbox {
             c.execute_batch(
                 "UPDATE outbox SET since_ms = created_ms WHERE since_ms = 0;
                  DROP INDEX IF EXISTS outbox_state;
-                 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_ms);",
+                 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_ms);
+                 CREATE INDEX IF NOT EXISTS outbox_changed ON outbox (state, updated_ms);",
             )
         })?;
         let relaxed = Db::open("outbox", &path, "NORMAL")?;
@@ -75,6 +78,48 @@ impl SqliteOutbox {
         } else {
             &self.relaxed
         }
+    }
+}
+
+impl SqliteOutbox {
+    /// Entries in `state` (all when `None`), at most `limit`: oldest first, or most recently
+    /// changed first with `newest`.
+    async fn summaries(
+        &self,
+        state: Option<State>,
+        limit: i64,
+        newest: bool,
+    ) -> Result<Vec<EntrySummary>, StateError> {
+        let state = state.map(State::as_str);
+        let order = if newest {
+            "updated_ms DESC, id DESC"
+        } else {
+            "created_ms, id"
+        };
+        self.relaxed
+            .run(move |c| {
+                let mut statement = c.prepare(&format!(
+                    "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
+                        updated_ms
+                     FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY {order} LIMIT ?2"
+                ))?;
+                let rows = statement.query_map(params![state, limit], |row| {
+                    let step: i64 = row.get(4)?;
+                    Ok(EntrySummary {
+                        id: row.get(0)?,
+                        key: row.get(1)?,
+                        state: row.get(2)?,
+                        attempts: row.get(3)?,
+                        step: usize::try_from(step).unwrap_or(0),
+                        created_ms: row.get(5)?,
+                        next_attempt_ms: row.get(6)?,
+                        last_error: row.get(7)?,
+                        updated_ms: row.get(8)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
     }
 }
 
@@ -250,27 +295,39 @@ impl OutboxStore for SqliteOutbox {
     }
 
     async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError> {
-        let state = state.map(State::as_str);
+        self.summaries(state, i64::MAX, false).await
+    }
+
+    async fn page(
+        &self,
+        state: Option<State>,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<EntrySummary>, StateError> {
+        self.summaries(state, i64::try_from(limit).unwrap_or(i64::MAX), newest)
+            .await
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StateError> {
         self.relaxed
-            .run(move |c| {
-                let mut statement = c.prepare(
-                    "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error
-                 FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY created_ms, id",
-                )?;
-                let rows = statement.query_map([state], |row| {
-                    let step: i64 = row.get(4)?;
-                    Ok(EntrySummary {
-                        id: row.get(0)?,
-                        key: row.get(1)?,
-                        state: row.get(2)?,
-                        attempts: row.get(3)?,
-                        step: usize::try_from(step).unwrap_or(0),
-                        created_ms: row.get(5)?,
-                        next_attempt_ms: row.get(6)?,
-                        last_error: row.get(7)?,
-                    })
+            .run(|c| {
+                let mut statement =
+                    c.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+                let rows = statement.query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })?;
-                rows.collect()
+                let mut counts = StateCounts::default();
+                for row in rows {
+                    let (state, n) = row?;
+                    let n = usize::try_from(n).unwrap_or(0);
+                    match State::parse(&state) {
+                        Some(State::Pending) => counts.pending = n,
+                        Some(State::Dead) => counts.dead = n,
+                        Some(State::Delivered) => counts.delivered = n,
+                        None => {}
+                    }
+                }
+                Ok(counts)
             })
             .await
     }
