@@ -9,7 +9,9 @@
 # from /proc/net/sockstat every second: the buffers of clients and bridge alike).
 # Usage: bench/scale.sh [FILES] [UPLOADS] [BIG_MIB] (defaults 10000 1000 20; SMALL_KIB=64;
 # KEEP_WORK=1 keeps the logs; RECEIVE_BUFFER sets ftp.data_receive_buffer, default auto;
-# ONLY="concurrent-sftp ..." runs only the named runs).
+# ONLY="concurrent-sftp ..." runs only the named runs; POLL_ADMIN=1 polls the admin API every
+# second during each run with bench/admin_poll.py (the full transfer list and what the status
+# page asks) and reports its latencies and answer sizes; ADMIN_PORT, default 19293).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${1:-10000}
@@ -20,6 +22,8 @@ STORE_PORT=${STORE_PORT:-19200}
 FTP_PORT=${FTP_PORT:-19221}
 SFTP_PORT=${SFTP_PORT:-19222}
 METRICS_PORT=${METRICS_PORT:-19290}
+ADMIN_PORT=${ADMIN_PORT:-19293}
+ADMIN_TOKEN=${ADMIN_TOKEN:-bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
 cargo build --release --quiet --bin ingest-bridge --example load
 BIN=${CARGO_TARGET_DIR:-target}/release/ingest-bridge
 LOAD=${CARGO_TARGET_DIR:-target}/release/examples/load
@@ -54,6 +58,9 @@ secret_access_key = "ingest-bridge-secret"
 memory_limit = "512MiB"
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+token = "$ADMIN_TOKEN"
 [[users]]
 username = "bench"
 password_hash = "$HASH"
@@ -93,13 +100,22 @@ run() {
   local name=$1 protocol=$2 files=$3 size=$4 clients=$5 port
   port=$([ "$protocol" = ftp ] && echo "$FTP_PORT" || echo "$SFTP_PORT")
   echo 5 >"/proc/$BRIDGE/clear_refs"
-  local cpu0 out cpu1 sampler
+  local cpu0 out cpu1 sampler poller=
   (peak=0; while :; do m=$(tcp_memory_mib); [ "$m" -gt "$peak" ] && peak=$m && echo "$peak" >"$WORK/$name.tcpmem"; sleep 1; done) &
   sampler=$!
+  if [ "${POLL_ADMIN:-}" = 1 ]; then
+    ADMIN_TOKEN=$ADMIN_TOKEN python3 bench/admin_poll.py "127.0.0.1:$ADMIN_PORT" "$WORK/$name.poll.jsonl" >"$WORK/$name.poll" 2>&1 &
+    poller=$!
+    PIDS+=("$poller")
+  fi
   cpu0=$(cpu_seconds "$BRIDGE")
   out=$("$LOAD" "$protocol" "127.0.0.1:$port" bench bench "$files" "$size" "$clients" "/$name" "$WORK/$name.manifest")
   cpu1=$(cpu_seconds "$BRIDGE")
   kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  if [ -n "$poller" ]; then
+    kill -TERM "$poller"; wait "$poller" || true
+    sed "s/^/$name: /" "$WORK/$name.poll"
+  fi
   local rss unverified
   rss=$(peak_rss_mib "$BRIDGE")
   # The event log is written as completions are delivered: give the last ones 30 s.
@@ -130,7 +146,7 @@ row() {
 cat <<MD
 
 Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); S3 server: \`ingest-bridge embedded-store\` (s3s-fs) on loopback, files on disk; bridge \`memory_limit = "512MiB"\`.
-Command: \`${RECEIVE_BUFFER:+RECEIVE_BUFFER=$RECEIVE_BUFFER }${ONLY_SET:+ONLY=\"$ONLY\" }bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
+Command: \`${RECEIVE_BUFFER:+RECEIVE_BUFFER=$RECEIVE_BUFFER }${POLL_ADMIN:+POLL_ADMIN=$POLL_ADMIN }${ONLY_SET:+ONLY=\"$ONLY\" }bench/scale.sh $FILES $UPLOADS $BIG_MIB\`
 
 | run | completed | wall time | files/s | MiB/s | bridge CPU | bridge peak RSS | peak TCP memory | SHA-256 mismatches |
 |---|---|---|---|---|---|---|---|---|
@@ -142,6 +158,13 @@ $(
   true
 )
 MD
+if [ "${POLL_ADMIN:-}" = 1 ]; then
+  for name in $ONLY; do
+    [ -f "$WORK/$name.poll" ] || continue
+    printf '\nAdmin API during %s, polled every second (bench/admin_poll.py; latency in ms, sizes in bytes):\n\n' "$name"
+    sed 's/^/    /' "$WORK/$name.poll"
+  done
+fi
 
 # Any failed upload or unconfirmed SHA-256 fails the run (the CI smoke run relies on it).
 for name in $ONLY; do

@@ -3,7 +3,7 @@
 //! for the SQLite and in-memory ones).
 
 mod shared;
-pub use shared::{dirs, quota_claims};
+pub use shared::{dirs, outbox_pages, quota_claims};
 
 use super::{
     BanEntry, BanStore, CutUploadStore, FailureScore, OutboxStore, PartMark, PartialRecord,
@@ -579,6 +579,12 @@ mod tests {
     async fn sqlite_outbox_batch() {
         let (_dir, stores) = stores();
         super::outbox_batch(stores.outbox.as_deref().expect("outbox")).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_outbox_pages() {
+        let (_dir, stores) = stores();
+        super::outbox_pages(stores.outbox.as_deref().expect("outbox")).await;
     }
 
     #[tokio::test]

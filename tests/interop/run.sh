@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop with third-party clients: curl, lftp, Python's ftplib and rclone over FTP; curl,
 # lftp and ftplib over explicit FTPS; OpenSSH sftp, curl, paramiko and rclone over SFTP; FTP
-# and SFTP behind HAProxy with the PROXY protocol. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
+# and SFTP behind HAProxy with the PROXY protocol; the admin API with curl and its status page
+# in headless Chromium. Each uploads through the release binary into its embedded S3 store; each object's bytes and its completion call (to a
 # stand-in API) are checked. Installs what it needs. Ends with "N passed, N failed".
 set -uo pipefail
 
@@ -12,6 +13,8 @@ FTP_PORT=${INTEROP_FTP_PORT:-22121}
 SFTP_PORT=${INTEROP_SFTP_PORT:-22222}
 API_PORT=${INTEROP_API_PORT:-28080}
 METRICS_PORT=${INTEROP_METRICS_PORT:-29100}
+ADMIN_PORT=${INTEROP_ADMIN_PORT:-29200}
+ADMIN_TOKEN="interop-admin-token-$RANDOM$RANDOM$RANDOM"
 PASS=0
 FAIL=0
 PIDS=()
@@ -85,6 +88,9 @@ headers = { "X-Api-Key" = "interop" }
 signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+token = "$ADMIN_TOKEN"
 [[users]]
 username = "ci"
 password_hash = "$HASH"
@@ -363,6 +369,33 @@ if [ ! -e "$WORK/data/store/ingest/escape.bin" ]; then ok "path escaping home re
 
 METRICS=$(curl -sS "http://127.0.0.1:$METRICS_PORT/metrics")
 if grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="ftp"}' <<<"$METRICS" && grep -q 'ingest_bridge_uploads_total{outcome="completed",protocol="sftp"}' <<<"$METRICS"; then ok "metrics endpoint"; else ko "metrics endpoint"; fi
+
+# The admin API with curl, and the status page in headless Chromium while an upload runs: the
+# rendered page must show the upload's file and user (data the page fetched from the API).
+ADMIN="http://127.0.0.1:$ADMIN_PORT"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/api/v1/transfers")
+[ "$code" = 401 ] && ok "admin API refuses a call without the token" || ko "admin API without token: $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $ADMIN_TOKEN" "$ADMIN/api/v1/transfers")
+[ "$code" = 200 ] && ok "admin API answers with the token" || ko "admin API with token: $code"
+# shellcheck source=tests/interop/status_page.sh
+source "$HERE/status_page.sh"
+status_page_install_chromium
+head -c $((24 * 1024 * 1024)) /dev/urandom >"$WORK/camera-a.mxf"
+curl -sS --limit-rate 2M -T "$WORK/camera-a.mxf" "$URL/camera-a.mxf" 2>"$WORK/slow-curl.err" &
+SLOW=$!
+listed=""
+for _ in $(seq 1 50); do
+  if curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" "$ADMIN/api/v1/transfers" | grep -q '"/camera-a.mxf"'; then listed=1; break; fi
+  sleep 0.1
+done
+[ -n "$listed" ] && ok "a running curl upload is listed in /api/v1/transfers" || ko "running upload not listed"
+mkdir -p "$HERE/../../target"
+if command -v chromium >/dev/null; then
+  status_page_check "$ADMIN" "$ADMIN_TOKEN" "/camera-a.mxf" "ci" "$HERE/../../target/status-page.png"
+else
+  ko "chromium could not be installed"
+fi
+wait "$SLOW" && check "curl upload watched by the status page" "ci/camera-a.mxf" "$WORK/camera-a.mxf" ftp
 
 # promtool (Debian's prometheus package) lints the exposition and checks the alert rules.
 command -v promtool >/dev/null || install_quietly prometheus

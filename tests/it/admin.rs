@@ -9,23 +9,23 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// The token the tests' admin listeners take.
-const TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// `[admin]` on a free loopback port with [`TOKEN`].
-fn with_admin(builder: HarnessBuilder) -> HarnessBuilder {
+pub(crate) fn with_admin(builder: HarnessBuilder) -> HarnessBuilder {
     builder
         .set("admin.listen", "127.0.0.1:0")
         .set("admin.token", TOKEN)
 }
 
 /// A client of one bridge's admin API.
-struct Admin {
+pub(crate) struct Admin {
     base: String,
     http: reqwest::Client,
 }
 
 impl Admin {
-    fn of(h: &Harness) -> Admin {
+    pub(crate) fn of(h: &Harness) -> Admin {
         let addr = h.bridge().admin_addr.expect("admin enabled");
         Admin {
             base: format!("http://{addr}"),
@@ -51,12 +51,12 @@ impl Admin {
         (status, headers, body)
     }
 
-    async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.call_with(method, path, Some(TOKEN)).await;
         (status, body)
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call(Method::GET, path).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
         body

@@ -28,6 +28,7 @@ mod postgres_tls;
 mod preauth;
 mod reload;
 mod replicas;
+mod replicas_admin;
 mod replicas_bans;
 mod replicas_fence;
 mod replicas_outage;

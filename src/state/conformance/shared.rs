@@ -1,7 +1,11 @@
-//! The contract of quota reservations and made directories: what replicas share beyond the
-//! records of uploads (kept apart from the rest of the suite to keep files short).
+//! The contract of quota reservations, made directories and the operator's outbox pages:
+//! what replicas share beyond the records of uploads (kept apart from the rest of the suite
+//! to keep files short).
 
-use crate::state::{DirStore, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals, now_ms};
+use crate::state::{
+    DirStore, OutboxStore, PendingEntry, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals, State,
+    StateCounts, now_ms,
+};
 
 fn claim(id: &str, bytes: u64, files: u64, limit_bytes: u64, limit_files: u64) -> QuotaClaim {
     let now = now_ms();
@@ -201,4 +205,81 @@ pub async fn dirs(store: &dyn DirStore) {
         store.has_dir("bob/a/".into()).await.expect("has"),
         "other homes stay"
     );
+}
+
+/// The admin API's view of the outbox: counts per state, and pages of one state — pending
+/// and dead oldest first, the last changes first on request, at most `limit`.
+pub async fn outbox_pages(store: &dyn OutboxStore) {
+    assert_eq!(
+        store.counts().await.expect("counts"),
+        StateCounts::default()
+    );
+    for i in 0..5 {
+        store
+            .insert(PendingEntry {
+                id: format!("e{i}"),
+                key: format!("u/e{i}.bin"),
+                body: b"{}".to_vec(),
+                step: 0,
+                fields: serde_json::Map::new(),
+                attempts: 0,
+                since_ms: 0,
+            })
+            .await
+            .expect("insert");
+        // Creation times apart, so "oldest first" has one answer.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    store
+        .finish("e1", State::Dead, 1, Some("HTTP 400".into()))
+        .await
+        .expect("dead");
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    store
+        .finish("e3", State::Delivered, 1, None)
+        .await
+        .expect("delivered");
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    store
+        .finish("e0", State::Delivered, 1, None)
+        .await
+        .expect("delivered");
+    assert_eq!(
+        store.counts().await.expect("counts"),
+        StateCounts {
+            pending: 2,
+            dead: 1,
+            delivered: 2
+        }
+    );
+    let ids = |page: Vec<crate::state::EntrySummary>| -> Vec<String> {
+        page.into_iter().map(|e| e.id).collect()
+    };
+    let pending = store
+        .page(Some(State::Pending), 10, false)
+        .await
+        .expect("page");
+    assert_eq!(ids(pending), ["e2", "e4"]);
+    let dead = store
+        .page(Some(State::Dead), 10, false)
+        .await
+        .expect("page");
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 400"));
+    let delivered = store
+        .page(Some(State::Delivered), 10, true)
+        .await
+        .expect("page");
+    assert_eq!(
+        ids(delivered.clone()),
+        ["e0", "e3"],
+        "the last delivery first"
+    );
+    assert!(delivered[0].updated_ms >= delivered[1].updated_ms);
+    let one = store
+        .page(Some(State::Delivered), 1, true)
+        .await
+        .expect("page");
+    assert_eq!(ids(one), ["e0"]);
+    let all = store.page(None, 3, false).await.expect("page");
+    assert_eq!(ids(all), ["e0", "e1", "e2"], "every state, oldest first");
 }

@@ -38,6 +38,12 @@ async fn postgres_outbox_batch() {
 }
 
 #[tokio::test]
+async fn postgres_outbox_pages() {
+    let (_server, _, stores) = stores().await;
+    conformance::outbox_pages(stores.outbox.as_deref().expect("outbox")).await;
+}
+
+#[tokio::test]
 async fn postgres_cut_uploads() {
     let (_server, _, stores) = stores().await;
     conformance::cut_uploads(stores.uploads.as_ref()).await;
