@@ -452,6 +452,7 @@ impl Bridge {
                         StateBackend::Postgres(_) => "postgres",
                     },
                     started_at: std::time::SystemTime::now(),
+                    guesses: Default::default(),
                 });
                 tokio::spawn(crate::admin::serve(
                     listener,

@@ -97,11 +97,35 @@ pub(super) async fn handle(
         count(context, action, "ok");
         return page::serve();
     }
+    // An address guessing tokens is refused for a while, before its next guess is read.
+    if let Some(left) = context.guesses.refused_for(caller.ip()) {
+        let message = format!(
+            "too many wrong tokens from your address; try again in {} s",
+            left.as_secs().max(1)
+        );
+        audit(
+            context,
+            caller,
+            action,
+            None,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&message),
+        );
+        count(context, action, "refused");
+        let mut resp = render(Answer::error(StatusCode::TOO_MANY_REQUESTS, message));
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, left.as_secs().max(1).into());
+        return resp;
+    }
     let authorization = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     if !auth::authorized(&context.token, authorization) {
+        // A call without a token is a page that has none yet, not a guess.
+        if authorization.is_some() {
+            context.guesses.wrong(caller.ip());
+        }
         let message = if authorization.is_some() {
             "wrong token"
         } else {
@@ -175,6 +199,7 @@ fn result_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200..=299 => "ok",
         401 => "unauthorized",
+        429 => "refused",
         404 => "not_found",
         409 => "conflict",
         400..=499 => "invalid",

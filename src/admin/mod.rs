@@ -1,7 +1,8 @@
 //! The operator's door (`[admin]`, CONTRACT §9): a JSON API under `/api/v1/` to see and act
 //! on running uploads, sessions, the outbox and bans, and a status page at `/` that calls it.
 //!
-//! Every API call carries `Authorization: Bearer <admin.token>` (compared in constant time);
+//! Every API call carries `Authorization: Bearer <admin.token>` (compared in constant time;
+//! an address that sends ten wrong tokens within five minutes is refused for five minutes);
 //! every action (`DELETE`, `POST`) and every refused token goes to the audit trail with the
 //! caller's address; every request is counted in `ingest_bridge_admin_requests_total`.
 //! Running uploads and sessions are this replica's; the outbox and bans are whatever the
@@ -67,6 +68,8 @@ pub struct AdminContext {
     pub state_backend: &'static str,
     /// When this process started.
     pub started_at: SystemTime,
+    /// Wrong tokens per caller address.
+    pub guesses: auth::Guesses,
 }
 
 /// Serves the admin listener (HTTPS when `tls` is given) until `stop` is cancelled.

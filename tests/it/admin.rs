@@ -81,7 +81,7 @@ fn assert_fits(openapi: &Value, schema: &str, value: &Value) {
 async fn every_call_needs_the_token_and_the_page_does_not() {
     let h = with_admin(Harness::builder()).start().await;
     let admin = Admin::of(&h);
-    for (method, path) in [
+    for (i, (method, path)) in [
         (Method::GET, "/api/v1/status"),
         (Method::GET, "/api/v1/transfers"),
         (Method::GET, "/api/v1/sessions"),
@@ -92,9 +92,21 @@ async fn every_call_needs_the_token_and_the_page_does_not() {
         (Method::DELETE, "/api/v1/bans/127.0.0.1"),
         (Method::POST, "/api/v1/reload"),
         (Method::GET, "/api/v1/openapi.json"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each route's calls from their own address: twenty wrong tokens from one address
+        // would be refused as guessing.
+        let caller = Admin {
+            base: admin.base.clone(),
+            http: reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 10 + i as u8]))
+                .build()
+                .expect("client"),
+        };
         for token in [None, Some("wrong-token"), Some("")] {
-            let (status, headers, body) = admin.call_with(method.clone(), path, token).await;
+            let (status, headers, body) = caller.call_with(method.clone(), path, token).await;
             assert_eq!(
                 status,
                 StatusCode::UNAUTHORIZED,
@@ -159,9 +171,49 @@ async fn every_call_needs_the_token_and_the_page_does_not() {
     assert!(
         refused[0]["caller"]
             .as_str()
-            .is_some_and(|c| c.starts_with("127.0.0.1:"))
+            .is_some_and(|c| c.starts_with("127.0.0.10:")),
+        "the caller's address: {}",
+        refused[0]
     );
     assert!(!audit.contains("wrong-token") && !audit.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_address_guessing_tokens_is_refused_for_a_while_and_nothing_else_is() {
+    let h = with_admin(Harness::builder()).start().await;
+    let admin = Admin::of(&h);
+    // A page without a token yet asks without one: that is no guess.
+    for _ in 0..20 {
+        let (status, _, _) = admin.call_with(Method::GET, "/api/v1/status", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    admin.get("/api/v1/status").await;
+    for _ in 0..10 {
+        let (status, _, _) = admin
+            .call_with(Method::GET, "/api/v1/status", Some("guess"))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, headers, body) = admin
+        .call_with(Method::GET, "/api/v1/status", Some(TOKEN))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "refused, even with the token: {body}"
+    );
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((290..=300).contains(&retry_after), "{retry_after}");
+    // The guesser's FTP clients are not banned for it.
+    h.upload("alice", "still.bin", b"ok").await;
+    h.scrape().await.assert(
+        "ingest_bridge_admin_requests_total{action=status,result=refused}",
+        1.0,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
