@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod admin_actions;
 mod auth_http;
 mod cli;
 mod connector_sessions;
