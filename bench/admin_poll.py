@@ -75,7 +75,11 @@ def ms(seconds):
 
 
 def summarise(samples, ticks, errors, started):
-    lines = [f"admin poll: {ticks} ticks over {time.monotonic() - started:.0f} s, {errors} failed calls"]
+    cpu = os.times()
+    lines = [
+        f"admin poll: {ticks} ticks over {time.monotonic() - started:.0f} s, {errors} failed calls,"
+        f" poller CPU {cpu.user + cpu.system:.1f} s"
+    ]
     for name, _ in CALLS:
         mine = [s for s in samples if s["call"] == name and s["status"] == 200]
         if not mine:

@@ -407,7 +407,7 @@ async fn reload_until_stopped(bridge: &Bridge, path: &std::path::Path) {
                 () = &mut stop => return,
                 _ = hangup.recv() => {
                     match bridge.reload(path) {
-                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate)"),
+                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate, admin token)"),
                         Err(e) => tracing::error!(config = %path.display(), error = %e, "reload refused; the running configuration stays"),
                     }
                 }

@@ -110,6 +110,11 @@ pub enum ReloadError {
     /// The new FTPS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] ftp::TlsError),
+    /// The new file would leave an admin listener other machines reach without a token.
+    #[error(
+        "admin.token is empty but the running admin listener ({0}) is reachable from other machines; set admin.token (admin.listen takes effect at the next start)"
+    )]
+    AdminToken(SocketAddr),
 }
 
 /// A running bridge.
@@ -417,53 +422,54 @@ impl Bridge {
             readiness.clone(),
             stopped.clone(),
         ));
+        let admin_token = Arc::new(arc_swap::ArcSwap::from_pointee(config.admin.token.clone()));
+        let admin_addr = match &admin_listener {
+            Some(listener) => listener.local_addr().ok().or(config.admin.listen),
+            None => None,
+        };
         let reloader = Arc::new(Reloader {
             path: config.source.clone(),
+            admin: admin_addr.map(|addr| (addr, admin_token.clone())),
             users,
             notifier: notifier.clone(),
             defender: defender.clone(),
             certificates,
             metrics: metrics.clone(),
         });
-        let admin_addr = match admin_listener {
-            Some(listener) => {
-                let addr = listener.local_addr().ok().or(config.admin.listen);
-                if !config.admin.token.is_empty() && config.admin.token.len() < 16 {
-                    tracing::warn!(
-                        "admin.token is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 24`)"
-                    );
-                }
-                let reload: crate::admin::Reload = {
-                    let reloader = reloader.clone();
-                    Arc::new(move || reloader.reload_logged().map_err(|e| e.to_string()))
-                };
-                let context = Arc::new(crate::admin::AdminContext {
-                    token: config.admin.token.clone(),
-                    files: files.clone(),
-                    pipeline: pipeline.clone(),
-                    notifier: notifier.clone(),
-                    defender: defender.clone(),
-                    readiness,
-                    reload,
-                    metrics: metrics.clone(),
-                    replica: crate::admin::replica_name(),
-                    state_backend: match config.state.backend {
-                        StateBackend::Sqlite => "sqlite",
-                        StateBackend::Postgres(_) => "postgres",
-                    },
-                    started_at: std::time::SystemTime::now(),
-                    guesses: Default::default(),
-                });
-                tokio::spawn(crate::admin::serve(
-                    listener,
-                    context,
-                    admin_tls,
-                    stopped.clone(),
-                ));
-                addr
+        if let Some(listener) = admin_listener {
+            if !config.admin.token.is_empty() && config.admin.token.len() < 16 {
+                tracing::warn!(
+                    "admin.token is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 24`)"
+                );
             }
-            None => None,
-        };
+            let reload: crate::admin::Reload = {
+                let reloader = reloader.clone();
+                Arc::new(move || reloader.reload_logged().map_err(|e| e.to_string()))
+            };
+            let context = Arc::new(crate::admin::AdminContext {
+                token: admin_token,
+                files: files.clone(),
+                pipeline: pipeline.clone(),
+                notifier: notifier.clone(),
+                defender: defender.clone(),
+                readiness,
+                reload,
+                metrics: metrics.clone(),
+                replica: crate::admin::replica_name(),
+                state_backend: match config.state.backend {
+                    StateBackend::Sqlite => "sqlite",
+                    StateBackend::Postgres(_) => "postgres",
+                },
+                started_at: std::time::SystemTime::now(),
+                guesses: Default::default(),
+            });
+            tokio::spawn(crate::admin::serve(
+                listener,
+                context,
+                admin_tls,
+                stopped.clone(),
+            ));
+        }
 
         Ok(Bridge {
             ftp_addr,
@@ -527,6 +533,8 @@ impl Bridge {
 struct Reloader {
     /// The file the bridge started from.
     path: std::path::PathBuf,
+    /// The admin listener's address and the token it checks, when it runs.
+    admin: Option<(SocketAddr, Arc<arc_swap::ArcSwap<String>>)>,
     users: Arc<UserDirectory>,
     notifier: Notifier,
     defender: Arc<Defender>,
@@ -563,8 +571,17 @@ impl Reloader {
     }
 
     fn apply(&self, config: &Config) -> Result<(), ReloadError> {
+        if let Some((addr, _)) = &self.admin
+            && config.admin.token.is_empty()
+            && !addr.ip().is_loopback()
+        {
+            return Err(ReloadError::AdminToken(*addr));
+        }
         if let (Some(certificates), Some(tls)) = (&self.certificates, &config.ftp.tls) {
             certificates.reload(tls)?;
+        }
+        if let Some((_, token)) = &self.admin {
+            token.store(Arc::new(config.admin.token.clone()));
         }
         self.users.replace(&config.users);
         self.notifier.set_users(&config.users);

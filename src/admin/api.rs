@@ -121,7 +121,7 @@ pub(super) async fn handle(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if !auth::authorized(&context.token, authorization) {
+    if !auth::authorized(&context.token.load(), authorization) {
         // A call without a token is a page that has none yet, not a guess.
         if authorization.is_some() {
             context.guesses.wrong(caller.ip());

@@ -46,8 +46,9 @@ pub type Reload = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What the admin API reads and acts on.
 pub struct AdminContext {
-    /// The Bearer token; empty: calls need none (a loopback listener only).
-    pub token: String,
+    /// The Bearer token; empty: calls need none (a loopback listener only). A reload
+    /// (SIGHUP) swaps it, so a token is rotated without a restart.
+    pub token: Arc<arc_swap::ArcSwap<String>>,
     /// Sessions and their uploads.
     pub files: Files,
     /// Running uploads.

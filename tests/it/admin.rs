@@ -33,8 +33,16 @@ impl Admin {
         }
     }
 
+    /// The admin API on this machine's `port` (a listener on every address).
+    pub(crate) fn of_port(port: u16) -> Admin {
+        Admin {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// `method path` with `token` (none when `None`): status and JSON body.
-    async fn call_with(
+    pub(crate) async fn call_with(
         &self,
         method: Method,
         path: &str,
@@ -495,9 +503,22 @@ async fn reload_from_the_api_applies_the_file_or_keeps_the_running_config() {
             .is_some_and(|e| e.contains("storage.part_size")),
         "{body}"
     );
-    std::fs::write(&h.config_path, good).expect("restore");
+    // A new token takes effect at the reload: the old one is refused from then on.
+    let rotated = "rotated-admin-token-fedcba9876543210";
+    assert!(good.contains(TOKEN), "the file names the token");
+    std::fs::write(&h.config_path, good.replace(TOKEN, rotated)).expect("rotate");
+    let (status, body) = admin.call(Method::POST, "/api/v1/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = admin
+        .call_with(Method::GET, "/api/v1/status", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old token");
+    let (status, _, _) = admin
+        .call_with(Method::GET, "/api/v1/status", Some(rotated))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the new token");
     let m = h.scrape().await;
-    m.assert("ingest_bridge_config_reloads_total{result=ok}", 1.0);
+    m.assert("ingest_bridge_config_reloads_total{result=ok}", 2.0);
     m.assert("ingest_bridge_config_reloads_total{result=error}", 1.0);
     // Still serving with the old config.
     h.upload("alice", "after.bin", b"x").await;

@@ -112,3 +112,31 @@ async fn the_admin_listener_serves_https_with_its_certificate() {
         .await;
     assert!(plain.is_err(), "{plain:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_cannot_leave_a_reachable_listener_without_a_token() {
+    let h = Harness::builder()
+        .set("admin.listen", "0.0.0.0:0")
+        .set("admin.token", TOKEN)
+        .start()
+        .await;
+    let port = h.bridge().admin_addr.expect("admin").port();
+    let admin = Admin::of_port(port);
+    // The file now says loopback without a token: valid as a file, but the running
+    // listener stays on every address until a restart.
+    let text = std::fs::read_to_string(&h.config_path).expect("config");
+    let text = text
+        .replace("0.0.0.0:0", "127.0.0.1:0")
+        .replace(&format!("\"{TOKEN}\""), "\"\"");
+    std::fs::write(&h.config_path, text).expect("write");
+    let (status, body) = admin.call(Method::POST, "/api/v1/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin.token is empty")),
+        "{body}"
+    );
+    let (status, _, _) = admin.call_with(Method::GET, "/api/v1/status", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the token still applies");
+}
