@@ -54,14 +54,17 @@ impl Session {
         })
     }
 
-    /// Says `reply` on the control connection and shuts it down (the operator closed the
+    /// Says `reply` on a plain control connection and shuts it down (the operator closed the
     /// session): the control loop sees the end of its socket and ends.
     pub fn say_and_shut(&self, reply: &str) {
         use std::io::Write;
         if let Some(control) = self.control.lock().as_ref() {
             // The socket is non-blocking (a duplicate of tokio's): a reply that does not fit
-            // in the send buffer is cut short, which is fine for a farewell.
-            let _ = (&*control).write(reply.as_bytes());
+            // in the send buffer is cut short, which is fine for a farewell. Over TLS plain
+            // text would only garble the stream: the connection just ends.
+            if !self.tls.load(Ordering::Acquire) {
+                let _ = (&*control).write(reply.as_bytes());
+            }
             let _ = control.shutdown(std::net::Shutdown::Both);
         }
     }

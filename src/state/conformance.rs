@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-fn entry(id: &str, body: &str) -> PendingEntry {
+/// A new pending entry `id` with `body`, its key `u/<id>.bin`.
+pub(super) fn entry(id: &str, body: &str) -> PendingEntry {
     let mut fields = serde_json::Map::new();
     fields.insert("created".into(), serde_json::json!({"id": id}));
     PendingEntry {

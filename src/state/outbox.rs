@@ -94,6 +94,18 @@ pub struct StateCounts {
     pub delivered: usize,
 }
 
+impl StateCounts {
+    /// Adds `n` entries in the state stored as `state` (unknown names are ignored).
+    pub fn add(&mut self, state: &str, n: usize) {
+        match State::parse(state) {
+            Some(State::Pending) => self.pending += n,
+            Some(State::Dead) => self.dead += n,
+            Some(State::Delivered) => self.delivered += n,
+            None => {}
+        }
+    }
+}
+
 /// Completions waiting for the API; every method returns once its change is stored.
 #[async_trait::async_trait]
 pub trait OutboxStore: Send + Sync + std::fmt::Debug {
@@ -179,12 +191,7 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     async fn counts(&self) -> Result<StateCounts, StateError> {
         let mut counts = StateCounts::default();
         for entry in self.list(None).await? {
-            match State::parse(&entry.state) {
-                Some(State::Pending) => counts.pending += 1,
-                Some(State::Dead) => counts.dead += 1,
-                Some(State::Delivered) => counts.delivered += 1,
-                None => {}
-            }
+            counts.add(&entry.state, 1);
         }
         Ok(counts)
     }

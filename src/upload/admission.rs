@@ -1,7 +1,7 @@
 //! Admission: whether an upload may start (permissions, names, shutdown, overwrite, quota,
 //! the API's `create` step), refusals counted and audited, and a started upload set up.
 
-use super::live::LiveTransfer;
+use super::live::{LiveTransfer, TransferInfo};
 use super::pipeline::{Pipeline, UploadRequest};
 use super::transfer::Upload;
 use super::{QuotaTicket, UploadError, resume};
@@ -166,13 +166,15 @@ impl Pipeline {
             .as_ref()
             .map_or_else(SystemTime::now, |r| r.started_at);
         let registration = self.inner.running.register(LiveTransfer::new(
-            id.clone(),
-            req.session_id.clone(),
-            req.user.name.clone(),
-            protocol,
-            req.path.to_string(),
-            key.clone(),
-            req.remote_addr,
+            TransferInfo {
+                id: id.clone(),
+                session_id: req.session_id.clone(),
+                username: req.user.name.clone(),
+                protocol,
+                path: req.path.to_string(),
+                key: key.clone(),
+                remote_addr: req.remote_addr,
+            },
             started_at,
             resumed.as_ref().map_or(0, |r| r.offset),
         ));

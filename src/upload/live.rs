@@ -11,23 +11,31 @@ use std::time::{Duration, Instant, SystemTime};
 /// How long a rate sample spans: the rate shown is over the last one to two of these.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-/// One running upload's live figures.
-#[derive(Debug)]
-pub struct LiveTransfer {
+/// Who sends what from where: what the admin API shows of a running upload besides its
+/// figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferInfo {
     /// The completion id this upload will carry.
     pub id: String,
-    /// The connection it runs on.
+    /// The connection it runs on (`GET /api/v1/sessions`).
     pub session_id: String,
     /// Who uploads.
     pub username: String,
-    /// The front-end.
+    /// ftp | ftps | sftp
     pub protocol: Protocol,
     /// The path as the client sees it.
     pub path: String,
     /// The object key.
     pub key: String,
-    /// The client's address.
+    /// The client's address and port.
     pub remote_addr: SocketAddr,
+}
+
+/// One running upload's live figures.
+#[derive(Debug)]
+pub struct LiveTransfer {
+    /// Who sends what from where.
+    pub info: TransferInfo,
     /// When the upload began (the first attempt's start, for a resumed upload).
     pub started_at: SystemTime,
     /// This process's clock at registration: rates are measured on it.
@@ -46,20 +54,9 @@ pub struct LiveTransfer {
 /// A running upload as the admin API lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferView {
-    /// The completion id this upload will carry.
-    pub id: String,
-    /// The connection it runs on (`GET /api/v1/sessions`).
-    pub session_id: String,
-    /// Who uploads.
-    pub username: String,
-    /// ftp | ftps | sftp
-    pub protocol: Protocol,
-    /// The path as the client sees it.
-    pub path: String,
-    /// The object key.
-    pub key: String,
-    /// The client's address and port.
-    pub remote_addr: SocketAddr,
+    /// Who sends what from where.
+    #[serde(flatten)]
+    pub info: TransferInfo,
     /// Bytes received so far.
     pub bytes: u64,
     /// Bytes per second over the last second or two.
@@ -71,27 +68,11 @@ pub struct TransferView {
 }
 
 impl LiveTransfer {
-    /// A transfer that starts now with `bytes` already held (a resume's offset).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        id: String,
-        session_id: String,
-        username: String,
-        protocol: Protocol,
-        path: String,
-        key: String,
-        remote_addr: SocketAddr,
-        started_at: SystemTime,
-        bytes: u64,
-    ) -> LiveTransfer {
+    /// A transfer that began at `started_at`, registered now with `bytes` already held (a
+    /// resume's offset).
+    pub(super) fn new(info: TransferInfo, started_at: SystemTime, bytes: u64) -> LiveTransfer {
         LiveTransfer {
-            id,
-            session_id,
-            username,
-            protocol,
-            path,
-            key,
-            remote_addr,
+            info,
             started_at,
             clock: Instant::now(),
             bytes: AtomicU64::new(bytes),
@@ -151,13 +132,7 @@ impl LiveTransfer {
     /// The upload as the admin API lists it.
     pub fn view(&self) -> TransferView {
         TransferView {
-            id: self.id.clone(),
-            session_id: self.session_id.clone(),
-            username: self.username.clone(),
-            protocol: self.protocol,
-            path: self.path.clone(),
-            key: self.key.clone(),
-            remote_addr: self.remote_addr,
+            info: self.info.clone(),
             bytes: self.bytes(),
             rate_bytes_per_second: self.rate(),
             started_at: humantime::format_rfc3339_millis(self.started_at).to_string(),
@@ -174,18 +149,21 @@ impl LiveTransfer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn transfer(bytes: u64) -> LiveTransfer {
+    /// A transfer of alice's `/a.bin` registered with `bytes` held.
+    pub(in crate::upload) fn transfer(key: &str, bytes: u64) -> LiveTransfer {
         LiveTransfer::new(
-            "id".into(),
-            "session".into(),
-            "alice".into(),
-            Protocol::Ftp,
-            "/a.bin".into(),
-            "alice/a.bin".into(),
-            "127.0.0.1:5000".parse().expect("address"),
+            TransferInfo {
+                id: format!("id-{key}"),
+                session_id: "session".into(),
+                username: "alice".into(),
+                protocol: Protocol::Ftp,
+                path: format!("/{key}"),
+                key: key.to_string(),
+                remote_addr: "127.0.0.1:5000".parse().expect("address"),
+            },
             SystemTime::now(),
             bytes,
         )
@@ -193,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_resumed_upload_starts_at_its_offset_with_no_rate() {
-        let live = transfer(1000);
+        let live = transfer("a.bin", 1000);
         assert_eq!(live.bytes(), 1000);
         assert_eq!(live.rate(), 0.0);
         assert_eq!(live.view().bytes, 1000);
@@ -201,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_rate_is_measured_over_a_window() {
-        let live = transfer(0);
+        let live = transfer("a.bin", 0);
         live.set_bytes(100);
         assert_eq!(live.rate(), 0.0, "no whole window yet");
         std::thread::sleep(Duration::from_millis(1100));
@@ -215,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_stalled_upload_shows_its_rate_falling() {
-        let live = transfer(0);
+        let live = transfer("a.bin", 0);
         std::thread::sleep(Duration::from_millis(1050));
         live.set_bytes(1_000_000);
         assert!(live.rate() > 500_000.0);

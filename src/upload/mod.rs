@@ -46,7 +46,7 @@ pub use budget::{
 };
 pub use client_message::{NOT_RECORDED, SERVER_FAULT, STORAGE_UNAVAILABLE};
 pub use error::UploadError;
-pub use live::TransferView;
+pub use live::{TransferInfo, TransferView};
 pub use part_size::{MAX_PARTS, PartSizes, S3_MAX_OBJECT};
 pub use partials::PartialStore;
 pub use pipeline::{CommitCheck, Pipeline, UploadRequest};

@@ -62,7 +62,7 @@ impl Registry {
         let preempt = CancellationToken::new();
         let (done_tx, done_rx) = tokio::sync::watch::channel(());
         let live = Arc::new(live);
-        let key = live.key.clone();
+        let key = live.info.key.clone();
         self.running.lock().insert(
             key.clone(),
             Running {
@@ -93,7 +93,7 @@ impl Registry {
         // Views are built outside the lock: a thousand of them never hold up a new upload.
         let mut views: Vec<(std::time::SystemTime, TransferView)> =
             lives.iter().map(|l| (l.started_at, l.view())).collect();
-        views.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        views.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.info.id.cmp(&b.1.info.id)));
         views.into_iter().map(|(_, v)| v).collect()
     }
 
@@ -102,7 +102,7 @@ impl Registry {
         self.running
             .lock()
             .values()
-            .filter(|r| r.live.session_id == session_id)
+            .filter(|r| r.live.info.session_id == session_id)
             .cloned()
             .collect()
     }
@@ -111,7 +111,9 @@ impl Registry {
     pub(super) fn per_session(&self) -> std::collections::HashMap<String, usize> {
         let mut counts = std::collections::HashMap::new();
         for running in self.running.lock().values() {
-            *counts.entry(running.live.session_id.clone()).or_insert(0) += 1;
+            *counts
+                .entry(running.live.info.session_id.clone())
+                .or_insert(0) += 1;
         }
         counts
     }
@@ -128,17 +130,7 @@ mod tests {
 
     impl Registry {
         fn register_key(self: &Arc<Self>, key: &str) -> Registration {
-            self.register(LiveTransfer::new(
-                format!("id-{key}"),
-                "session".into(),
-                "u".into(),
-                crate::metrics::Protocol::Sftp,
-                format!("/{key}"),
-                key.to_string(),
-                "127.0.0.1:1".parse().expect("address"),
-                std::time::SystemTime::now(),
-                0,
-            ))
+            self.register(crate::upload::live::tests::transfer(key, 0))
         }
     }
 
@@ -150,7 +142,7 @@ mod tests {
         a.live.set_bytes(42);
         let views = registry.views();
         assert_eq!(views.len(), 2);
-        assert_eq!(views[0].key, "u/a.bin", "oldest first");
+        assert_eq!(views[0].info.key, "u/a.bin", "oldest first");
         assert_eq!(views[0].bytes, 42);
         assert_eq!(registry.per_session().get("session"), Some(&2));
         assert_eq!(registry.of_session("session").len(), 2);

@@ -3,8 +3,8 @@
 //! to keep files short).
 
 use crate::state::{
-    DirStore, OutboxStore, PendingEntry, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals, State,
-    StateCounts, now_ms,
+    DirStore, OutboxStore, QuotaClaim, QuotaGrant, QuotaStore, QuotaTotals, State, StateCounts,
+    now_ms,
 };
 
 fn claim(id: &str, bytes: u64, files: u64, limit_bytes: u64, limit_files: u64) -> QuotaClaim {
@@ -216,15 +216,7 @@ pub async fn outbox_pages(store: &dyn OutboxStore) {
     );
     for i in 0..5 {
         store
-            .insert(PendingEntry {
-                id: format!("e{i}"),
-                key: format!("u/e{i}.bin"),
-                body: b"{}".to_vec(),
-                step: 0,
-                fields: serde_json::Map::new(),
-                attempts: 0,
-                since_ms: 0,
-            })
+            .insert(super::entry(&format!("e{i}"), "{}"))
             .await
             .expect("insert");
         // Creation times apart, so "oldest first" has one answer.

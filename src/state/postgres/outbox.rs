@@ -392,13 +392,7 @@ impl OutboxStore for PgOutbox {
         for row in &rows {
             let state: String = row.try_get(0).map_err(|e| self.err(e))?;
             let n: i64 = row.try_get(1).map_err(|e| self.err(e))?;
-            let n = usize::try_from(n).unwrap_or(0);
-            match State::parse(&state) {
-                Some(State::Pending) => counts.pending = n,
-                Some(State::Dead) => counts.dead = n,
-                Some(State::Delivered) => counts.delivered = n,
-                None => {}
-            }
+            counts.add(&state, usize::try_from(n).unwrap_or(0));
         }
         Ok(counts)
     }

@@ -319,13 +319,7 @@ impl OutboxStore for SqliteOutbox {
                 let mut counts = StateCounts::default();
                 for row in rows {
                     let (state, n) = row?;
-                    let n = usize::try_from(n).unwrap_or(0);
-                    match State::parse(&state) {
-                        Some(State::Pending) => counts.pending = n,
-                        Some(State::Dead) => counts.dead = n,
-                        Some(State::Delivered) => counts.delivered = n,
-                        None => {}
-                    }
+                    counts.add(&state, usize::try_from(n).unwrap_or(0));
                 }
                 Ok(counts)
             })
