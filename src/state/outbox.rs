@@ -168,24 +168,18 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     async fn state_of(&self, id: &str) -> Result<Option<String>, StateError>;
 
     /// Entries in `state` (all when `None`), oldest first (then by id).
-    async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError>;
+    async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError> {
+        self.page(state, usize::MAX, false).await
+    }
 
-    /// At most `limit` entries in `state` (all states when `None`): the oldest first, or,
-    /// with `newest`, the most recently changed first (the last deliveries). The
-    /// operator's page of [`OutboxStore::list`].
+    /// At most `limit` entries in `state` (all states when `None`): the oldest first (then
+    /// by id), or, with `newest`, the most recently changed first (the last deliveries).
     async fn page(
         &self,
         state: Option<State>,
         limit: usize,
         newest: bool,
-    ) -> Result<Vec<EntrySummary>, StateError> {
-        let mut entries = self.list(state).await?;
-        if newest {
-            entries.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
-        }
-        entries.truncate(limit);
-        Ok(entries)
-    }
+    ) -> Result<Vec<EntrySummary>, StateError>;
 
     /// How many entries are in each state.
     async fn counts(&self) -> Result<StateCounts, StateError> {

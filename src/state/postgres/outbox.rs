@@ -105,46 +105,6 @@ impl PgOutbox {
             .await
             .map_err(|e| self.err(e))
     }
-
-    /// Entries in `state` (all when `None`), at most `limit`: oldest first, or most recently
-    /// changed first with `newest`.
-    async fn summaries(
-        &self,
-        state: Option<State>,
-        limit: i64,
-        newest: bool,
-    ) -> Result<Vec<EntrySummary>, StateError> {
-        let state = state.map(State::as_str);
-        let sql = if newest {
-            "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
-                updated_ms
-             FROM outbox WHERE $1::text IS NULL OR state = $1
-             ORDER BY updated_ms DESC, id DESC LIMIT $2"
-        } else {
-            "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
-                updated_ms
-             FROM outbox WHERE $1::text IS NULL OR state = $1
-             ORDER BY created_ms, id LIMIT $2"
-        };
-        let rows = self.query(sql, &[&state, &limit]).await?;
-        let summary = |row: &Row| -> Result<EntrySummary, tokio_postgres::Error> {
-            Ok(EntrySummary {
-                id: row.try_get(0)?,
-                key: row.try_get(1)?,
-                state: row.try_get(2)?,
-                attempts: u32::try_from(row.try_get::<_, i64>(3)?).unwrap_or(u32::MAX),
-                step: usize::try_from(row.try_get::<_, i64>(4)?).unwrap_or(0),
-                created_ms: row.try_get(5)?,
-                next_attempt_ms: row.try_get(6)?,
-                last_error: row.try_get(7)?,
-                updated_ms: row.try_get(8)?,
-            })
-        };
-        rows.iter()
-            .map(summary)
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
-    }
 }
 
 /// The columns [`entry_of_row`] reads, in order.
@@ -370,18 +330,43 @@ impl OutboxStore for PgOutbox {
             .map_err(|e| self.err(e))
     }
 
-    async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError> {
-        self.summaries(state, i64::MAX, false).await
-    }
-
     async fn page(
         &self,
         state: Option<State>,
         limit: usize,
         newest: bool,
     ) -> Result<Vec<EntrySummary>, StateError> {
-        self.summaries(state, i64::try_from(limit).unwrap_or(i64::MAX), newest)
-            .await
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let state = state.map(State::as_str);
+        let sql = if newest {
+            "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
+                updated_ms
+             FROM outbox WHERE $1::text IS NULL OR state = $1
+             ORDER BY updated_ms DESC, id DESC LIMIT $2"
+        } else {
+            "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
+                updated_ms
+             FROM outbox WHERE $1::text IS NULL OR state = $1
+             ORDER BY created_ms, id LIMIT $2"
+        };
+        let rows = self.query(sql, &[&state, &limit]).await?;
+        let summary = |row: &Row| -> Result<EntrySummary, tokio_postgres::Error> {
+            Ok(EntrySummary {
+                id: row.try_get(0)?,
+                key: row.try_get(1)?,
+                state: row.try_get(2)?,
+                attempts: u32::try_from(row.try_get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                step: usize::try_from(row.try_get::<_, i64>(4)?).unwrap_or(0),
+                created_ms: row.try_get(5)?,
+                next_attempt_ms: row.try_get(6)?,
+                last_error: row.try_get(7)?,
+                updated_ms: row.try_get(8)?,
+            })
+        };
+        rows.iter()
+            .map(summary)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
     async fn counts(&self) -> Result<StateCounts, StateError> {

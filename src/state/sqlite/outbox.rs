@@ -81,48 +81,6 @@ impl SqliteOutbox {
     }
 }
 
-impl SqliteOutbox {
-    /// Entries in `state` (all when `None`), at most `limit`: oldest first, or most recently
-    /// changed first with `newest`.
-    async fn summaries(
-        &self,
-        state: Option<State>,
-        limit: i64,
-        newest: bool,
-    ) -> Result<Vec<EntrySummary>, StateError> {
-        let state = state.map(State::as_str);
-        let order = if newest {
-            "updated_ms DESC, id DESC"
-        } else {
-            "created_ms, id"
-        };
-        self.relaxed
-            .run(move |c| {
-                let mut statement = c.prepare(&format!(
-                    "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
-                        updated_ms
-                     FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY {order} LIMIT ?2"
-                ))?;
-                let rows = statement.query_map(params![state, limit], |row| {
-                    let step: i64 = row.get(4)?;
-                    Ok(EntrySummary {
-                        id: row.get(0)?,
-                        key: row.get(1)?,
-                        state: row.get(2)?,
-                        attempts: row.get(3)?,
-                        step: usize::try_from(step).unwrap_or(0),
-                        created_ms: row.get(5)?,
-                        next_attempt_ms: row.get(6)?,
-                        last_error: row.get(7)?,
-                        updated_ms: row.get(8)?,
-                    })
-                })?;
-                rows.collect()
-            })
-            .await
-    }
-}
-
 #[async_trait::async_trait]
 impl OutboxStore for SqliteOutbox {
     async fn insert(&self, entry: PendingEntry) -> Result<(), StateError> {
@@ -294,17 +252,42 @@ impl OutboxStore for SqliteOutbox {
             .await
     }
 
-    async fn list(&self, state: Option<State>) -> Result<Vec<EntrySummary>, StateError> {
-        self.summaries(state, i64::MAX, false).await
-    }
-
     async fn page(
         &self,
         state: Option<State>,
         limit: usize,
         newest: bool,
     ) -> Result<Vec<EntrySummary>, StateError> {
-        self.summaries(state, i64::try_from(limit).unwrap_or(i64::MAX), newest)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let state = state.map(State::as_str);
+        let order = if newest {
+            "updated_ms DESC, id DESC"
+        } else {
+            "created_ms, id"
+        };
+        self.relaxed
+            .run(move |c| {
+                let mut statement = c.prepare_cached(&format!(
+                    "SELECT id, key, state, attempts, step, created_ms, next_attempt_ms, last_error,
+                        updated_ms
+                     FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY {order} LIMIT ?2"
+                ))?;
+                let rows = statement.query_map(params![state, limit], |row| {
+                    let step: i64 = row.get(4)?;
+                    Ok(EntrySummary {
+                        id: row.get(0)?,
+                        key: row.get(1)?,
+                        state: row.get(2)?,
+                        attempts: row.get(3)?,
+                        step: usize::try_from(step).unwrap_or(0),
+                        created_ms: row.get(5)?,
+                        next_attempt_ms: row.get(6)?,
+                        last_error: row.get(7)?,
+                        updated_ms: row.get(8)?,
+                    })
+                })?;
+                rows.collect()
+            })
             .await
     }
 
