@@ -114,6 +114,8 @@ run() {
   kill "$sampler"; wait "$sampler" 2>/dev/null || true
   if [ -n "$poller" ]; then
     kill -TERM "$poller"; wait "$poller" || true
+    # Reaped: out of the EXIT trap's list (it was added last), whose kill would fail under set -e.
+    unset 'PIDS[-1]'
     sed "s/^/$name: /" "$WORK/$name.poll"
   fi
   local rss unverified

@@ -462,6 +462,7 @@ impl Bridge {
                 },
                 started_at: std::time::SystemTime::now(),
                 guesses: Default::default(),
+                readiness_cache: Default::default(),
             });
             tokio::spawn(crate::admin::serve(
                 listener,

@@ -279,8 +279,21 @@ fn rfc3339_ms(ms: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
-async fn status(context: &AdminContext) -> Answer {
+/// The readiness checks, run at most once per [`super::READINESS_TTL`] whoever asks.
+async fn readiness(context: &AdminContext) -> Vec<crate::metrics::CheckResult> {
+    let mut cache = context.readiness_cache.lock().await;
+    if let Some((at, checks)) = cache.as_ref()
+        && at.elapsed() < super::READINESS_TTL
+    {
+        return checks.clone();
+    }
     let checks = (context.readiness)().await;
+    *cache = Some((std::time::Instant::now(), checks.clone()));
+    checks
+}
+
+async fn status(context: &AdminContext) -> Answer {
+    let checks = readiness(context).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let checks: serde_json::Map<String, Value> = checks
         .into_iter()

@@ -19,7 +19,7 @@ pub use tls::{AdminTlsError, acceptor as tls_acceptor};
 
 use crate::defender::Defender;
 use crate::files::Files;
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::{CheckResult, Metrics, Readiness};
 use crate::notify::Notifier;
 use crate::upload::Pipeline;
 use bytes::Bytes;
@@ -71,7 +71,13 @@ pub struct AdminContext {
     pub started_at: SystemTime,
     /// Wrong tokens per caller address.
     pub guesses: auth::Guesses,
+    /// The last readiness checks and when they ran: every open page asks for them, and one
+    /// run (an S3 HeadBucket among them) serves all callers for [`READINESS_TTL`].
+    pub readiness_cache: tokio::sync::Mutex<Option<(std::time::Instant, Vec<CheckResult>)>>,
 }
+
+/// How long one run of the readiness checks answers `GET /api/v1/status`.
+pub const READINESS_TTL: Duration = Duration::from_secs(2);
 
 /// Serves the admin listener (HTTPS when `tls` is given) until `stop` is cancelled.
 pub async fn serve(

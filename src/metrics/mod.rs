@@ -4,7 +4,7 @@
 mod endpoint;
 
 pub use crate::protocol::Protocol;
-pub use endpoint::{Readiness, serve as serve_endpoint};
+pub use endpoint::{CheckResult, Readiness, serve as serve_endpoint};
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
