@@ -5,7 +5,7 @@ Each tick (PERIOD seconds, default 1) asks, one call after the other, on a new c
   transfers      GET /api/v1/transfers            (the full list: default limit 1000)
   status         GET /api/v1/status               )
   transfers_200  GET /api/v1/transfers?limit=200  ) what the status page asks every 2 s
-  sessions       GET /api/v1/sessions             )
+  sessions       GET /api/v1/sessions?limit=200   )
   bans           GET /api/v1/bans                 )
 and records each call's latency (request sent to last body byte), body size and X-Total-Count.
 A tick that overruns the period starts the next one at once; ticks are not made up.
@@ -29,7 +29,7 @@ CALLS = [
     ("transfers", "/api/v1/transfers"),
     ("status", "/api/v1/status"),
     ("transfers_200", "/api/v1/transfers?limit=200"),
-    ("sessions", "/api/v1/sessions"),
+    ("sessions", "/api/v1/sessions?limit=200"),
     ("bans", "/api/v1/bans"),
 ]
 PAGE = ("status", "transfers_200", "sessions", "bans")
