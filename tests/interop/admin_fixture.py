@@ -112,7 +112,7 @@ def transfers():
         out.append({
             "id": uid(n), "session_id": uid(100 + n), "username": user, "protocol": proto, "path": path,
             "key": user + path, "remote_addr": client, "bytes": got, "rate_bytes_per_second": rate,
-            "started_at": ts(-elapsed), "elapsed_seconds": round(elapsed, 1), "expected_bytes": expected,
+            "started_at": ts(-elapsed), "elapsed_seconds": round(elapsed, 1),
         })
     return out
 

@@ -145,6 +145,8 @@ async fn every_call_needs_the_token_and_the_page_does_not() {
 
     let status = admin.get("/api/v1/status").await;
     assert_eq!(status["ready"], true, "{status}");
+    let openapi = admin.get("/api/v1/openapi.json").await;
+    assert_fits(&openapi, "Status", &status);
     let (status, _) = admin.call(Method::GET, "/api/v1/nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = admin.call(Method::POST, "/api/v1/transfers").await;
@@ -468,6 +470,8 @@ async fn a_ban_lifted_from_the_api_lets_the_address_log_in() {
     }
     let bans = admin.get("/api/v1/bans").await;
     assert_eq!(bans[0]["address"], "127.0.0.1", "{bans}");
+    let openapi = admin.get("/api/v1/openapi.json").await;
+    assert_fits(&openapi, "Ban", &bans[0]);
     assert!(bans[0]["seconds_left"].as_u64().is_some_and(|s| s > 500));
     assert!(
         suppaftp::tokio::AsyncFtpStream::connect(h.ftp)
