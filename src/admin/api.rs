@@ -103,14 +103,8 @@ pub(super) async fn handle(
             "too many wrong tokens from your address; try again in {} s",
             left.as_secs().max(1)
         );
-        audit(
-            context,
-            caller,
-            action,
-            None,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&message),
-        );
+        // Counted, not audited: a flood of refused calls must not fill the disk. The audit
+        // trail has the wrong tokens that led here, and the log the moment it began.
         count(context, action, "refused");
         let mut resp = render(Answer::error(StatusCode::TOO_MANY_REQUESTS, message));
         resp.headers_mut()
@@ -122,23 +116,22 @@ pub(super) async fn handle(
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     if !auth::authorized(&context.token.load(), authorization) {
-        // A call without a token is a page that has none yet, not a guess.
-        if authorization.is_some() {
-            context.guesses.wrong(caller.ip());
-        }
+        // A call without a token is a page that has none yet, not a guess: counted only.
+        // Wrong tokens are audited, at most MAX_GUESSES per address before it is refused.
         let message = if authorization.is_some() {
+            context.guesses.wrong(caller.ip());
+            audit(
+                context,
+                caller,
+                action,
+                None,
+                StatusCode::UNAUTHORIZED,
+                Some("wrong token"),
+            );
             "wrong token"
         } else {
             "this call needs Authorization: Bearer <admin.token>"
         };
-        audit(
-            context,
-            caller,
-            action,
-            None,
-            StatusCode::UNAUTHORIZED,
-            Some(message),
-        );
         count(context, action, "unauthorized");
         let mut resp = render(Answer::error(StatusCode::UNAUTHORIZED, message));
         resp.headers_mut().insert(

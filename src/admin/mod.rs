@@ -3,7 +3,7 @@
 //!
 //! Every API call carries `Authorization: Bearer <admin.token>` (compared in constant time;
 //! an address that sends ten wrong tokens within five minutes is refused for five minutes);
-//! every action (`DELETE`, `POST`) and every refused token goes to the audit trail with the
+//! every action (`DELETE`, `POST`) and every wrong token goes to the audit trail with the
 //! caller's address; every request is counted in `ingest_bridge_admin_requests_total`.
 //! Running uploads and sessions are this replica's; the outbox and bans are whatever the
 //! state store holds — cluster-wide on PostgreSQL.

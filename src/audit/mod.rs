@@ -1,5 +1,5 @@
 //! The audit trail: one JSON line per login attempt, per transfer (completed, aborted,
-//! failed or refused) and per admin action (or refused admin token), appended to
+//! failed or refused) and per admin action (or wrong admin token), appended to
 //! `log.audit_file` and also emitted as a `tracing` event with target `audit`. Never carries
 //! a password, key or token.
 
@@ -70,7 +70,7 @@ pub struct TransferRecord<'a> {
     pub error: Option<String>,
 }
 
-/// One call of the admin API that acted (or was refused its token).
+/// One call of the admin API that acted, or that carried a wrong token.
 #[derive(Serialize)]
 pub struct AdminRecord<'a> {
     /// Who called: the caller's address and port.
