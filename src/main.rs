@@ -371,7 +371,7 @@ fn serve(path: PathBuf) -> ExitCode {
                 bridge.admin_url(addr)
             );
         }
-        reload_until_stopped(&bridge, &path).await;
+        reload_until_stopped(&bridge).await;
         tracing::info!(
             "draining: /readyz fails, new connections and uploads are refused, running uploads may finish (server.drain_timeout); a second signal stops at once"
         );
@@ -392,7 +392,7 @@ fn serve(path: PathBuf) -> ExitCode {
 
 /// Reloads the config on every SIGHUP until SIGTERM or Ctrl-C. A config that does not load
 /// or apply is logged and the running one stays.
-async fn reload_until_stopped(bridge: &Bridge, path: &std::path::Path) {
+async fn reload_until_stopped(bridge: &Bridge) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -406,17 +406,15 @@ async fn reload_until_stopped(bridge: &Bridge, path: &std::path::Path) {
             tokio::select! {
                 () = &mut stop => return,
                 _ = hangup.recv() => {
-                    match bridge.reload(path) {
-                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate, admin token)"),
-                        Err(e) => tracing::error!(config = %path.display(), error = %e, "reload refused; the running configuration stays"),
-                    }
+                    // Logged either way; the running configuration stays on an error.
+                    let _ = bridge.reload_logged();
                 }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = bridge;
         wait_for_signal().await;
     }
 }

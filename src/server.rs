@@ -490,13 +490,19 @@ impl Bridge {
         })
     }
 
-    /// Reads the config file at `path` again (SIGHUP) and applies it without dropping
-    /// sessions: users (passwords, keys, homes, permissions, limits, notify settings),
-    /// `server.allowed_ips`, `server.trusted_proxies` and the FTPS certificate. All or
-    /// nothing: a file that does not load, or an unusable certificate, keeps the whole
-    /// running config. Other keys take effect at the next start.
+    /// Reads the config file at `path` again and applies it without dropping sessions:
+    /// users (passwords, keys, homes, permissions, limits, notify settings),
+    /// `server.allowed_ips`, `server.trusted_proxies`, the FTPS certificate and
+    /// `admin.token`. All or nothing: a file that does not load, or an unusable
+    /// certificate, keeps the whole running config. Other keys take effect at the next start.
     pub fn reload(&self, path: &std::path::Path) -> Result<(), ReloadError> {
         self.reloader.reload(path)
+    }
+
+    /// [`Bridge::reload`] of the file the bridge started from, with the outcome logged:
+    /// what SIGHUP and `POST /api/v1/reload` both do.
+    pub fn reload_logged(&self) -> Result<(), ReloadError> {
+        self.reloader.reload_logged()
     }
 
     /// `http://addr` or `https://addr`: how to reach the admin listener at `addr`.
@@ -562,7 +568,7 @@ impl Reloader {
         let outcome = self.reload(&self.path);
         match &outcome {
             Ok(()) => {
-                tracing::info!(config = %self.path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate)")
+                tracing::info!(config = %self.path.display(), "configuration reloaded (users, allowed_ips, trusted_proxies, FTPS certificate, admin token)")
             }
             Err(e) => {
                 tracing::error!(config = %self.path.display(), error = %e, "reload refused; the running configuration stays")

@@ -80,7 +80,8 @@ pub struct Metrics {
     pub limits_exceeded_total: IntCounterVec,
     /// `auth_http_requests_total{result}`: `[auth.http]` logins: allowed, refused, error, cached.
     pub auth_http_requests_total: IntCounterVec,
-    /// `config_reloads_total{result}`: SIGHUP reloads, `ok` or `error` (old config kept).
+    /// `config_reloads_total{result}`: reloads (SIGHUP or the admin API), `ok` or `error`
+    /// (old config kept).
     pub config_reloads_total: IntCounterVec,
     /// `admin_requests_total{action,result}`: admin API calls by route and outcome.
     pub admin_requests_total: IntCounterVec,
@@ -232,12 +233,12 @@ impl Metrics {
             ),
             config_reloads_total: counter_vec(
                 "config_reloads_total",
-                "Configuration reloads on SIGHUP: ok, or error (the running configuration stays).",
+                "Configuration reloads (SIGHUP or POST /api/v1/reload): ok, or error (the running configuration stays).",
                 &["result"],
             ),
             admin_requests_total: counter_vec(
                 "admin_requests_total",
-                "Admin API calls by action (route) and result: ok, unauthorized, invalid, not_found, conflict, error.",
+                "Admin API calls by action (route) and result: ok, unauthorized, refused, invalid, not_found, conflict, error.",
                 &["action", "result"],
             ),
             defender_bans_total: {
