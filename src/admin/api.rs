@@ -311,7 +311,7 @@ async fn status(context: &AdminContext) -> Answer {
             (Err(e), _) | (_, Err(e)) => json!({ "enabled": true, "error": e.to_string() }),
         },
     };
-    let transfers = context.pipeline.transfers();
+    let (count, bytes, rate) = context.pipeline.transfer_totals();
     Answer::ok(json!({
         "replica": context.replica,
         "version": env!("CARGO_PKG_VERSION"),
@@ -322,9 +322,9 @@ async fn status(context: &AdminContext) -> Answer {
         "shared": context.state_backend == "postgres",
         "outbox": outbox,
         "transfers": {
-            "count": transfers.len(),
-            "bytes": transfers.iter().map(|t| t.bytes).sum::<u64>(),
-            "rate_bytes_per_second": transfers.iter().map(|t| t.rate_bytes_per_second).sum::<f64>(),
+            "count": count,
+            "bytes": bytes,
+            "rate_bytes_per_second": rate,
         },
         "sessions": { "count": context.files.sessions().count() },
     }))

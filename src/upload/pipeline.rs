@@ -188,6 +188,11 @@ impl Pipeline {
         self.inner.running.views()
     }
 
+    /// How many uploads run in this process now, their bytes so far and their rates summed.
+    pub fn transfer_totals(&self) -> (usize, u64, f64) {
+        self.inner.running.totals()
+    }
+
     /// How many uploads each connection runs, by session id.
     pub fn uploads_per_session(&self) -> std::collections::HashMap<String, usize> {
         self.inner.running.per_session()

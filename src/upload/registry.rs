@@ -97,6 +97,15 @@ impl Registry {
         views.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// How many uploads run, the bytes they hold and their rates together, without building
+    /// a view of each.
+    pub(super) fn totals(&self) -> (usize, u64, f64) {
+        let running = self.running.lock();
+        let bytes = running.values().map(|r| r.live.bytes()).sum();
+        let rate = running.values().map(|r| r.live.rate()).sum();
+        (running.len(), bytes, rate)
+    }
+
     /// Running uploads of the connection `session_id`.
     pub(super) fn of_session(&self, session_id: &str) -> Vec<Running> {
         self.running
@@ -144,6 +153,8 @@ mod tests {
         assert_eq!(views.len(), 2);
         assert_eq!(views[0].info.key, "u/a.bin", "oldest first");
         assert_eq!(views[0].bytes, 42);
+        assert_eq!(registry.totals().0, 2);
+        assert_eq!(registry.totals().1, 42);
         assert_eq!(registry.per_session().get("session"), Some(&2));
         assert_eq!(registry.of_session("session").len(), 2);
         assert!(registry.of_session("other").is_empty());
